@@ -1,0 +1,409 @@
+//! Host configuration: presets and cost profile, parsed from the TOML profile shipped with the
+//! Python package (`python/sevsim/data/profile.toml`), with the same schema for user files.
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+use crate::error::{EngineError, Result};
+
+/// The profile shipped with the package. Every number in it names its source or is marked assumed.
+pub const DEFAULT_PROFILE: &str = include_str!("../../../python/sevsim/data/profile.toml");
+
+/// A byte size written as an integer or as a string such as "48KiB", "1.5TiB", "64GB".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            I(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::I(v) => Ok(Size(v)),
+            Raw::S(s) => parse_size(&s).map(Size).map_err(de::Error::custom),
+        }
+    }
+}
+
+/// Parse "64", "48KiB", "1.5TiB", "2 GiB", "4k" into bytes. Binary units (KiB, MiB, GiB, TiB and
+/// the short K, M, G, T) are powers of 1024; decimal units (KB, MB, GB, TB) powers of 1000.
+pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let s = text.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let unit = unit.trim();
+    let mult: f64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024.0 * 1024.0,
+        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tib" => 1024.0f64.powi(4),
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        _ => return Err(format!("size {text:?}: unknown unit {unit:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)")),
+    };
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("size {text:?}: {num:?} is not a number"))?;
+    let bytes = value * mult;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > (1u64 << 62) as f64 {
+        return Err(format!("size {text:?} is out of range"));
+    }
+    if bytes.fract() != 0.0 {
+        return Err(format!("size {text:?} is not a whole number of bytes"));
+    }
+    Ok(bytes as u64)
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheGeom {
+    pub size: Size,
+    pub ways: u32,
+    pub latency: u32,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WbinvdScope {
+    /// The executing core's private caches only.
+    Core,
+    /// The private caches and the CCD's shared L3.
+    Ccd,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Features {
+    pub sme_coherent: bool,
+    pub wbnoinvd: bool,
+    pub vm_page_flush: bool,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Latencies {
+    pub peer_core: u32,
+    pub remote_ccd: u32,
+    pub remote_socket: u32,
+    pub memory: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Costs {
+    pub wbinvd_base: u64,
+    pub wbinvd_walk_per_line: f64,
+    pub wbinvd_writeback_per_line: f64,
+    pub socket_writeback_gbps: f64,
+    pub clflush_line: u64,
+    pub clflushopt_line: u64,
+    pub flush_dirty_line: u64,
+    pub fence: u64,
+    pub vm_page_flush_base: u64,
+    pub ipi_send_base: u64,
+    pub ipi_send_per_target: u64,
+    pub ipi_latency: u64,
+    pub ipi_handler: u64,
+    pub ipi_ack: u64,
+}
+
+/// One host preset, as written in the profile.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub sockets: u32,
+    pub ccds_per_socket: u32,
+    pub cores_per_ccd: u32,
+    pub threads_per_core: u32,
+    pub line_size: u32,
+    pub memory: Size,
+    pub freq_ghz: f64,
+    pub wbinvd_scope: WbinvdScope,
+    pub features: Features,
+    pub l1d: CacheGeom,
+    pub l2: CacheGeom,
+    pub l3: CacheGeom,
+    pub latency: Latencies,
+    pub cost: Costs,
+}
+
+#[derive(Deserialize)]
+struct ProfileFile {
+    schema: u32,
+    presets: toml::Table,
+}
+
+/// The limits of the model, checked by [`HostConfig::validate`].
+pub const MAX_CCDS: u32 = 64;
+pub const MAX_CORES_PER_CCD: u32 = 32;
+pub const MAX_CPUS: u32 = 8192;
+pub const MAX_WAYS: u32 = 64;
+/// Lines are tagged with 40 bits of line number: 2^46 bytes = 64 TiB of physical memory.
+pub const MAX_MEMORY: u64 = 1 << 46;
+pub const LINE: u64 = 64;
+pub const PAGE: u64 = 4096;
+
+fn parse_profile(text: &str) -> Result<toml::Table> {
+    let file: ProfileFile = toml::from_str(text)
+        .map_err(|e| EngineError::invalid("profile", format!("cannot parse the profile: {e}")))?;
+    if file.schema != 1 {
+        return Err(EngineError::invalid(
+            "profile",
+            format!("schema {} is not supported (this sevsim reads schema 1)", file.schema),
+        ));
+    }
+    Ok(file.presets)
+}
+
+/// Names and descriptions of the presets in a profile, sorted by name.
+pub fn list_presets(profile: &str) -> Result<Vec<(String, String)>> {
+    let presets = parse_profile(profile)?;
+    let mut out: Vec<(String, String)> = presets
+        .iter()
+        .map(|(k, v)| {
+            let d = v
+                .get("description")
+                .and_then(|d| d.as_str())
+                .unwrap_or("")
+                .to_string();
+            (k.clone(), d)
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// Deep-merge `over` into `base` (tables merge key by key, anything else replaces).
+fn merge(base: &mut toml::Value, over: &toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(k) {
+                    Some(bv) => merge(bv, v),
+                    None => {
+                        b.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
+}
+
+impl HostConfig {
+    /// Load preset `name` from `profile` (TOML text), apply `overrides` (a TOML table with the same
+    /// shape as a preset, merged key by key), and validate the result.
+    pub fn from_profile(profile: &str, name: &str, overrides: Option<&toml::Table>) -> Result<Self> {
+        let presets = parse_profile(profile)?;
+        let raw = presets.get(name).ok_or_else(|| {
+            let mut names: Vec<&String> = presets.keys().collect();
+            names.sort();
+            let names: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+            EngineError::invalid(
+                "preset",
+                format!("unknown preset {name:?}; the profile has: {}", names.join(", ")),
+            )
+        })?;
+        let mut value = raw.clone();
+        if let Some(o) = overrides {
+            merge(&mut value, &toml::Value::Table(o.clone()));
+        }
+        let mut cfg: HostConfig = value
+            .try_into()
+            .map_err(|e: toml::de::Error| EngineError::invalid("preset", format!("preset {name:?}: {}", e.message())))?;
+        cfg.name = name.to_string();
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The shipped profile's preset.
+    pub fn preset(name: &str) -> Result<Self> {
+        Self::from_profile(DEFAULT_PROFILE, name, None)
+    }
+
+    pub fn ccds(&self) -> u32 {
+        self.sockets * self.ccds_per_socket
+    }
+    pub fn cores(&self) -> u32 {
+        self.ccds() * self.cores_per_ccd
+    }
+    pub fn cpus(&self) -> u32 {
+        self.cores() * self.threads_per_core
+    }
+
+    /// Check the geometry and limits; errors name the field and the allowed range.
+    pub fn validate(&self) -> Result<()> {
+        let pos = |field: &str, v: u32| -> Result<()> {
+            if v == 0 {
+                Err(EngineError::invalid(field, format!("{field} must be at least 1, got 0")))
+            } else {
+                Ok(())
+            }
+        };
+        pos("sockets", self.sockets)?;
+        pos("ccds_per_socket", self.ccds_per_socket)?;
+        pos("cores_per_ccd", self.cores_per_ccd)?;
+        pos("threads_per_core", self.threads_per_core)?;
+        if self.ccds() > MAX_CCDS {
+            return Err(EngineError::invalid(
+                "ccds_per_socket",
+                format!("sockets x ccds_per_socket = {} exceeds the model's limit of {MAX_CCDS} CCDs", self.ccds()),
+            ));
+        }
+        if self.cores_per_ccd > MAX_CORES_PER_CCD {
+            return Err(EngineError::invalid(
+                "cores_per_ccd",
+                format!("cores_per_ccd = {} exceeds the limit of {MAX_CORES_PER_CCD}", self.cores_per_ccd),
+            ));
+        }
+        if self.cpus() > MAX_CPUS {
+            return Err(EngineError::invalid(
+                "threads_per_core",
+                format!("{} logical CPUs exceed the limit of {MAX_CPUS}", self.cpus()),
+            ));
+        }
+        if self.line_size as u64 != LINE {
+            return Err(EngineError::invalid(
+                "line_size",
+                format!("line_size must be 64 (the only line size modelled), got {}", self.line_size),
+            ));
+        }
+        if !(self.freq_ghz.is_finite() && self.freq_ghz > 0.0) {
+            return Err(EngineError::invalid("freq_ghz", format!("freq_ghz must be positive, got {}", self.freq_ghz)));
+        }
+        for (field, g) in [("l1d", &self.l1d), ("l2", &self.l2), ("l3", &self.l3)] {
+            g.check(field)?;
+        }
+        check_memory("memory", self.memory.0)?;
+        let c = &self.cost;
+        for (field, v) in [
+            ("cost.wbinvd_walk_per_line", c.wbinvd_walk_per_line),
+            ("cost.wbinvd_writeback_per_line", c.wbinvd_writeback_per_line),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(EngineError::invalid(field, format!("{field} must be a non-negative number, got {v}")));
+            }
+        }
+        if !(c.socket_writeback_gbps.is_finite() && c.socket_writeback_gbps > 0.0) {
+            return Err(EngineError::invalid(
+                "cost.socket_writeback_gbps",
+                format!("cost.socket_writeback_gbps must be positive, got {}", c.socket_writeback_gbps),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Memory sizes: a whole number of 4 KiB pages, at least one page, at most [`MAX_MEMORY`].
+pub fn check_memory(field: &str, bytes: u64) -> Result<()> {
+    if bytes == 0 || bytes % PAGE != 0 || bytes > MAX_MEMORY {
+        return Err(EngineError::invalid(
+            field,
+            format!("{field} must be a positive multiple of 4 KiB and at most 64 TiB, got {bytes} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+impl CacheGeom {
+    pub fn lines(&self) -> u64 {
+        self.size.0 / LINE
+    }
+    pub fn sets(&self) -> u64 {
+        self.lines() / self.ways as u64
+    }
+    fn check(&self, field: &str) -> Result<()> {
+        let size = self.size.0;
+        if self.ways == 0 || self.ways > MAX_WAYS {
+            return Err(EngineError::invalid(
+                &format!("{field}.ways"),
+                format!("{field}.ways must be in 1..={MAX_WAYS}, got {}", self.ways),
+            ));
+        }
+        if size == 0 || size % LINE != 0 {
+            return Err(EngineError::invalid(
+                &format!("{field}.size"),
+                format!("{field}.size must be a positive multiple of the 64-byte line, got {size} bytes"),
+            ));
+        }
+        let lines = size / LINE;
+        if (self.ways as u64) > lines {
+            return Err(EngineError::invalid(
+                &format!("{field}.ways"),
+                format!("{field}.ways = {} is more than the {lines} lines of a {size}-byte cache", self.ways),
+            ));
+        }
+        if lines % self.ways as u64 != 0 || !(lines / self.ways as u64).is_power_of_two() {
+            return Err(EngineError::invalid(
+                &format!("{field}.size"),
+                format!(
+                    "{field}: size / (64 x ways) must be a power-of-two number of sets, got {lines} lines / {} ways",
+                    self.ways
+                ),
+            ));
+        }
+        if (lines / self.ways as u64) > (1 << 24) {
+            return Err(EngineError::invalid(&format!("{field}.size"), format!("{field}: more than 2^24 sets")));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("48KiB").unwrap(), 48 * 1024);
+        assert_eq!(parse_size("1.5TiB").unwrap(), 1536 * (1 << 30));
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("2 GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size("1GB").unwrap(), 1_000_000_000);
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("0.3B").is_err());
+        assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn shipped_presets_load() {
+        for (name, _) in list_presets(DEFAULT_PROFILE).unwrap() {
+            let c = HostConfig::preset(&name).unwrap();
+            assert!(c.cpus() > 0);
+        }
+        let e = HostConfig::preset("epyc-9755-2s").unwrap();
+        assert_eq!(e.cpus(), 512);
+        assert_eq!(e.ccds(), 32);
+        assert_eq!(e.l1d.sets(), 64);
+        assert_eq!(e.l2.sets(), 1024);
+        assert_eq!(e.l3.sets(), 32768);
+        assert_eq!(e.memory.0, 1536 << 30);
+    }
+
+    #[test]
+    fn bad_geometry_is_named() {
+        let mut o = toml::Table::new();
+        let mut l1 = toml::Table::new();
+        l1.insert("ways".into(), toml::Value::Integer(0));
+        o.insert("l1d".into(), toml::Value::Table(l1));
+        let e = HostConfig::from_profile(DEFAULT_PROFILE, "tiny", Some(&o)).unwrap_err();
+        assert!(e.to_string().contains("l1d.ways"), "{e}");
+        let e = HostConfig::from_profile(DEFAULT_PROFILE, "nope", None).unwrap_err();
+        assert!(e.to_string().contains("tiny"), "{e}");
+        let mut o = toml::Table::new();
+        o.insert("bogus".into(), toml::Value::Integer(1));
+        assert!(HostConfig::from_profile(DEFAULT_PROFILE, "tiny", Some(&o)).is_err());
+    }
+}

@@ -1,0 +1,1236 @@
+//! The host: topology, caches of every core and CCD, the coherence directory, memory, per-CPU
+//! clocks and counters, the modelled cache instructions and the oracles.
+//!
+//! Model (semantics.md sections 1 and 7; DESIGN.md "The engine's model"):
+//! - Per core a private L1D and L2 (shared by the core's SMT threads), L2 inclusive of L1; per CCD a
+//!   shared L3 that is an exclusive victim cache of its cores' L2s (filled by L2 castouts, a hit
+//!   moves the line into the requesting L2), as on Zen. All write-back, write-allocate, true LRU.
+//! - Coherence among copies of the same (line, key) is MOESI-like: one writer (M), or many readers
+//!   with at most one dirty owner (O). A read from another cache's M/E copy downgrades it (M->O,
+//!   E->S) without writing back; a write invalidates every other copy and takes over dirty data.
+//! - The same line under different keys: separate, non-coherent aliases, unless the host has
+//!   SME_COHERENT (CPUID 8000_001F EAX[10]): then an access under one key first evicts the other
+//!   keys' copies, writing back dirty ones (semantics.md 1.2). DMA never snoops other keys.
+//! - Time: per-CPU clocks in cycles; every access and instruction charges the CPU that runs it.
+
+use crate::cache::*;
+use crate::config::{check_memory, HostConfig, WbinvdScope, LINE, PAGE};
+use crate::directory::Directory;
+use crate::error::{EngineError, Result};
+use crate::memory::{Memory, MAX_KEY};
+use crate::topology::Topology;
+use crate::violation::{Cause, Violation, CAUSES};
+
+macro_rules! counters {
+    ($($(#[$m:meta])* $f:ident),* $(,)?) => {
+        /// Per-CPU counters, one array each, indexed by logical CPU.
+        #[derive(Clone)]
+        pub struct Counters { $($(#[$m])* pub $f: Vec<u64>,)* }
+        impl Counters {
+            pub const NAMES: &'static [&'static str] = &[$(stringify!($f)),*];
+            fn new(n: usize) -> Self { Counters { $($f: vec![0; n],)* } }
+            pub fn all(&self) -> Vec<(&'static str, &[u64])> { vec![$((stringify!($f), &self.$f[..])),*] }
+        }
+    };
+}
+
+counters!(
+    /// memory accesses executed (reads + writes)
+    accesses,
+    reads,
+    writes,
+    l1_hits,
+    l1_misses,
+    l2_hits,
+    l2_misses,
+    /// served by the CCD's own L3
+    l3_hits,
+    /// missed the CCD's own L3 (served by a peer core, another CCD or memory)
+    l3_misses,
+    /// served by another core's private cache in the same CCD
+    peer_hits,
+    /// served by a cache of another CCD
+    remote_hits,
+    /// served by memory
+    mem_reads,
+    /// cycles spent in memory accesses (the CPU's throughput is accesses / access_cycles)
+    access_cycles,
+    /// dirty lines this CPU's actions wrote back to memory
+    writebacks,
+    /// cached copies invalidated by this CPU's actions (coherence and flush instructions)
+    invalidations,
+    /// write upgrades of a shared copy
+    upgrades,
+    /// cycles spent in flush instructions, IPI waits included
+    flush_cycles,
+    wbinvd,
+    wbnoinvd,
+    clflush_lines,
+    vm_page_flush,
+    ipis_sent,
+    ipis_received,
+    /// cycles this CPU spent in IPI handlers run for other CPUs
+    ipi_cycles,
+    /// modelled instructions that faulted (#GP), e.g. VM_PAGE_FLUSH without the feature
+    faults,
+);
+
+/// Where an access was served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Level {
+    L1 = 0,
+    L2 = 1,
+    L3 = 2,
+    Peer = 3,
+    Remote = 4,
+    Memory = 5,
+}
+pub const LEVEL_NAMES: [&str; 6] = ["l1", "l2", "l3", "peer", "remote", "memory"];
+
+/// A cached copy of a line found by a coherence lookup.
+#[derive(Clone, Copy, Debug)]
+struct Holder {
+    l3: bool,
+    /// core (L2) or CCD (L3)
+    inst: u32,
+    ccd: u32,
+    /// the line as found; for a core, DIRTY merged from its L1 copy
+    v: u64,
+}
+
+/// A scalar broadcast over a batch, or one value per access.
+#[derive(Clone, Copy)]
+pub enum Col<'a, T: Copy> {
+    One(T),
+    Each(&'a [T]),
+}
+
+impl<'a, T: Copy> Col<'a, T> {
+    #[inline(always)]
+    fn at(&self, i: usize) -> T {
+        match self {
+            Col::One(v) => *v,
+            Col::Each(s) => s[i],
+        }
+    }
+    fn len(&self) -> Option<usize> {
+        match self {
+            Col::One(_) => None,
+            Col::Each(s) => Some(s.len()),
+        }
+    }
+}
+
+const NONE: usize = usize::MAX;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlushOp {
+    Clflush,
+    Clflushopt,
+}
+
+/// Cached copies of a line, for tests and inspection: (level 1/2/3, cache instance, key, state).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Copy_ {
+    pub level: u8,
+    pub inst: u32,
+    pub key: u16,
+    pub dirty: bool,
+    pub exclusive: bool,
+    pub stale: bool,
+}
+
+pub struct Host {
+    pub cfg: HostConfig,
+    pub topo: Topology,
+    pub l1: Caches,
+    pub l2: Caches,
+    pub l3: Caches,
+    dir: Directory,
+    dir_active: bool,
+    dir_next_check: usize,
+    /// with the directory off, the only CCD that may hold lines (NONE if none)
+    sole_ccd: usize,
+    pub mem: Memory,
+    clocks: Vec<u64>,
+    pub ctr: Counters,
+    violations: Vec<Violation>,
+    cause_counts: [u64; CAUSES.len()],
+    pub max_violations: usize,
+    scratch: Vec<Holder>,
+    lines_scratch: Vec<u64>,
+    lat: [u64; 6],
+    lat_remote_socket: u64,
+}
+
+impl Host {
+    /// Build a host from a validated configuration with `memory` bytes of physical memory
+    /// (None: the preset's default). All memory starts owned by key 0 (the host).
+    pub fn new(cfg: HostConfig, memory: Option<u64>) -> Result<Self> {
+        cfg.validate()?;
+        let bytes = memory.unwrap_or(cfg.memory.0);
+        check_memory("memory", bytes)?;
+        let topo = Topology::new(&cfg);
+        let l1 = Caches::new(topo.cores, cfg.l1d.sets() as usize, cfg.l1d.ways as usize);
+        let l2 = Caches::new(topo.cores, cfg.l2.sets() as usize, cfg.l2.ways as usize);
+        let l3 = Caches::new(topo.ccds, cfg.l3.sets() as usize, cfg.l3.ways as usize);
+        let lat = [
+            cfg.l1d.latency as u64,
+            cfg.l2.latency as u64,
+            cfg.l3.latency as u64,
+            cfg.latency.peer_core as u64,
+            cfg.latency.remote_ccd as u64,
+            cfg.latency.memory as u64,
+        ];
+        let n = topo.cpus;
+        Ok(Host {
+            lat_remote_socket: cfg.latency.remote_socket as u64,
+            cfg,
+            l1,
+            l2,
+            l3,
+            dir: Directory::new(),
+            dir_active: false,
+            dir_next_check: 1 << 16,
+            sole_ccd: NONE,
+            mem: Memory::new(bytes),
+            clocks: vec![0; n],
+            ctr: Counters::new(n),
+            violations: Vec::new(),
+            cause_counts: [0; CAUSES.len()],
+            max_violations: 1_000_000,
+            scratch: Vec::with_capacity(64),
+            lines_scratch: Vec::new(),
+            lat,
+            topo,
+        })
+    }
+
+    pub fn preset(name: &str, memory: Option<u64>) -> Result<Self> {
+        Self::new(HostConfig::preset(name)?, memory)
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // argument checks (API misuse -> EngineError; the engine is unchanged when they fail)
+
+    pub fn check_cpu(&self, arg: &str, cpu: usize) -> Result<()> {
+        if cpu >= self.topo.cpus {
+            return Err(EngineError::invalid(
+                arg,
+                format!("{arg} = {cpu} is out of range: this host has CPUs 0..{}", self.topo.cpus - 1),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn check_key(&self, arg: &str, key: u64) -> Result<u16> {
+        if key > MAX_KEY as u64 {
+            return Err(EngineError::invalid(arg, format!("{arg} = {key} is out of range 0..={MAX_KEY}")));
+        }
+        Ok(key as u16)
+    }
+
+    pub fn check_range(&self, arg: &str, pa: u64, size: u64, align: u64) -> Result<()> {
+        let mem = self.mem.bytes;
+        if pa % align != 0 || size % align != 0 {
+            return Err(EngineError::invalid(
+                arg,
+                format!("{arg}: address {pa:#x} and size {size:#x} must be multiples of {align:#x}"),
+            ));
+        }
+        if size == 0 {
+            return Err(EngineError::invalid(arg, format!("{arg}: size must be positive")));
+        }
+        if pa >= mem || size > mem - pa {
+            return Err(EngineError::invalid(
+                arg,
+                format!("{arg}: range {pa:#x}+{size:#x} is past the end of memory ({mem:#x} bytes)"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn check_addr(&self, arg: &str, pa: u64) -> Result<()> {
+        if pa >= self.mem.bytes {
+            return Err(EngineError::invalid(
+                arg,
+                format!("{arg} = {pa:#x} is past the end of memory ({:#x} bytes)", self.mem.bytes),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_cpus(&self, arg: &str, cpus: &[usize]) -> Result<Vec<usize>> {
+        for &c in cpus {
+            self.check_cpu(arg, c)?;
+        }
+        let mut v = cpus.to_vec();
+        v.sort_unstable();
+        v.dedup();
+        Ok(v)
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // accessors
+
+    pub fn cycles(&self, cpu: usize) -> u64 {
+        self.clocks[cpu]
+    }
+    pub fn clocks(&self) -> &[u64] {
+        &self.clocks
+    }
+    pub fn memory_bytes(&self) -> u64 {
+        self.mem.bytes
+    }
+    pub fn violations(&self) -> &[Violation] {
+        &self.violations
+    }
+    /// Count of violations per cause, including any beyond `max_violations` that were not stored.
+    pub fn cause_counts(&self) -> Vec<(Cause, u64)> {
+        CAUSES.iter().map(|&c| (c, self.cause_counts[c.index()])).collect()
+    }
+    pub fn violation_total(&self) -> u64 {
+        self.cause_counts.iter().sum()
+    }
+    pub fn clear_violations(&mut self) {
+        self.violations.clear();
+        self.cause_counts = [0; CAUSES.len()];
+    }
+    pub fn directory_active(&self) -> bool {
+        self.dir_active
+    }
+    pub fn directory_entries(&self) -> usize {
+        self.dir.len()
+    }
+
+    /// Bytes held by the engine's big tables (caches, directory, memory tables).
+    pub fn heap_bytes(&self) -> usize {
+        (self.l1.data.len() + self.l2.data.len() + self.l3.data.len()) * 8
+            + self.dir.bytes()
+            + self.mem.heap_bytes()
+            + self.violations.capacity() * std::mem::size_of::<Violation>()
+    }
+
+    #[inline]
+    fn record(&mut self, cause: Cause, cpu: i32, line: u64, key: u16, other_key: u16, owner: u16) {
+        self.cause_counts[cause.index()] += 1;
+        if self.violations.len() < self.max_violations {
+            let cycle = if cpu >= 0 {
+                self.clocks[cpu as usize]
+            } else {
+                self.clocks.iter().copied().max().unwrap_or(0)
+            };
+            self.violations.push(Violation { cause, cpu, pa: line * LINE, key, other_key, owner, cycle });
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // the access path
+
+    /// One memory access of `cpu` to physical address `pa` under `key`. Arguments must be valid
+    /// (the batch API checks them); returns where it was served.
+    #[inline]
+    pub fn access(&mut self, cpu: usize, pa: u64, write: bool, key: u16) -> Level {
+        let x = pa >> 6;
+        let core = self.topo.cpu_core[cpu] as usize;
+        let want = tag(x, key);
+        self.ctr.accesses[cpu] += 1;
+        if write {
+            self.ctr.writes[cpu] += 1;
+        } else {
+            self.ctr.reads[cpu] += 1;
+        }
+        // L1
+        let b1 = self.l1.base(core, x);
+        if let Some(i) = self.l1.find(b1, want, MATCH_KEYED) {
+            let mut v = self.l1.data[b1 + i];
+            if v & STALE != 0 {
+                self.stale_hit(cpu, x, key);
+            }
+            let mut lat = self.lat[0];
+            if write {
+                if v & EXCL == 0 {
+                    lat += self.upgrade(cpu, core, x, key);
+                    v |= EXCL;
+                }
+                v |= DIRTY;
+            }
+            self.l1.data[b1 + i] = v;
+            self.l1.touch(b1, i);
+            self.ctr.l1_hits[cpu] += 1;
+            self.charge_access(cpu, lat);
+            return Level::L1;
+        }
+        self.ctr.l1_misses[cpu] += 1;
+        // L2
+        let b2 = self.l2.base(core, x);
+        if let Some(i) = self.l2.find(b2, want, MATCH_KEYED) {
+            let mut lat = self.lat[1];
+            if self.l2.data[b2 + i] & STALE != 0 {
+                self.stale_hit(cpu, x, key);
+            }
+            if write && self.l2.data[b2 + i] & EXCL == 0 {
+                // only other caches change: this set and way stay put
+                lat += self.upgrade(cpu, core, x, key);
+            }
+            let v = self.l2.data[b2 + i];
+            self.l2.touch(b2, i);
+            let l1v = (v & !DIRTY) | if write { DIRTY } else { 0 };
+            self.fill_l1(core, x, l1v);
+            self.ctr.l2_hits[cpu] += 1;
+            self.charge_access(cpu, lat);
+            return Level::L2;
+        }
+        self.ctr.l2_misses[cpu] += 1;
+        self.miss(cpu, core, x, key, write)
+    }
+
+    #[inline(always)]
+    fn charge_access(&mut self, cpu: usize, lat: u64) {
+        self.clocks[cpu] += lat;
+        self.ctr.access_cycles[cpu] += lat;
+    }
+
+    fn stale_hit(&mut self, cpu: usize, x: u64, key: u16) {
+        let owner = self.mem.owner(x);
+        self.record(Cause::StaleKeyHit, cpu as i32, x, key, key, owner);
+    }
+
+    /// The CCDs that may hold line `x`.
+    #[inline]
+    fn candidate_ccds(&self, x: u64) -> u64 {
+        if self.dir_active {
+            self.dir.get(x)
+        } else if self.sole_ccd != NONE {
+            1u64 << self.sole_ccd
+        } else {
+            0
+        }
+    }
+
+    /// Collect every cached copy of line `x` (any key) into `self.scratch`. `skip_core` is a core
+    /// whose private caches need not be searched. Clears directory bits of CCDs found empty.
+    fn collect(&mut self, x: u64, skip_core: usize) {
+        self.scratch.clear();
+        let mut mask = self.candidate_ccds(x);
+        let all = mask;
+        let want = x | VALID;
+        while mask != 0 {
+            let e = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            let before = self.scratch.len();
+            if self.l3.valid[e] != 0 {
+                let b = self.l3.base(e, x);
+                for w in 0..self.l3.ways {
+                    let v = self.l3.data[b + w];
+                    if v == 0 {
+                        break;
+                    }
+                    if v & MATCH_ANY == want {
+                        self.scratch.push(Holder { l3: true, inst: e as u32, ccd: e as u32, v });
+                    }
+                }
+            }
+            for core in self.topo.ccd_cores(e) {
+                if core == skip_core || self.l2.valid[core] == 0 {
+                    continue;
+                }
+                let b = self.l2.base(core, x);
+                for w in 0..self.l2.ways {
+                    let mut v = self.l2.data[b + w];
+                    if v == 0 {
+                        break;
+                    }
+                    if v & MATCH_ANY == want {
+                        let b1 = self.l1.base(core, x);
+                        if let Some(i) = self.l1.find(b1, v & MATCH_KEYED, MATCH_KEYED) {
+                            v |= self.l1.data[b1 + i] & DIRTY;
+                        }
+                        self.scratch.push(Holder { l3: false, inst: core as u32, ccd: e as u32, v });
+                    }
+                }
+            }
+            if self.dir_active && self.scratch.len() == before {
+                // lazy clean-up of the superset mask
+                let cur = self.dir.get(x);
+                self.dir.set(x, cur & !(1u64 << e));
+            }
+        }
+        let _ = all;
+    }
+
+    /// Latency of getting a line from holder `h` for a requester in `ccd`.
+    #[inline]
+    fn holder_latency(&self, h: &Holder, ccd: usize) -> (u64, Level) {
+        if h.ccd as usize == ccd {
+            if h.l3 {
+                (self.lat[Level::L3 as usize], Level::L3)
+            } else {
+                (self.lat[Level::Peer as usize], Level::Peer)
+            }
+        } else if self.topo.ccd_socket[h.ccd as usize] == self.topo.ccd_socket[ccd] {
+            (self.lat[Level::Remote as usize], Level::Remote)
+        } else {
+            (self.lat_remote_socket, Level::Remote)
+        }
+    }
+
+    /// Remove holder `h`'s copy (and a core's L1 copy); returns it with DIRTY merged from L1.
+    fn remove_holder(&mut self, h: &Holder) -> u64 {
+        let x = line_of(h.v);
+        let want = h.v & MATCH_KEYED;
+        if h.l3 {
+            self.l3.take(h.inst as usize, x, want, MATCH_KEYED).unwrap_or(0)
+        } else {
+            let core = h.inst as usize;
+            let mut v = self.l2.take(core, x, want, MATCH_KEYED).unwrap_or(0);
+            if let Some(l1v) = self.l1.take(core, x, want, MATCH_KEYED) {
+                v |= l1v & DIRTY;
+            }
+            v
+        }
+    }
+
+    /// Write back (if dirty) and invalidate holder `h`, on behalf of `cpu`. Returns dirty lines written.
+    fn evict_holder(&mut self, cpu: usize, h: &Holder) -> u64 {
+        let v = self.remove_holder(h);
+        self.ctr.invalidations[cpu] += 1;
+        if v & DIRTY != 0 {
+            self.writeback(cpu, v);
+            1
+        } else {
+            0
+        }
+    }
+
+    /// Clear EXCL on holder `h` (M->O, E->S), folding a dirty L1 copy into the L2 copy.
+    fn downgrade_holder(&mut self, h: &Holder) {
+        let x = line_of(h.v);
+        let want = h.v & MATCH_KEYED;
+        if h.l3 {
+            let b = self.l3.base(h.inst as usize, x);
+            if let Some(i) = self.l3.find(b, want, MATCH_KEYED) {
+                self.l3.data[b + i] &= !EXCL;
+            }
+        } else {
+            let core = h.inst as usize;
+            let b1 = self.l1.base(core, x);
+            let mut l1dirty = 0;
+            if let Some(i) = self.l1.find(b1, want, MATCH_KEYED) {
+                l1dirty = self.l1.data[b1 + i] & DIRTY;
+                self.l1.data[b1 + i] &= !(EXCL | DIRTY);
+            }
+            let b2 = self.l2.base(core, x);
+            if let Some(i) = self.l2.find(b2, want, MATCH_KEYED) {
+                self.l2.data[b2 + i] = (self.l2.data[b2 + i] & !EXCL) | l1dirty;
+            }
+        }
+    }
+
+    /// A write to a shared (S/O) copy held by `core`: invalidate every other copy of (x, key),
+    /// take over dirty data, make the core's L2 copy exclusive. Returns the extra latency.
+    fn upgrade(&mut self, cpu: usize, core: usize, x: u64, key: u16) -> u64 {
+        self.ctr.upgrades[cpu] += 1;
+        let ccd = self.topo.core_ccd[core] as usize;
+        self.collect(x, core);
+        let holders = std::mem::take(&mut self.scratch);
+        let mut took = 0;
+        let mut lat = self.lat[Level::L3 as usize];
+        for h in holders.iter().filter(|h| key_of(h.v) == key) {
+            lat = lat.max(self.holder_latency(h, ccd).0);
+            took |= self.remove_holder(h) & DIRTY;
+            self.ctr.invalidations[cpu] += 1;
+        }
+        self.scratch = holders;
+        let b2 = self.l2.base(core, x);
+        if let Some(i) = self.l2.find(b2, tag(x, key), MATCH_KEYED) {
+            self.l2.data[b2 + i] |= EXCL | took;
+        }
+        lat
+    }
+
+    /// A miss in the core's private caches.
+    fn miss(&mut self, cpu: usize, core: usize, x: u64, key: u16, write: bool) -> Level {
+        let ccd = self.topo.core_ccd[core] as usize;
+        let want = tag(x, key);
+        // own core: its L2 missed (x, key) but may hold other keys' aliases, which only matter to
+        // an SME_COHERENT host
+        let coherent = self.cfg.features.sme_coherent;
+        self.collect(x, if coherent { NONE } else { core });
+        let holders = std::mem::take(&mut self.scratch);
+        if coherent {
+            for h in holders.iter().filter(|h| key_of(h.v) != key) {
+                self.evict_holder(cpu, h);
+            }
+        }
+        let mut level = Level::Memory;
+        let mut lat = self.lat[Level::Memory as usize];
+        let mut stale = 0;
+        let mut n_same = 0;
+        let mut own_l3 = false;
+        for h in holders.iter().filter(|h| key_of(h.v) == key) {
+            n_same += 1;
+            stale |= h.v & STALE;
+            let (l, lv) = self.holder_latency(h, ccd);
+            if l < lat {
+                lat = l;
+                level = lv;
+            }
+            own_l3 |= h.l3 && h.inst as usize == ccd;
+        }
+        let newv = if write {
+            let mut took = 0;
+            for h in holders.iter().filter(|h| key_of(h.v) == key) {
+                took |= self.remove_holder(h) & DIRTY;
+                self.ctr.invalidations[cpu] += 1;
+            }
+            want | EXCL | took | stale
+        } else if n_same == 0 {
+            let dk = self.mem.data_key(x);
+            if dk != key {
+                let owner = self.mem.owner(x);
+                self.record(Cause::ReadForeignData, cpu as i32, x, key, dk, owner);
+            }
+            want | EXCL
+        } else if own_l3 {
+            // the victim cache hands its copy over
+            let v = self.l3.take(ccd, x, want, MATCH_KEYED).unwrap_or(want);
+            if n_same == 1 {
+                v | stale
+            } else {
+                (v & !EXCL) | stale
+            }
+        } else {
+            for h in holders.iter().filter(|h| key_of(h.v) == key) {
+                self.downgrade_holder(h);
+            }
+            want | stale
+        };
+        self.scratch = holders;
+        if stale != 0 {
+            self.stale_hit(cpu, x, key);
+        }
+        match level {
+            Level::L3 => self.ctr.l3_hits[cpu] += 1,
+            Level::Peer => {
+                self.ctr.l3_misses[cpu] += 1;
+                self.ctr.peer_hits[cpu] += 1
+            }
+            Level::Remote => {
+                self.ctr.l3_misses[cpu] += 1;
+                self.ctr.remote_hits[cpu] += 1
+            }
+            _ => {
+                self.ctr.l3_misses[cpu] += 1;
+                self.ctr.mem_reads[cpu] += 1
+            }
+        }
+        self.fill_l2(cpu, core, ccd, x, newv);
+        let l1v = (newv & !DIRTY) | if write { DIRTY } else { 0 };
+        self.fill_l1(core, x, l1v);
+        self.note_fill(ccd, x);
+        self.charge_access(cpu, lat);
+        level
+    }
+
+    fn fill_l2(&mut self, cpu: usize, core: usize, ccd: usize, x: u64, v: u64) {
+        let b2 = self.l2.base(core, x);
+        let mut victim = self.l2.insert(core, b2, v);
+        if victim != 0 {
+            // inclusion: the L1 copy goes with it
+            if let Some(l1v) = self.l1.take(core, line_of(victim), victim & MATCH_KEYED, MATCH_KEYED) {
+                victim |= l1v & DIRTY;
+            }
+            self.castout(cpu, ccd, victim);
+        }
+    }
+
+    /// An L2 victim goes to its CCD's L3 (victim cache); the L3's victim leaves the CCD.
+    fn castout(&mut self, cpu: usize, ccd: usize, v: u64) {
+        let x = line_of(v);
+        let b3 = self.l3.base(ccd, x);
+        if let Some(i) = self.l3.find(b3, v & MATCH_KEYED, MATCH_KEYED) {
+            // another core's castout of the same line is already there: merge
+            let old = self.l3.data[b3 + i];
+            self.l3.data[b3 + i] = (old | (v & (DIRTY | STALE))) & !EXCL;
+            self.l3.touch(b3, i);
+            return;
+        }
+        let victim = self.l3.insert(ccd, b3, v);
+        if victim & DIRTY != 0 {
+            self.writeback(cpu, victim);
+        }
+    }
+
+    fn fill_l1(&mut self, core: usize, x: u64, v: u64) {
+        let b1 = self.l1.base(core, x);
+        let victim = self.l1.insert(core, b1, v);
+        if victim & DIRTY != 0 {
+            let vx = line_of(victim);
+            let b2 = self.l2.base(core, vx);
+            if let Some(i) = self.l2.find(b2, victim & MATCH_KEYED, MATCH_KEYED) {
+                self.l2.data[b2 + i] |= DIRTY;
+            } else {
+                debug_assert!(false, "L1 line without its L2 copy");
+            }
+        }
+    }
+
+    /// A dirty line reaches memory. The oracle: its key must be its page's owner's, and its key
+    /// slot must not have been re-keyed since it was cached.
+    fn writeback(&mut self, cpu: usize, v: u64) {
+        let x = line_of(v);
+        let key = key_of(v);
+        let owner = self.mem.write(x, key);
+        self.ctr.writebacks[cpu] += 1;
+        if v & STALE != 0 {
+            self.record(Cause::WritebackStaleKey, cpu as i32, x, key, owner, owner);
+        } else if key != owner {
+            self.record(Cause::WritebackForeignOwner, cpu as i32, x, key, owner, owner);
+        }
+    }
+
+    /// CCD `ccd` now holds line `x`.
+    #[inline]
+    fn note_fill(&mut self, ccd: usize, x: u64) {
+        if self.dir_active {
+            self.dir.add(x, 1u64 << ccd);
+            if self.dir.len() > self.dir_next_check {
+                self.check_directory_size();
+            }
+        } else if self.sole_ccd == NONE {
+            self.sole_ccd = ccd;
+        } else if self.sole_ccd != ccd {
+            self.activate_directory();
+        }
+    }
+
+    fn cached_lines_total(&self) -> usize {
+        self.l2.valid.iter().map(|&v| v as usize).sum::<usize>() + self.l3.valid.iter().map(|&v| v as usize).sum::<usize>()
+    }
+
+    fn check_directory_size(&mut self) {
+        let live = self.cached_lines_total();
+        if self.dir.len() > 2 * live + (1 << 16) {
+            self.rebuild_directory();
+        }
+        self.dir_next_check = 2 * self.cached_lines_total() + (1 << 16);
+    }
+
+    /// Build the directory from the caches' contents.
+    fn rebuild_directory(&mut self) {
+        let mut dir = Directory::new();
+        for e in 0..self.topo.ccds {
+            let bit = 1u64 << e;
+            if self.l3.valid[e] != 0 {
+                for &v in self.l3.inst_slice(e) {
+                    if v != 0 {
+                        dir.add(line_of(v), bit);
+                    }
+                }
+            }
+            for core in self.topo.ccd_cores(e) {
+                if self.l2.valid[core] != 0 {
+                    for &v in self.l2.inst_slice(core) {
+                        if v != 0 {
+                            dir.add(line_of(v), bit);
+                        }
+                    }
+                }
+            }
+        }
+        self.dir = dir;
+    }
+
+    fn activate_directory(&mut self) {
+        self.dir_active = true;
+        self.sole_ccd = NONE;
+        self.rebuild_directory();
+        self.dir_next_check = 2 * self.dir.len() + (1 << 16);
+    }
+
+    fn ccd_empty(&self, e: usize) -> bool {
+        self.l3.valid[e] == 0 && self.topo.ccd_cores(e).all(|c| self.l2.valid[c] == 0)
+    }
+
+    /// After bulk invalidations: drop the directory when every cache is empty.
+    fn after_bulk(&mut self) {
+        if self.dir_active {
+            if self.cached_lines_total() == 0 {
+                self.dir_active = false;
+                self.dir.clear();
+                self.dir_next_check = 1 << 16;
+            }
+        } else if self.sole_ccd != NONE && self.ccd_empty(self.sole_ccd) {
+            self.sole_ccd = NONE;
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // batch access
+
+    /// Run a batch of accesses in order. Every argument is checked before anything runs, so a bad
+    /// batch leaves the engine unchanged. `levels`, if given, receives where each was served.
+    pub fn access_batch(
+        &mut self,
+        cpu: Col<u32>,
+        addr: &[u64],
+        write: Col<bool>,
+        key: Col<u16>,
+        levels: Option<&mut [u8]>,
+    ) -> Result<[u64; 6]> {
+        let n = addr.len();
+        for (name, len) in [("cpu", cpu.len()), ("write", write.len()), ("key", key.len())] {
+            if let Some(l) = len {
+                if l != n {
+                    return Err(EngineError::invalid(
+                        name,
+                        format!("{name} has {l} elements but addr has {n}: arrays must have the same length"),
+                    ));
+                }
+            }
+        }
+        if let Some(out) = &levels {
+            if out.len() != n {
+                return Err(EngineError::invalid("levels", "levels must have as many elements as addr"));
+            }
+        }
+        match cpu {
+            Col::One(c) => self.check_cpu("cpu", c as usize)?,
+            Col::Each(s) => {
+                if let Some(m) = s.iter().copied().max() {
+                    if m as usize >= self.topo.cpus {
+                        let i = s.iter().position(|&c| c == m).unwrap_or(0);
+                        return Err(EngineError::invalid(
+                            "cpu",
+                            format!("cpu[{i}] = {m} is out of range: this host has CPUs 0..{}", self.topo.cpus - 1),
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(m) = addr.iter().copied().max() {
+            if m >= self.mem.bytes {
+                let i = addr.iter().position(|&a| a == m).unwrap_or(0);
+                return Err(EngineError::invalid(
+                    "addr",
+                    format!("addr[{i}] = {m:#x} is past the end of memory ({:#x} bytes)", self.mem.bytes),
+                ));
+            }
+        }
+        match key {
+            Col::One(k) => {
+                self.check_key("key", k as u64)?;
+            }
+            Col::Each(s) => {
+                if let Some(i) = s.iter().position(|&k| k > MAX_KEY) {
+                    return Err(EngineError::invalid(
+                        "key",
+                        format!("key[{i}] = {} is out of range 0..={MAX_KEY}", s[i]),
+                    ));
+                }
+            }
+        }
+        let mut by_level = [0u64; 6];
+        match levels {
+            Some(out) => {
+                for i in 0..n {
+                    let l = self.access(cpu.at(i) as usize, addr[i], write.at(i), key.at(i));
+                    by_level[l as usize] += 1;
+                    out[i] = l as u8;
+                }
+            }
+            None => {
+                for i in 0..n {
+                    let l = self.access(cpu.at(i) as usize, addr[i], write.at(i), key.at(i));
+                    by_level[l as usize] += 1;
+                }
+            }
+        }
+        Ok(by_level)
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // WBINVD / WBNOINVD
+
+    /// Write back (and with `invalidate`, drop) what one CPU's WBINVD/WBNOINVD reaches: its core's
+    /// L1 and L2 and, with scope "ccd", its CCD's L3. Returns (lines walked, dirty lines written).
+    fn flush_cpu(&mut self, cpu: usize, invalidate: bool) -> (u64, u64) {
+        let core = self.topo.cpu_core[cpu] as usize;
+        let ccd = self.topo.core_ccd[core] as usize;
+        let mut walked = (self.l1.lines_per_inst() + self.l2.lines_per_inst()) as u64;
+        // L1 dirty data goes down to the L2 copy first
+        if self.l1.valid[core] != 0 {
+            let mut dirty1 = std::mem::take(&mut self.lines_scratch);
+            dirty1.clear();
+            for v in self.l1.inst_slice_mut(core) {
+                if *v & DIRTY != 0 {
+                    dirty1.push(*v);
+                    *v &= !DIRTY;
+                }
+            }
+            for &v in &dirty1 {
+                let b2 = self.l2.base(core, line_of(v));
+                if let Some(i) = self.l2.find(b2, v & MATCH_KEYED, MATCH_KEYED) {
+                    self.l2.data[b2 + i] |= DIRTY;
+                }
+            }
+            self.lines_scratch = dirty1;
+            if invalidate {
+                self.l1.clear_inst(core);
+            }
+        }
+        let mut dirty = self.flush_inst(cpu, false, core, invalidate);
+        if self.cfg.wbinvd_scope == WbinvdScope::Ccd {
+            walked += self.l3.lines_per_inst() as u64;
+            dirty += self.flush_inst(cpu, true, ccd, invalidate);
+        }
+        if invalidate {
+            self.ctr.wbinvd[cpu] += 1;
+        } else {
+            self.ctr.wbnoinvd[cpu] += 1;
+        }
+        (walked, dirty)
+    }
+
+    fn flush_inst(&mut self, cpu: usize, l3: bool, inst: usize, invalidate: bool) -> u64 {
+        let cache = if l3 { &mut self.l3 } else { &mut self.l2 };
+        if cache.valid[inst] == 0 {
+            return 0;
+        }
+        let mut dirty = std::mem::take(&mut self.lines_scratch);
+        dirty.clear();
+        let mut n_valid = 0u64;
+        for v in cache.inst_slice_mut(inst) {
+            if *v & DIRTY != 0 {
+                dirty.push(*v);
+                *v &= !DIRTY;
+            }
+            n_valid += (*v != 0) as u64;
+        }
+        if invalidate {
+            cache.clear_inst(inst);
+            self.ctr.invalidations[cpu] += n_valid;
+        }
+        for &v in &dirty {
+            self.writeback(cpu, v);
+        }
+        let n = dirty.len() as u64;
+        self.lines_scratch = dirty;
+        n
+    }
+
+    fn flush_cost(&self, walked: u64, dirty: u64) -> u64 {
+        let c = &self.cfg.cost;
+        c.wbinvd_base + (c.wbinvd_walk_per_line * walked as f64 + c.wbinvd_writeback_per_line * dirty as f64).round() as u64
+    }
+
+    /// WBINVD (`invalidate`) or WBNOINVD on each CPU of `cpus`, sent from `initiator` by IPI and
+    /// waited for, as `wbinvd_on_cpus_mask()` / `wbnoinvd_on_cpus_mask()` do (arch/x86/lib/cache-smp.c:
+    /// on_each_cpu_mask(..., wait=1); the initiator runs it directly if it is in the mask).
+    /// Targets run in ascending CPU order. The initiator pays the send, then waits for the slowest
+    /// target (and for its socket's DRAM bandwidth to absorb the write-backs); each target pays its
+    /// handler and its own flush. Without the WBNOINVD feature, WBNOINVD executes as WBINVD (the
+    /// F3 prefix is ignored, asm/special_insns.h). Returns the initiator's cycles.
+    pub fn wbinvd_on_cpus(&mut self, initiator: usize, cpus: &[usize], invalidate: bool) -> Result<u64> {
+        self.check_cpu("initiator", initiator)?;
+        let cpus = self.check_cpus("cpus", cpus)?;
+        let invalidate = invalidate || !self.cfg.features.wbnoinvd;
+        let c = self.cfg.cost.clone();
+        let t0 = self.clocks[initiator];
+        let n_remote = cpus.iter().filter(|&&t| t != initiator).count() as u64;
+        let send = if n_remote > 0 { c.ipi_send_base + c.ipi_send_per_target * n_remote } else { 0 };
+        let t_sent = t0 + send;
+        let mut done = t_sent;
+        let mut socket_dirty = vec![0u64; self.topo.sockets];
+        for &t in &cpus {
+            let (walked, dirty) = self.flush_cpu(t, invalidate);
+            let op = self.flush_cost(walked, dirty);
+            socket_dirty[self.topo.ccd_socket[self.topo.ccd_of_cpu(t)] as usize] += dirty;
+            if t == initiator {
+                done = done.max(t_sent + op);
+            } else {
+                self.ctr.flush_cycles[t] += op;
+                done = done.max(t_sent + c.ipi_latency + c.ipi_handler + op);
+                self.clocks[t] += c.ipi_handler + op;
+                self.ctr.ipis_received[t] += 1;
+                self.ctr.ipi_cycles[t] += c.ipi_handler + op;
+            }
+        }
+        // write-backs of one socket share its DRAM bandwidth (semantics.md section 6)
+        let bytes_per_cycle = c.socket_writeback_gbps / self.cfg.freq_ghz;
+        let lat = if n_remote > 0 { c.ipi_latency } else { 0 };
+        for &d in &socket_dirty {
+            let floor = t_sent + lat + ((d * LINE) as f64 / bytes_per_cycle).ceil() as u64;
+            done = done.max(floor);
+        }
+        if n_remote > 0 {
+            done += c.ipi_ack;
+        }
+        // the initiator's flush time is the whole wait, its own flush included
+        self.ctr.flush_cycles[initiator] += done - t0;
+        self.clocks[initiator] = done;
+        self.ctr.ipis_sent[initiator] += n_remote;
+        self.after_bulk();
+        Ok(done - t0)
+    }
+
+    pub fn wbinvd(&mut self, cpu: usize) -> Result<u64> {
+        self.wbinvd_on_cpus(cpu, &[cpu], true)
+    }
+    pub fn wbnoinvd(&mut self, cpu: usize) -> Result<u64> {
+        self.wbinvd_on_cpus(cpu, &[cpu], false)
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // CLFLUSH / CLFLUSHOPT / VM_PAGE_FLUSH / DMA
+
+    /// Write back and invalidate every copy of line `x` that `matches(key)`, anywhere in the
+    /// coherence domain. Returns dirty lines written.
+    fn flush_line_everywhere(&mut self, cpu: usize, x: u64, key: u16, any_key: bool) -> u64 {
+        self.collect(x, NONE);
+        let holders = std::mem::take(&mut self.scratch);
+        let mut dirty = 0;
+        for h in holders.iter().filter(|h| any_key || key_of(h.v) == key) {
+            dirty += self.evict_holder(cpu, h);
+        }
+        self.scratch = holders;
+        dirty
+    }
+
+    /// CLFLUSH or CLFLUSHOPT of the lines of [pa, pa + size) through a mapping that uses `key`
+    /// (the host's: 0, or the SME key). Coherence-domain wide (SDM CLFLUSH; semantics.md 1.4). Without
+    /// SME_COHERENT it reaches only copies under `key`: a host CLFLUSH cannot evict guest-key lines
+    /// (semantics.md 1.4, from the kernel comments in sev_writeback_caches()); with it, all aliases.
+    /// A range is fenced before and after, as clflush_cache_range() does
+    /// (arch/x86/mm/pat/set_memory.c). Returns the cycles charged to `cpu`.
+    pub fn clflush(&mut self, cpu: usize, pa: u64, size: u64, key: u16, op: FlushOp, fenced: bool) -> Result<u64> {
+        self.check_cpu("cpu", cpu)?;
+        let key = self.check_key("key", key as u64)?;
+        let first = pa / LINE;
+        let end = pa.checked_add(size.max(1)).ok_or_else(|| EngineError::invalid("size", "range overflows"))?;
+        self.check_range("addr", first * LINE, end.div_ceil(LINE) * LINE - first * LINE, LINE)?;
+        let last = end.div_ceil(LINE);
+        let any = self.cfg.features.sme_coherent;
+        let c = &self.cfg.cost;
+        let per_line = match op {
+            FlushOp::Clflush => c.clflush_line,
+            FlushOp::Clflushopt => c.clflushopt_line,
+        };
+        let (dirty_cost, fence) = (c.flush_dirty_line, c.fence);
+        let mut dirty = 0;
+        for x in first..last {
+            dirty += self.flush_line_everywhere(cpu, x, key, any);
+        }
+        let n = last - first;
+        let cycles = per_line * n + dirty_cost * dirty + if fenced { 2 * fence } else { 0 };
+        self.ctr.clflush_lines[cpu] += n;
+        self.ctr.flush_cycles[cpu] += cycles;
+        self.clocks[cpu] += cycles;
+        self.after_bulk();
+        Ok(cycles)
+    }
+
+    /// A write of MSR_AMD64_VM_PAGE_FLUSH (0xC001_011E): write back and invalidate the 4 KiB page's
+    /// lines cached under guest key `asid`, everywhere (semantics.md 1.5). Without the feature the
+    /// WRMSR raises #GP: returns Ok(false) and counts a fault, as wrmsrq_safe() would see it.
+    pub fn vm_page_flush(&mut self, cpu: usize, pa: u64, asid: u16) -> Result<bool> {
+        self.check_cpu("cpu", cpu)?;
+        self.check_addr("addr", pa)?;
+        let asid = self.check_key("asid", asid as u64)?;
+        if !self.cfg.features.vm_page_flush {
+            self.ctr.faults[cpu] += 1;
+            return Ok(false);
+        }
+        let first = (pa & !(PAGE - 1)) / LINE;
+        let mut dirty = 0;
+        for x in first..first + PAGE / LINE {
+            dirty += self.flush_line_everywhere(cpu, x, asid, false);
+        }
+        let c = &self.cfg.cost;
+        let cycles = c.vm_page_flush_base + c.clflushopt_line * (PAGE / LINE) + c.flush_dirty_line * dirty;
+        self.ctr.vm_page_flush[cpu] += 1;
+        self.ctr.flush_cycles[cpu] += cycles;
+        self.clocks[cpu] += cycles;
+        self.after_bulk();
+        Ok(true)
+    }
+
+    /// A device access of [pa, pa + size) with `key` (0: plaintext DMA). Copies under the same key
+    /// are coherent with the device (a write invalidates them, a read snoops them); dirty copies
+    /// under other keys are invisible to it: each is a `dma` violation (semantics.md 1.6 case C).
+    pub fn dma(&mut self, pa: u64, size: u64, key: u16, write: bool) -> Result<()> {
+        let key = self.check_key("key", key as u64)?;
+        let first = pa / LINE;
+        let end = pa.checked_add(size.max(1)).ok_or_else(|| EngineError::invalid("size", "range overflows"))?;
+        let last = end.div_ceil(LINE);
+        self.check_range("addr", first * LINE, (last - first) * LINE, LINE)?;
+        let cause = if write { Cause::DmaWriteDirtyLine } else { Cause::DmaReadDirtyLine };
+        for x in first..last {
+            self.collect(x, NONE);
+            let holders = std::mem::take(&mut self.scratch);
+            for h in holders.iter() {
+                if key_of(h.v) == key {
+                    if write {
+                        self.remove_holder(h);
+                    }
+                } else if h.v & DIRTY != 0 {
+                    let owner = self.mem.owner(x);
+                    self.record(cause, -1, x, key_of(h.v), key, owner);
+                }
+            }
+            self.scratch = holders;
+            if write {
+                self.mem.write(x, key);
+            }
+        }
+        if write {
+            self.after_bulk();
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // ownership and key slots
+
+    /// The host hands the 4 KiB pages of [pa, pa + size) to `key`. Caches are untouched: whatever
+    /// they still hold under the previous owner's key is the policy's problem, and the oracle's.
+    pub fn set_owner(&mut self, pa: u64, size: u64, key: u16) -> Result<()> {
+        self.check_range("addr", pa, size, PAGE)?;
+        let key = self.check_key("key", key as u64)?;
+        self.mem.set_owner(pa, size, key);
+        Ok(())
+    }
+
+    pub fn owner(&self, pa: u64) -> Result<u16> {
+        self.check_addr("addr", pa)?;
+        Ok(self.mem.owner(pa / LINE))
+    }
+
+    /// The key slot `key` gets a new key (firmware ACTIVATE of a recycled ASID). Lines still cached
+    /// under the slot become stale: a hit on one is an isolation violation, its write-back a
+    /// corruption (semantics.md 1.6 case D). Returns how many cached copies became stale.
+    pub fn activate(&mut self, key: u16) -> Result<u64> {
+        let key = self.check_key("key", key as u64)?;
+        let want = (key as u64) << KEY_SHIFT | VALID;
+        let mask = KEY_MASK | VALID;
+        let mut n = 0;
+        for cache in [&mut self.l1, &mut self.l2, &mut self.l3] {
+            for inst in 0..cache.insts {
+                if cache.valid[inst] == 0 {
+                    continue;
+                }
+                for v in cache.inst_slice_mut(inst) {
+                    if *v & mask == want {
+                        *v |= STALE;
+                        n += 1;
+                    }
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // inspection
+
+    /// Every cached copy of the line holding `pa`, in any cache, under any key.
+    pub fn copies(&self, pa: u64) -> Result<Vec<Copy_>> {
+        self.check_addr("addr", pa)?;
+        let x = pa / LINE;
+        let mut out = Vec::new();
+        for (level, cache) in [(1u8, &self.l1), (2, &self.l2), (3, &self.l3)] {
+            for inst in 0..cache.insts {
+                let b = cache.base(inst, x);
+                for w in 0..cache.ways {
+                    let v = cache.data[b + w];
+                    if v != 0 && line_of(v) == x {
+                        out.push(Copy_ {
+                            level,
+                            inst: inst as u32,
+                            key: key_of(v),
+                            dirty: v & DIRTY != 0,
+                            exclusive: v & EXCL != 0,
+                            stale: v & STALE != 0,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The contents of one set of one cache, most recently used first: (line address, key, dirty).
+    pub fn set_contents(&self, level: u8, inst: usize, set: usize) -> Result<Vec<(u64, u16, bool)>> {
+        let cache = match level {
+            1 => &self.l1,
+            2 => &self.l2,
+            3 => &self.l3,
+            _ => return Err(EngineError::invalid("level", format!("level must be 1, 2 or 3, got {level}"))),
+        };
+        if inst >= cache.insts {
+            return Err(EngineError::invalid("inst", format!("inst {inst} out of range 0..{}", cache.insts)));
+        }
+        if set >= cache.sets {
+            return Err(EngineError::invalid("set", format!("set {set} out of range 0..{}", cache.sets)));
+        }
+        let b = (inst * cache.sets + set) * cache.ways;
+        Ok(cache.data[b..b + cache.ways]
+            .iter()
+            .filter(|&&v| v != 0)
+            .map(|&v| (line_of(v) * LINE, key_of(v), v & DIRTY != 0))
+            .collect())
+    }
+
+    /// (valid, dirty) lines per instance of a level; L1/L2 per core, L3 per CCD.
+    pub fn occupancy(&self, level: u8) -> Result<(Vec<u64>, Vec<u64>)> {
+        let cache = match level {
+            1 => &self.l1,
+            2 => &self.l2,
+            3 => &self.l3,
+            _ => return Err(EngineError::invalid("level", format!("level must be 1, 2 or 3, got {level}"))),
+        };
+        let valid = cache.valid.iter().map(|&v| v as u64).collect();
+        let dirty = (0..cache.insts)
+            .map(|i| if cache.valid[i] == 0 { 0 } else { cache.dirty_count(i) })
+            .collect();
+        Ok((valid, dirty))
+    }
+
+    /// Count cached copies (L2 and L3; L1 is inside L2) under `key` (any key if None); with
+    /// `dirty_only`, only those whose data is dirty (an L1 dirty copy counts).
+    pub fn cached_lines(&self, key: Option<u16>, dirty_only: bool) -> u64 {
+        let mut n = 0;
+        let km = |v: u64| key.map_or(true, |k| key_of(v) == k);
+        for core in 0..self.topo.cores {
+            if self.l2.valid[core] == 0 {
+                continue;
+            }
+            for &v in self.l2.inst_slice(core) {
+                if v == 0 || !km(v) {
+                    continue;
+                }
+                if dirty_only && v & DIRTY == 0 {
+                    let b1 = self.l1.base(core, line_of(v));
+                    match self.l1.find(b1, v & MATCH_KEYED, MATCH_KEYED) {
+                        Some(i) if self.l1.data[b1 + i] & DIRTY != 0 => {}
+                        _ => continue,
+                    }
+                }
+                n += 1;
+            }
+        }
+        for e in 0..self.topo.ccds {
+            if self.l3.valid[e] == 0 {
+                continue;
+            }
+            for &v in self.l3.inst_slice(e) {
+                if v != 0 && km(v) && (!dirty_only || v & DIRTY != 0) {
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+}
