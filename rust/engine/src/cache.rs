@@ -32,6 +32,89 @@ pub fn key_of(v: u64) -> u16 {
     ((v & KEY_MASK) >> KEY_SHIFT) as u16
 }
 
+#[inline(always)]
+fn match_bits_scalar(set: &[u64], want: u64, mask: u64) -> u64 {
+    let mut bits: u64 = 0;
+    for (i, &v) in set.iter().enumerate() {
+        bits |= ((v & mask == want) as u64) << i;
+    }
+    bits
+}
+
+/// `match_bits_scalar` four ways at a time. Set scans dominate the simulator's miss path.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn match_bits_avx2(set: &[u64], want: u64, mask: u64) -> u64 {
+    use std::arch::x86_64::*;
+    let w = _mm256_set1_epi64x(want as i64);
+    let m = _mm256_set1_epi64x(mask as i64);
+    let n = set.len();
+    let mut bits = 0u64;
+    let mut i = 0;
+    while i + 4 <= n {
+        // SAFETY: i + 4 <= set.len(); unaligned load
+        let v = _mm256_loadu_si256(set.as_ptr().add(i) as *const __m256i);
+        let c = _mm256_cmpeq_epi64(_mm256_and_si256(v, m), w);
+        bits |= (_mm256_movemask_pd(_mm256_castsi256_pd(c)) as u32 as u64) << i;
+        i += 4;
+    }
+    while i < n {
+        bits |= ((set[i] & mask == want) as u64) << i;
+        i += 1;
+    }
+    bits
+}
+
+/// A zeroed array of u64 aligned to 64 bytes (a set of 8 or 16 ways then spans exactly one or
+/// two host cache lines), whose pages the kernel may back with transparent huge pages: random set
+/// lookups over tens of MiB otherwise pay host TLB misses.
+#[derive(Clone)]
+pub struct LineArray {
+    chunks: Vec<Chunk>,
+    len: usize,
+}
+
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Chunk([u64; 8]);
+
+impl LineArray {
+    pub fn zeroed(n: usize) -> Self {
+        // vec![zero; n] of a zeroable type is calloc: pages are committed when first written
+        let chunks = vec![Chunk([0; 8]); n.div_ceil(8)];
+        #[cfg(target_os = "linux")]
+        if n * 8 >= 4 << 20 {
+            // SAFETY: advice on memory this vector owns; it changes no contents.
+            unsafe {
+                let start = chunks.as_ptr() as usize;
+                let aligned = (start + 4095) & !4095;
+                let end = start + chunks.len() * 64;
+                if end > aligned {
+                    libc::madvise(aligned as *mut libc::c_void, end - aligned, libc::MADV_HUGEPAGE);
+                }
+            }
+        }
+        LineArray { chunks, len: n }
+    }
+}
+
+impl std::ops::Deref for LineArray {
+    type Target = [u64];
+    #[inline(always)]
+    fn deref(&self) -> &[u64] {
+        // SAFETY: Chunk is repr(C) [u64; 8]: the chunks are len.div_ceil(8) * 8 contiguous u64.
+        unsafe { std::slice::from_raw_parts(self.chunks.as_ptr() as *const u64, self.len) }
+    }
+}
+
+impl std::ops::DerefMut for LineArray {
+    #[inline(always)]
+    fn deref_mut(&mut self) -> &mut [u64] {
+        // SAFETY: as in deref, with unique access through &mut self.
+        unsafe { std::slice::from_raw_parts_mut(self.chunks.as_mut_ptr() as *mut u64, self.len) }
+    }
+}
+
 /// All instances of one cache level.
 #[derive(Clone)]
 pub struct Caches {
@@ -39,7 +122,7 @@ pub struct Caches {
     pub sets: usize,
     pub insts: usize,
     set_mask: u64,
-    pub data: Vec<u64>,
+    pub data: LineArray,
     /// valid lines per instance
     pub valid: Vec<u32>,
 }
@@ -53,7 +136,7 @@ impl Caches {
             insts,
             set_mask: (sets - 1) as u64,
             // vec![0; n] is calloc: pages are only committed when a set is first written.
-            data: vec![0u64; insts * sets * ways],
+            data: LineArray::zeroed(insts * sets * ways),
             valid: vec![0u32; insts],
         }
     }
@@ -68,27 +151,65 @@ impl Caches {
         (inst * self.sets + (line & self.set_mask) as usize) * self.ways
     }
 
-    /// Way of the first line at `base` with `v & mask == want`. Valid lines are packed at the front
-    /// of a set, so the scan stops at the first invalid way.
+    /// Bit w set for each way w of the set at `base` with `v & mask == want`. Branch-free over
+    /// the whole set (vectorisable): cheaper than an early-exit loop for the 8-16 ways of real caches.
+    #[inline(always)]
+    pub fn match_bits(&self, base: usize, want: u64, mask: u64) -> u64 {
+        let set = &self.data[base..base + self.ways];
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2 (checked just above; the check is a cached bit test).
+            return unsafe { match_bits_avx2(set, want, mask) };
+        }
+        match_bits_scalar(set, want, mask)
+    }
+
+    /// Way of the first line at `base` with `v & mask == want`.
     #[inline(always)]
     pub fn find(&self, base: usize, want: u64, mask: u64) -> Option<usize> {
-        let set = &self.data[base..base + self.ways];
-        for (i, &v) in set.iter().enumerate() {
-            if v & mask == want {
-                return Some(i);
-            }
-            if v == 0 {
-                return None;
-            }
+        let bits = self.match_bits(base, want, mask);
+        if bits == 0 {
+            None
+        } else {
+            Some(bits.trailing_zeros() as usize)
         }
-        None
+    }
+
+    /// Insert `v` as the most recently used line, or, if a copy with the same line and key is
+    /// already in the set, merge it (`merge(old, v)` becomes the new MRU line). Returns the evicted
+    /// LRU line, 0 if none. One pass over the set.
+    #[inline(always)]
+    pub fn insert_or_merge(&mut self, inst: usize, base: usize, v: u64, merge: impl Fn(u64, u64) -> u64) -> u64 {
+        let set = &mut self.data[base..base + self.ways];
+        let id = v & MATCH_KEYED;
+        let mut carry = v;
+        for w in 0..set.len() {
+            let cur = set[w];
+            set[w] = carry;
+            if cur & MATCH_KEYED == id {
+                // the old copy leaves its way (filled by the shifted line): fold it into the new MRU
+                set[0] = merge(cur, v);
+                return 0;
+            }
+            if cur == 0 {
+                self.valid[inst] += 1;
+                return 0;
+            }
+            carry = cur;
+        }
+        carry
     }
 
     /// Make way `i` the most recently used.
     #[inline(always)]
     pub fn touch(&mut self, base: usize, i: usize) {
         if i != 0 {
-            self.data[base..=base + i].rotate_right(1);
+            // carry the line to the front; a swap loop (not rotate/memmove) is fastest for <= 64 ways
+            let set = &mut self.data[base..=base + i];
+            let mut carry = set[i];
+            for slot in set.iter_mut() {
+                std::mem::swap(slot, &mut carry);
+            }
         }
     }
 
@@ -96,15 +217,17 @@ impl Caches {
     /// free way).
     #[inline(always)]
     pub fn insert(&mut self, inst: usize, base: usize, v: u64) -> u64 {
-        let ways = self.ways;
-        let set = &mut self.data[base..base + ways];
-        let victim = set[ways - 1];
-        set.rotate_right(1);
-        set[0] = v;
-        if victim == 0 {
-            self.valid[inst] += 1;
+        let set = &mut self.data[base..base + self.ways];
+        let mut carry = v;
+        for slot in set.iter_mut() {
+            std::mem::swap(slot, &mut carry);
+            if carry == 0 {
+                // the set had a free way: nothing is evicted
+                self.valid[inst] += 1;
+                return 0;
+            }
         }
-        victim
+        carry
     }
 
     /// Remove way `i`, keeping the order of the others; returns the removed line.
@@ -113,8 +236,12 @@ impl Caches {
         let ways = self.ways;
         let set = &mut self.data[base..base + ways];
         let v = set[i];
-        set[i..].rotate_left(1);
-        set[ways - 1] = 0;
+        let mut w = i;
+        while w + 1 < ways && set[w + 1] != 0 {
+            set[w] = set[w + 1];
+            w += 1;
+        }
+        set[w] = 0;
         self.valid[inst] -= 1;
         v
     }

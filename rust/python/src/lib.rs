@@ -1,1 +1,722 @@
-use pyo3::prelude::*; #[pymodule] fn _core(_m:&Bound<PyModule>)->PyResult<()>{Ok(())}
+//! PyO3 bindings: the `sevsim._core` extension module. A thin layer: argument conversion and
+//! checking, numpy views, GIL release around batches. All semantics live in `sevsim-engine`.
+
+use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1, ToPyArray};
+use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString};
+
+use sevsim_engine::config::{self, parse_size, HostConfig, DEFAULT_PROFILE};
+use sevsim_engine::host::{Col, Counters, FlushOp, Host, LEVEL_NAMES};
+use sevsim_engine::violation::{Cause, Violation, CAUSES};
+use sevsim_engine::EngineError;
+
+fn verr(e: EngineError) -> PyErr {
+    PyValueError::new_err(e.to_string())
+}
+
+/// A non-negative Python int (or numpy integer) no larger than `max`, else TypeError/ValueError
+/// naming the argument.
+fn int_arg(obj: &Bound<'_, PyAny>, name: &str, max: u64) -> PyResult<u64> {
+    if obj.is_instance_of::<PyFloat>() || obj.is_instance_of::<PyString>() {
+        return Err(PyTypeError::new_err(format!(
+            "{name} must be an int, got {}",
+            obj.get_type().name()?
+        )));
+    }
+    let v: i128 = match obj.call_method0("__index__").and_then(|i| i.extract::<i128>()) {
+        Ok(v) => v,
+        Err(_) => {
+            return Err(PyTypeError::new_err(format!(
+                "{name} must be an int, got {}",
+                obj.get_type().name()?
+            )))
+        }
+    };
+    if v < 0 || v > max as i128 {
+        return Err(PyValueError::new_err(format!("{name} = {v} is out of range 0..={max}")));
+    }
+    Ok(v as u64)
+}
+
+fn size_arg(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<u64> {
+    if let Ok(s) = obj.downcast::<PyString>() {
+        let s = s.to_str()?;
+        return parse_size(s).map_err(|e| PyValueError::new_err(format!("{name}: {e}")));
+    }
+    int_arg(obj, name, u64::MAX >> 1)
+}
+
+fn dtype_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.getattr("dtype")
+        .and_then(|d| d.str())
+        .map(|s| s.to_string())
+        .unwrap_or_else(|_| obj.get_type().name().map(|n| n.to_string()).unwrap_or_default())
+}
+
+enum ColArg<'py, T: numpy::Element> {
+    One(T),
+    Each(PyReadonlyArray1<'py, T>),
+}
+
+/// A scalar, or a 1-D numpy array of exactly dtype `T` (read in place, no copy when contiguous).
+fn col_arg<'py, T: numpy::Element + Copy>(
+    obj: &Bound<'py, PyAny>,
+    name: &str,
+    dtype: &str,
+    scalar: impl Fn(&Bound<'py, PyAny>) -> PyResult<T>,
+) -> PyResult<ColArg<'py, T>> {
+    if let Ok(a) = obj.downcast::<PyArray1<T>>() {
+        return Ok(ColArg::Each(a.try_readonly().map_err(|e| PyValueError::new_err(format!("{name}: {e}")))?));
+    }
+    if obj.hasattr("dtype")? && obj.hasattr("ndim")? {
+        let ndim: usize = obj.getattr("ndim")?.extract()?;
+        if ndim == 0 {
+            return Ok(ColArg::One(scalar(obj)?));
+        }
+        return Err(PyTypeError::new_err(format!(
+            "{name} must be a 1-D numpy array of dtype {dtype} (or a scalar), got a {ndim}-D array of dtype {}",
+            dtype_name(obj)
+        )));
+    }
+    if obj.is_instance_of::<PyList>() {
+        return Err(PyTypeError::new_err(format!(
+            "{name} must be a numpy array of dtype {dtype} or a scalar, got a list: use np.asarray({name}, dtype=np.{dtype})"
+        )));
+    }
+    Ok(ColArg::One(scalar(obj)?))
+}
+
+fn contiguous<'a, T: numpy::Element + Copy>(a: &'a PyReadonlyArray1<'_, T>, owned: &'a mut Vec<T>) -> &'a [T] {
+    match a.as_slice() {
+        Ok(s) => s,
+        Err(_) => {
+            *owned = a.as_array().to_vec();
+            owned
+        }
+    }
+}
+
+fn py_to_toml(obj: &Bound<'_, PyAny>, path: &str) -> PyResult<toml::Value> {
+    if obj.is_instance_of::<PyBool>() {
+        return Ok(toml::Value::Boolean(obj.extract()?));
+    }
+    if obj.is_instance_of::<PyInt>() {
+        return Ok(toml::Value::Integer(obj.extract()?));
+    }
+    if obj.is_instance_of::<PyFloat>() {
+        return Ok(toml::Value::Float(obj.extract()?));
+    }
+    if let Ok(s) = obj.downcast::<PyString>() {
+        return Ok(toml::Value::String(s.to_str()?.to_string()));
+    }
+    if let Ok(d) = obj.downcast::<PyDict>() {
+        let mut t = toml::Table::new();
+        for (k, v) in d.iter() {
+            let k: String = k
+                .extract()
+                .map_err(|_| PyTypeError::new_err(format!("overrides{path}: keys must be strings")))?;
+            let sub = format!("{path}.{k}");
+            t.insert(k, py_to_toml(&v, &sub)?);
+        }
+        return Ok(toml::Value::Table(t));
+    }
+    Err(PyTypeError::new_err(format!(
+        "overrides{path}: unsupported value of type {}",
+        obj.get_type().name()?
+    )))
+}
+
+fn read_profile(profile: Option<&Bound<'_, PyAny>>) -> PyResult<String> {
+    match profile {
+        None => Ok(DEFAULT_PROFILE.to_string()),
+        Some(p) if p.is_none() => Ok(DEFAULT_PROFILE.to_string()),
+        Some(p) => {
+            let path: std::path::PathBuf = p
+                .extract()
+                .map_err(|_| PyTypeError::new_err("profile must be a path to a TOML file"))?;
+            std::fs::read_to_string(&path)
+                .map_err(|e| PyOSError::new_err(format!("profile {}: {e}", path.display())))
+        }
+    }
+}
+
+/// One oracle finding.
+#[pyclass(name = "Violation", module = "sevsim._core", frozen, eq)]
+#[derive(Clone, PartialEq)]
+pub struct PyViolation {
+    v: Violation,
+}
+
+#[pymethods]
+impl PyViolation {
+    /// corruption, dma or isolation
+    #[getter]
+    fn kind(&self) -> &'static str {
+        self.v.kind().name()
+    }
+    /// the specific hazard, e.g. writeback_foreign_owner
+    #[getter]
+    fn cause(&self) -> &'static str {
+        self.v.cause.name()
+    }
+    /// CPU whose action exposed it, or -1 for a device
+    #[getter]
+    fn cpu(&self) -> i32 {
+        self.v.cpu
+    }
+    #[getter]
+    fn pa(&self) -> u64 {
+        self.v.pa
+    }
+    #[getter]
+    fn key(&self) -> u16 {
+        self.v.key
+    }
+    #[getter]
+    fn other_key(&self) -> u16 {
+        self.v.other_key
+    }
+    #[getter]
+    fn owner(&self) -> u16 {
+        self.v.owner
+    }
+    #[getter]
+    fn cycle(&self) -> u64 {
+        self.v.cycle
+    }
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("kind", self.kind())?;
+        d.set_item("cause", self.cause())?;
+        d.set_item("cpu", self.v.cpu)?;
+        d.set_item("pa", self.v.pa)?;
+        d.set_item("key", self.v.key)?;
+        d.set_item("other_key", self.v.other_key)?;
+        d.set_item("owner", self.v.owner)?;
+        d.set_item("cycle", self.v.cycle)?;
+        Ok(d)
+    }
+    fn __repr__(&self) -> String {
+        format!(
+            "Violation(kind={:?}, cause={:?}, cpu={}, pa={:#x}, key={}, other_key={}, owner={}, cycle={})",
+            self.kind(),
+            self.cause(),
+            self.v.cpu,
+            self.v.pa,
+            self.v.key,
+            self.v.other_key,
+            self.v.owner,
+            self.v.cycle
+        )
+    }
+}
+
+/// A simulated host: topology, caches, coherence, memory ownership, clocks, counters and oracles.
+#[pyclass(name = "Host", module = "sevsim._core")]
+pub struct PyHost {
+    h: Host,
+}
+
+impl PyHost {
+    fn cpu(&self, obj: &Bound<'_, PyAny>, name: &str) -> PyResult<usize> {
+        let max = self.h.topo.cpus as u64 - 1;
+        let v = int_arg(obj, name, u64::MAX >> 1)?;
+        if v > max {
+            return Err(PyValueError::new_err(format!(
+                "{name} = {v} is out of range: this host has CPUs 0..{max}"
+            )));
+        }
+        Ok(v as usize)
+    }
+    fn key(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<u16> {
+        Ok(int_arg(obj, name, sevsim_engine::memory::MAX_KEY as u64)? as u16)
+    }
+    fn cpu_list(&self, obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<usize>> {
+        if obj.is_instance_of::<PyString>() {
+            return Err(PyTypeError::new_err(format!("{name} must be a sequence of CPU numbers")));
+        }
+        let mut out = Vec::new();
+        for item in obj
+            .try_iter()
+            .map_err(|_| PyTypeError::new_err(format!("{name} must be a sequence of CPU numbers")))?
+        {
+            out.push(self.cpu(&item?, name)?);
+        }
+        Ok(out)
+    }
+}
+
+#[pymethods]
+impl PyHost {
+    /// Build a host from a named preset. `memory`: bytes as an int or a string such as "1.5TiB"
+    /// (default: the preset's). `sme_coherent`: override the preset's feature. `overrides`: a dict
+    /// shaped like a preset in the profile, merged into it (e.g. {"l3": {"size": "16MiB"}}).
+    /// `profile`: path to a TOML profile to read presets from instead of the shipped one.
+    #[staticmethod]
+    #[pyo3(signature = (name, memory=None, *, sme_coherent=None, overrides=None, profile=None))]
+    fn from_preset(
+        name: &str,
+        memory: Option<&Bound<'_, PyAny>>,
+        sme_coherent: Option<bool>,
+        overrides: Option<&Bound<'_, PyAny>>,
+        profile: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let text = read_profile(profile)?;
+        let mut table = match overrides {
+            Some(o) if !o.is_none() => match py_to_toml(o, "")? {
+                toml::Value::Table(t) => t,
+                _ => return Err(PyTypeError::new_err("overrides must be a dict")),
+            },
+            _ => toml::Table::new(),
+        };
+        if let Some(c) = sme_coherent {
+            let f = table
+                .entry("features")
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(f) = f {
+                f.insert("sme_coherent".into(), toml::Value::Boolean(c));
+            }
+        }
+        let cfg = HostConfig::from_profile(&text, name, Some(&table)).map_err(verr)?;
+        let mem = match memory {
+            Some(m) if !m.is_none() => Some(size_arg(m, "memory")?),
+            _ => None,
+        };
+        Ok(PyHost { h: Host::new(cfg, mem).map_err(verr)? })
+    }
+
+    /// Names and descriptions of the presets in the shipped (or a given) profile.
+    #[staticmethod]
+    #[pyo3(signature = (profile=None))]
+    fn presets(profile: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<(String, String)>> {
+        config::list_presets(&read_profile(profile)?).map_err(verr)
+    }
+
+    #[getter]
+    fn preset(&self) -> &str {
+        &self.h.cfg.name
+    }
+    #[getter]
+    fn description(&self) -> &str {
+        &self.h.cfg.description
+    }
+    #[getter]
+    fn cpu_count(&self) -> usize {
+        self.h.topo.cpus
+    }
+    #[getter]
+    fn core_count(&self) -> usize {
+        self.h.topo.cores
+    }
+    #[getter]
+    fn ccd_count(&self) -> usize {
+        self.h.topo.ccds
+    }
+    #[getter]
+    fn socket_count(&self) -> usize {
+        self.h.topo.sockets
+    }
+    /// Bytes of physical memory.
+    #[getter]
+    fn memory(&self) -> u64 {
+        self.h.memory_bytes()
+    }
+    #[getter]
+    fn freq_ghz(&self) -> f64 {
+        self.h.cfg.freq_ghz
+    }
+    /// {'sme_coherent': bool, 'wbnoinvd': bool, 'vm_page_flush': bool}
+    #[getter]
+    fn features<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let f = &self.h.cfg.features;
+        let d = PyDict::new(py);
+        d.set_item("sme_coherent", f.sme_coherent)?;
+        d.set_item("wbnoinvd", f.wbnoinvd)?;
+        d.set_item("vm_page_flush", f.vm_page_flush)?;
+        Ok(d)
+    }
+    /// The cache geometry and latencies: {'l1d': {'size', 'ways', 'sets', 'latency'}, ...}
+    #[getter]
+    fn caches<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (name, g) in [("l1d", &self.h.cfg.l1d), ("l2", &self.h.cfg.l2), ("l3", &self.h.cfg.l3)] {
+            let e = PyDict::new(py);
+            e.set_item("size", g.size.0)?;
+            e.set_item("ways", g.ways)?;
+            e.set_item("sets", g.sets())?;
+            e.set_item("latency", g.latency)?;
+            d.set_item(name, e)?;
+        }
+        d.set_item(
+            "wbinvd_scope",
+            match self.h.cfg.wbinvd_scope {
+                config::WbinvdScope::Core => "core",
+                config::WbinvdScope::Ccd => "ccd",
+            },
+        )?;
+        Ok(d)
+    }
+    /// {'cpu_core', 'cpu_ccd', 'cpu_socket', 'core_ccd'}: numpy arrays describing the topology.
+    fn topology<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let t = &self.h.topo;
+        let d = PyDict::new(py);
+        let cpu_ccd: Vec<u32> = (0..t.cpus).map(|c| t.ccd_of_cpu(c) as u32).collect();
+        let cpu_socket: Vec<u32> = cpu_ccd.iter().map(|&d| t.ccd_socket[d as usize]).collect();
+        d.set_item("cpu_core", t.cpu_core.to_pyarray(py))?;
+        d.set_item("cpu_ccd", cpu_ccd.to_pyarray(py))?;
+        d.set_item("cpu_socket", cpu_socket.to_pyarray(py))?;
+        d.set_item("core_ccd", t.core_ccd.to_pyarray(py))?;
+        Ok(d)
+    }
+
+    /// Run a batch of memory accesses, in order, in one call (the GIL is released while it runs).
+    /// `cpu` (uint32), `addr` (uint64, physical), `write` (bool), `key` (uint16): 1-D numpy arrays
+    /// of one length, or scalars applied to every access. Returns counts of where the accesses were
+    /// served ({'l1', 'l2', 'l3', 'peer', 'remote', 'memory'}) and, with `return_levels`, a uint8
+    /// array 'levels' with one code per access (0=l1 .. 5=memory). Nothing runs if any argument is bad.
+    #[pyo3(signature = (cpu, addr, write=None, key=None, *, return_levels=false))]
+    fn access<'py>(
+        &mut self,
+        py: Python<'py>,
+        cpu: &Bound<'py, PyAny>,
+        addr: &Bound<'py, PyAny>,
+        write: Option<&Bound<'py, PyAny>>,
+        key: Option<&Bound<'py, PyAny>>,
+        return_levels: bool,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let cpu_c = col_arg::<u32>(cpu, "cpu", "uint32", |o| Ok(self.cpu(o, "cpu")? as u32))?;
+        let addr_c = col_arg::<u64>(addr, "addr", "uint64", |o| int_arg(o, "addr", u64::MAX))?;
+        let false_ = PyBool::new(py, false).to_owned().into_any();
+        let zero = 0i64.into_pyobject(py)?.into_any();
+        let write_c = col_arg::<bool>(write.unwrap_or(&false_), "write", "bool", |o| {
+            if o.is_instance_of::<PyBool>() || o.hasattr("dtype").unwrap_or(false) {
+                o.extract::<bool>()
+                    .map_err(|_| PyTypeError::new_err("write must be a bool or a numpy bool array"))
+            } else {
+                Err(PyTypeError::new_err(format!(
+                    "write must be a bool or a numpy bool array, got {}",
+                    o.get_type().name()?
+                )))
+            }
+        })?;
+        let key_c = col_arg::<u16>(key.unwrap_or(&zero), "key", "uint16", |o| Self::key(o, "key"))?;
+        let (mut o1, mut o2, mut o3, mut o4) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let single_addr;
+        let addr_s: &[u64] = match &addr_c {
+            ColArg::Each(a) => contiguous(a, &mut o2),
+            ColArg::One(a) => {
+                single_addr = [*a];
+                &single_addr
+            }
+        };
+        let cpu_s = match &cpu_c {
+            ColArg::Each(a) => Col::Each(contiguous(a, &mut o1)),
+            ColArg::One(v) => Col::One(*v),
+        };
+        let write_s = match &write_c {
+            ColArg::Each(a) => Col::Each(contiguous(a, &mut o3)),
+            ColArg::One(v) => Col::One(*v),
+        };
+        let key_s = match &key_c {
+            ColArg::Each(a) => Col::Each(contiguous(a, &mut o4)),
+            ColArg::One(v) => Col::One(*v),
+        };
+        let mut levels = if return_levels { vec![0u8; addr_s.len()] } else { Vec::new() };
+        let h = &mut self.h;
+        let by_level = py
+            .allow_threads(|| {
+                h.access_batch(cpu_s, addr_s, write_s, key_s, if return_levels { Some(&mut levels[..]) } else { None })
+            })
+            .map_err(verr)?;
+        let d = PyDict::new(py);
+        for (i, name) in LEVEL_NAMES.iter().enumerate() {
+            d.set_item(*name, by_level[i])?;
+        }
+        if return_levels {
+            d.set_item("levels", PyArray1::from_vec(py, levels))?;
+        }
+        Ok(d)
+    }
+
+    /// WBINVD on `cpu`: write back and invalidate its core's caches (and, per the preset's
+    /// wbinvd_scope, its CCD's L3). Returns the cycles it took.
+    fn wbinvd(&mut self, cpu: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let c = self.cpu(cpu, "cpu")?;
+        self.h.wbinvd(c).map_err(verr)
+    }
+    /// WBNOINVD on `cpu`: write back dirty lines, keep every line valid.
+    fn wbnoinvd(&mut self, cpu: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let c = self.cpu(cpu, "cpu")?;
+        self.h.wbnoinvd(c).map_err(verr)
+    }
+    /// WBINVD on every CPU in `cpus`, sent by IPI from `initiator`, which waits for all of them
+    /// (wbinvd_on_cpus_mask). Returns the initiator's cycles.
+    fn wbinvd_on_cpus(&mut self, initiator: &Bound<'_, PyAny>, cpus: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let i = self.cpu(initiator, "initiator")?;
+        let cs = self.cpu_list(cpus, "cpus")?;
+        self.h.wbinvd_on_cpus(i, &cs, true).map_err(verr)
+    }
+    /// WBNOINVD on every CPU in `cpus` (wbnoinvd_on_cpus_mask). Returns the initiator's cycles.
+    fn wbnoinvd_on_cpus(&mut self, initiator: &Bound<'_, PyAny>, cpus: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let i = self.cpu(initiator, "initiator")?;
+        let cs = self.cpu_list(cpus, "cpus")?;
+        self.h.wbinvd_on_cpus(i, &cs, false).map_err(verr)
+    }
+    /// CLFLUSH of the line holding `pa` through a mapping with `key`. Returns cycles.
+    #[pyo3(signature = (cpu, pa, key=None))]
+    fn clflush(&mut self, cpu: &Bound<'_, PyAny>, pa: &Bound<'_, PyAny>, key: Option<&Bound<'_, PyAny>>) -> PyResult<u64> {
+        self.flush(cpu, pa, None, key, FlushOp::Clflush, false)
+    }
+    /// CLFLUSHOPT of the line holding `pa` through a mapping with `key`. Returns cycles.
+    #[pyo3(signature = (cpu, pa, key=None))]
+    fn clflushopt(&mut self, cpu: &Bound<'_, PyAny>, pa: &Bound<'_, PyAny>, key: Option<&Bound<'_, PyAny>>) -> PyResult<u64> {
+        self.flush(cpu, pa, None, key, FlushOp::Clflushopt, false)
+    }
+    /// clflush_cache_range(): fence, CLFLUSHOPT of every line of [pa, pa + size), fence.
+    #[pyo3(signature = (cpu, pa, size, key=None))]
+    fn clflushopt_range(
+        &mut self,
+        cpu: &Bound<'_, PyAny>,
+        pa: &Bound<'_, PyAny>,
+        size: &Bound<'_, PyAny>,
+        key: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<u64> {
+        self.flush(cpu, pa, Some(size), key, FlushOp::Clflushopt, true)
+    }
+    /// WRMSR MSR_AMD64_VM_PAGE_FLUSH: write back and invalidate the 4 KiB page at `pa` cached under
+    /// guest ASID `asid`. Returns False (and counts a fault) where the CPU lacks the feature (#GP).
+    fn vm_page_flush(&mut self, cpu: &Bound<'_, PyAny>, pa: &Bound<'_, PyAny>, asid: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let c = self.cpu(cpu, "cpu")?;
+        let pa = int_arg(pa, "pa", u64::MAX)?;
+        let asid = Self::key(asid, "asid")?;
+        self.h.vm_page_flush(c, pa, asid).map_err(verr)
+    }
+    /// A device reads [pa, pa + size) with `key` (0 = plaintext).
+    #[pyo3(signature = (pa, size, key=None))]
+    fn dma_read(&mut self, pa: &Bound<'_, PyAny>, size: &Bound<'_, PyAny>, key: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        self.dma(pa, size, key, false)
+    }
+    /// A device writes [pa, pa + size) with `key` (0 = plaintext).
+    #[pyo3(signature = (pa, size, key=None))]
+    fn dma_write(&mut self, pa: &Bound<'_, PyAny>, size: &Bound<'_, PyAny>, key: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        self.dma(pa, size, key, true)
+    }
+    /// Hand the 4 KiB pages of [pa, pa + size) to `key`; their memory now holds the new owner's data.
+    fn set_owner(&mut self, pa: &Bound<'_, PyAny>, size: &Bound<'_, PyAny>, key: &Bound<'_, PyAny>) -> PyResult<()> {
+        let pa = int_arg(pa, "pa", u64::MAX)?;
+        let size = size_arg(size, "size")?;
+        let key = Self::key(key, "key")?;
+        self.h.set_owner(pa, size, key).map_err(verr)
+    }
+    /// The owner key of the page holding `pa`.
+    fn owner(&self, pa: &Bound<'_, PyAny>) -> PyResult<u16> {
+        let pa = int_arg(pa, "pa", u64::MAX)?;
+        self.h.owner(pa).map_err(verr)
+    }
+    /// (key, version) of the last write to the line holding `pa` in memory: the owner's key and 0
+    /// if the line holds its owner's data, else the foreign key and the write's sequence number.
+    fn memory_line(&self, pa: &Bound<'_, PyAny>) -> PyResult<(u16, u64)> {
+        let pa = int_arg(pa, "pa", u64::MAX)?;
+        self.h.check_addr("pa", pa).map_err(verr)?;
+        Ok(self.h.mem.line_state(pa / 64))
+    }
+    /// Firmware ACTIVATE of a new key into key slot `key`: lines still cached under it become stale.
+    /// Returns how many cached copies became stale.
+    fn activate(&mut self, key: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let k = Self::key(key, "key")?;
+        self.h.activate(k).map_err(verr)
+    }
+
+    /// The simulated clock of `cpu`, in cycles.
+    fn cycles(&self, cpu: &Bound<'_, PyAny>) -> PyResult<u64> {
+        Ok(self.h.cycles(self.cpu(cpu, "cpu")?))
+    }
+    /// Every CPU's clock (uint64 array).
+    #[getter]
+    fn clocks<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<u64>> {
+        self.h.clocks().to_pyarray(py)
+    }
+    /// Per-CPU counters: {name: uint64 array indexed by CPU} (a copy).
+    #[getter]
+    fn counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (name, arr) in self.h.ctr.all() {
+            d.set_item(name, arr.to_pyarray(py))?;
+        }
+        Ok(d)
+    }
+    #[staticmethod]
+    fn counter_names() -> Vec<&'static str> {
+        Counters::NAMES.to_vec()
+    }
+    /// Recorded violations (at most max_violations are kept; violation_counts() counts them all).
+    #[getter]
+    fn violations(&self) -> Vec<PyViolation> {
+        self.h.violations().iter().map(|&v| PyViolation { v }).collect()
+    }
+    /// {cause: count} over every violation seen, including any not kept.
+    fn violation_counts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (c, n) in self.h.cause_counts() {
+            d.set_item(c.name(), n)?;
+        }
+        Ok(d)
+    }
+    /// {kind: count}: corruption, dma, isolation.
+    fn violation_kinds<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for k in ["corruption", "dma", "isolation"] {
+            d.set_item(k, 0u64)?;
+        }
+        for (c, n) in self.h.cause_counts() {
+            let k = c.kind().name();
+            let cur: u64 = d.get_item(k)?.map(|v| v.extract()).transpose()?.unwrap_or(0);
+            d.set_item(k, cur + n)?;
+        }
+        Ok(d)
+    }
+    /// Kept violations as columns: {'cause': int codes (see violation_causes()), 'cpu', 'pa', ...}.
+    fn violations_array<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let v = self.h.violations();
+        let d = PyDict::new(py);
+        d.set_item("cause", v.iter().map(|x| x.cause.index() as u8).collect::<Vec<_>>().to_pyarray(py))?;
+        d.set_item("cpu", v.iter().map(|x| x.cpu).collect::<Vec<_>>().to_pyarray(py))?;
+        d.set_item("pa", v.iter().map(|x| x.pa).collect::<Vec<_>>().to_pyarray(py))?;
+        d.set_item("key", v.iter().map(|x| x.key).collect::<Vec<_>>().to_pyarray(py))?;
+        d.set_item("other_key", v.iter().map(|x| x.other_key).collect::<Vec<_>>().to_pyarray(py))?;
+        d.set_item("owner", v.iter().map(|x| x.owner).collect::<Vec<_>>().to_pyarray(py))?;
+        d.set_item("cycle", v.iter().map(|x| x.cycle).collect::<Vec<_>>().to_pyarray(py))?;
+        Ok(d)
+    }
+    #[staticmethod]
+    fn violation_causes() -> Vec<(&'static str, &'static str)> {
+        CAUSES.iter().map(|c: &Cause| (c.name(), c.kind().name())).collect()
+    }
+    fn clear_violations(&mut self) {
+        self.h.clear_violations();
+    }
+    #[getter]
+    fn max_violations(&self) -> usize {
+        self.h.max_violations
+    }
+    #[setter]
+    fn set_max_violations(&mut self, n: usize) {
+        self.h.max_violations = n;
+    }
+
+    /// Every cached copy of the line holding `pa`: a list of dicts with level (1-3), inst (core or
+    /// CCD), key, dirty, exclusive, stale.
+    fn copies<'py>(&self, py: Python<'py>, pa: &Bound<'_, PyAny>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let pa = int_arg(pa, "pa", u64::MAX)?;
+        let cs = self.h.copies(pa).map_err(verr)?;
+        cs.iter()
+            .map(|c| {
+                let d = PyDict::new(py);
+                d.set_item("level", c.level)?;
+                d.set_item("inst", c.inst)?;
+                d.set_item("key", c.key)?;
+                d.set_item("dirty", c.dirty)?;
+                d.set_item("exclusive", c.exclusive)?;
+                d.set_item("stale", c.stale)?;
+                Ok(d)
+            })
+            .collect()
+    }
+    /// The lines of one cache set, most recently used first: [(line address, key, dirty)].
+    fn set_contents(&self, level: u8, inst: usize, set: usize) -> PyResult<Vec<(u64, u16, bool)>> {
+        self.h.set_contents(level, inst, set).map_err(verr)
+    }
+    /// (valid, dirty) line counts per instance of cache `level` (1, 2: per core; 3: per CCD).
+    fn occupancy<'py>(&self, py: Python<'py>, level: u8) -> PyResult<(Bound<'py, PyArray1<u64>>, Bound<'py, PyArray1<u64>>)> {
+        let (v, d) = self.h.occupancy(level).map_err(verr)?;
+        Ok((PyArray1::from_vec(py, v), PyArray1::from_vec(py, d)))
+    }
+    /// Number of cached copies (L2 and L3) under `key` (any key if None); with `dirty`, only dirty ones.
+    #[pyo3(signature = (key=None, dirty=false))]
+    fn cached_lines(&self, key: Option<&Bound<'_, PyAny>>, dirty: bool) -> PyResult<u64> {
+        let k = match key {
+            Some(k) if !k.is_none() => Some(Self::key(k, "key")?),
+            _ => None,
+        };
+        Ok(self.h.cached_lines(k, dirty))
+    }
+    /// Bytes held by the engine's tables (caches, directory, memory ownership, violations).
+    #[getter]
+    fn heap_bytes(&self) -> usize {
+        self.h.heap_bytes()
+    }
+    #[getter]
+    fn directory_entries(&self) -> usize {
+        self.h.directory_entries()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Host(preset={:?}, cpus={}, memory={} GiB, sme_coherent={})",
+            self.h.cfg.name,
+            self.h.topo.cpus,
+            self.h.memory_bytes() as f64 / (1u64 << 30) as f64,
+            self.h.cfg.features.sme_coherent
+        )
+    }
+}
+
+impl PyHost {
+    fn flush(
+        &mut self,
+        cpu: &Bound<'_, PyAny>,
+        pa: &Bound<'_, PyAny>,
+        size: Option<&Bound<'_, PyAny>>,
+        key: Option<&Bound<'_, PyAny>>,
+        op: FlushOp,
+        fenced: bool,
+    ) -> PyResult<u64> {
+        let c = self.cpu(cpu, "cpu")?;
+        let pa = int_arg(pa, "pa", u64::MAX)?;
+        let size = match size {
+            Some(s) => {
+                let s = size_arg(s, "size")?;
+                if s == 0 {
+                    return Err(PyValueError::new_err("size must be positive"));
+                }
+                s
+            }
+            None => 1,
+        };
+        let key = match key {
+            Some(k) if !k.is_none() => Self::key(k, "key")?,
+            _ => 0,
+        };
+        self.h.clflush(c, pa, size, key, op, fenced).map_err(verr)
+    }
+
+    fn dma(&mut self, pa: &Bound<'_, PyAny>, size: &Bound<'_, PyAny>, key: Option<&Bound<'_, PyAny>>, write: bool) -> PyResult<()> {
+        let pa = int_arg(pa, "pa", u64::MAX)?;
+        let size = size_arg(size, "size")?;
+        if size == 0 {
+            return Err(PyValueError::new_err("size must be positive"));
+        }
+        let key = match key {
+            Some(k) if !k.is_none() => Self::key(k, "key")?,
+            _ => 0,
+        };
+        self.h.dma(pa, size, key, write).map_err(verr)
+    }
+}
+
+/// Parse a size such as "1.5TiB" into bytes.
+#[pyfunction]
+fn parse_bytes(text: &str) -> PyResult<u64> {
+    parse_size(text).map_err(PyValueError::new_err)
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyHost>()?;
+    m.add_class::<PyViolation>()?;
+    m.add_function(wrap_pyfunction!(parse_bytes, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("DEFAULT_PROFILE", DEFAULT_PROFILE)?;
+    Ok(())
+}
