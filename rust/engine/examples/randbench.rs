@@ -22,6 +22,7 @@ fn main() {
             (x % (4 << 30)) & !7
         })
         .collect();
+    let addr: Vec<u64> = if std::env::var("STREAM").is_ok() { (0..n as u64).map(|i| i * 8).collect() } else { addr };
     for rep in 0..3 {
         let t = Instant::now();
         h.access_batch(Col::One(0), &addr, Col::One(false), Col::One(0), None).unwrap();

@@ -125,6 +125,8 @@ pub struct Caches {
     pub data: LineArray,
     /// valid lines per instance
     pub valid: Vec<u32>,
+    /// the host CPU has AVX2 (detected once)
+    avx2: bool,
 }
 
 impl Caches {
@@ -138,6 +140,10 @@ impl Caches {
             // vec![0; n] is calloc: pages are only committed when a set is first written.
             data: LineArray::zeroed(insts * sets * ways),
             valid: vec![0u32; insts],
+            #[cfg(target_arch = "x86_64")]
+            avx2: std::arch::is_x86_feature_detected!("avx2"),
+            #[cfg(not(target_arch = "x86_64"))]
+            avx2: false,
         }
     }
 
@@ -157,7 +163,7 @@ impl Caches {
     pub fn match_bits(&self, base: usize, want: u64, mask: u64) -> u64 {
         let set = &self.data[base..base + self.ways];
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
+        if self.avx2 {
             // SAFETY: the CPU has AVX2 (checked just above; the check is a cached bit test).
             return unsafe { match_bits_avx2(set, want, mask) };
         }
@@ -206,10 +212,9 @@ impl Caches {
         if i != 0 {
             // carry the line to the front; a swap loop (not rotate/memmove) is fastest for <= 64 ways
             let set = &mut self.data[base..=base + i];
-            let mut carry = set[i];
-            for slot in set.iter_mut() {
-                std::mem::swap(slot, &mut carry);
-            }
+            let v = set[i];
+            set.copy_within(0..i, 1);
+            set[0] = v;
         }
     }
 
@@ -217,7 +222,15 @@ impl Caches {
     /// free way).
     #[inline(always)]
     pub fn insert(&mut self, inst: usize, base: usize, v: u64) -> u64 {
-        let set = &mut self.data[base..base + self.ways];
+        let ways = self.ways;
+        let set = &mut self.data[base..base + ways];
+        let victim = set[ways - 1];
+        if victim != 0 {
+            // a full set (the common case): one block move
+            set.copy_within(0..ways - 1, 1);
+            set[0] = v;
+            return victim;
+        }
         let mut carry = v;
         for slot in set.iter_mut() {
             std::mem::swap(slot, &mut carry);

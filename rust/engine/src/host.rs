@@ -842,24 +842,47 @@ impl Host {
             }
         }
         let mut by_level = [0u64; 6];
-        match levels {
-            Some(out) => {
-                for i in 0..n {
-                    self.prefetch_ahead(&cpu, addr, i);
-                    let l = self.access(cpu.at(i) as usize, addr[i], write.at(i), key.at(i));
-                    by_level[l as usize] += 1;
-                    out[i] = l as u8;
-                }
-            }
-            None => {
-                for i in 0..n {
-                    self.prefetch_ahead(&cpu, addr, i);
-                    let l = self.access(cpu.at(i) as usize, addr[i], write.at(i), key.at(i));
-                    by_level[l as usize] += 1;
-                }
+        let mut levels = levels;
+        let mut last = (u32::MAX, u64::MAX, 0u16);
+        for i in 0..n {
+            let (c, a, w, k) = (cpu.at(i), addr[i], write.at(i), key.at(i));
+            // the same CPU on the same line again (a stream's next word): the line is at the MRU
+            // way of its L1 set, where the previous access left it
+            let l = if (c, a >> 6, k) == last && self.l1_mru_hit(c as usize, a >> 6, w, k) {
+                Level::L1
+            } else {
+                self.prefetch_ahead(&cpu, addr, i);
+                last = (c, a >> 6, k);
+                self.access(c as usize, a, w, k)
+            };
+            by_level[l as usize] += 1;
+            if let Some(out) = levels.as_deref_mut() {
+                out[i] = l as u8;
             }
         }
         Ok(by_level)
+    }
+
+    /// An access that hits the MRU way of its L1 set with nothing else to do (not stale, and a
+    /// write finds the line exclusive). Returns false, changing nothing, otherwise.
+    #[inline(always)]
+    fn l1_mru_hit(&mut self, cpu: usize, x: u64, write: bool, key: u16) -> bool {
+        let core = self.topo.cpu_core[cpu] as usize;
+        let b1 = self.l1.base(core, x);
+        let v = self.l1.data[b1];
+        if v & (MATCH_KEYED | STALE) != tag(x, key) || (write && v & EXCL == 0) {
+            return false;
+        }
+        self.ctr.accesses[cpu] += 1;
+        if write {
+            self.l1.data[b1] = v | DIRTY;
+            self.ctr.writes[cpu] += 1;
+        } else {
+            self.ctr.reads[cpu] += 1;
+        }
+        self.ctr.l1_hits[cpu] += 1;
+        self.charge_access(cpu, self.lat[0]);
+        true
     }
 
     /// Ask the host CPU to start loading the cache sets a later access of the batch will search,
@@ -868,7 +891,7 @@ impl Host {
     fn prefetch_ahead(&self, cpu: &Col<u32>, addr: &[u64], i: usize) {
         const AHEAD: usize = 12;
         let j = i + AHEAD;
-        if j < addr.len() {
+        if j < addr.len() && addr[j] >> 6 != addr[j - 1] >> 6 {
             let x = addr[j] >> 6;
             let core = self.topo.cpu_core[cpu.at(j) as usize] as usize;
             let ccd = self.topo.core_ccd[core] as usize;
