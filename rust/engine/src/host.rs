@@ -578,8 +578,9 @@ impl Host {
                 self.evict_holder(cpu, h);
             }
         }
+        // served by the nearest same-key copy (first found on ties), else by memory
         let mut level = Level::Memory;
-        let mut lat = self.lat[Level::Memory as usize];
+        let mut lat = u64::MAX;
         let mut stale = 0;
         let mut n_same = 0;
         let mut own_l3 = false;
@@ -592,6 +593,9 @@ impl Host {
                 level = lv;
             }
             own_l3 |= h.l3 && h.inst as usize == ccd;
+        }
+        if n_same == 0 {
+            lat = self.lat[Level::Memory as usize];
         }
         let newv = if write {
             let mut took = 0;
