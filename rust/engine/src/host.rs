@@ -1268,6 +1268,43 @@ impl Host {
         Ok((valid, dirty))
     }
 
+    /// Latent hazards: dirty cached copies that will corrupt memory when they are written back
+    /// (their key is not their page's owner's, or their key slot was re-keyed), whether or not
+    /// anything has evicted them yet. Returns (foreign-owner lines, stale-key lines). Read-only.
+    pub fn audit(&self) -> (u64, u64) {
+        let (mut foreign, mut stale) = (0, 0);
+        let mut check = |v: u64, dirty: bool| {
+            if v != 0 && dirty {
+                if v & STALE != 0 {
+                    stale += 1;
+                } else if key_of(v) != self.mem.owner(line_of(v)) {
+                    foreign += 1;
+                }
+            }
+        };
+        for core in 0..self.topo.cores {
+            if self.l2.valid[core] == 0 {
+                continue;
+            }
+            for &v in self.l2.inst_slice(core) {
+                let mut dirty = v & DIRTY != 0;
+                if v != 0 && !dirty {
+                    let b1 = self.l1.base(core, line_of(v));
+                    dirty = matches!(self.l1.find(b1, v & MATCH_KEYED, MATCH_KEYED), Some(i) if self.l1.data[b1 + i] & DIRTY != 0);
+                }
+                check(v, dirty);
+            }
+        }
+        for e in 0..self.topo.ccds {
+            if self.l3.valid[e] != 0 {
+                for &v in self.l3.inst_slice(e) {
+                    check(v, v & DIRTY != 0);
+                }
+            }
+        }
+        (foreign, stale)
+    }
+
     /// Count cached copies (L2 and L3; L1 is inside L2) under `key` (any key if None); with
     /// `dirty_only`, only those whose data is dirty (an L1 dirty copy counts).
     pub fn cached_lines(&self, key: Option<u16>, dirty_only: bool) -> u64 {

@@ -641,6 +641,15 @@ impl PyHost {
         };
         Ok(self.h.cached_lines(k, dirty))
     }
+    /// Latent hazards, without changing anything: dirty cached copies that will corrupt memory
+    /// when written back. {'dirty_foreign_owner': n, 'dirty_stale_key': n}.
+    fn audit<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let (f, st) = self.h.audit();
+        let d = PyDict::new(py);
+        d.set_item("dirty_foreign_owner", f)?;
+        d.set_item("dirty_stale_key", st)?;
+        Ok(d)
+    }
     /// Bytes held by the engine's tables (caches, directory, memory ownership, violations).
     #[getter]
     fn heap_bytes(&self) -> usize {
