@@ -68,33 +68,32 @@ unsafe fn match_bits_avx2(set: &[u64], want: u64, mask: u64) -> u64 {
 /// A zeroed array of u64 aligned to 64 bytes (a set of 8 or 16 ways then spans exactly one or
 /// two host cache lines), whose pages the kernel may back with transparent huge pages: random set
 /// lookups over tens of MiB otherwise pay host TLB misses.
-#[derive(Clone)]
+/// Not Clone: a copy would have its own alignment offset.
 pub struct LineArray {
-    chunks: Vec<Chunk>,
+    raw: Vec<u64>,
+    off: usize,
     len: usize,
 }
 
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Chunk([u64; 8]);
-
 impl LineArray {
     pub fn zeroed(n: usize) -> Self {
-        // vec![zero; n] of a zeroable type is calloc: pages are committed when first written
-        let chunks = vec![Chunk([0; 8]); n.div_ceil(8)];
+        // vec![0u64; n] is calloc, so pages are committed only when first written (an aligned
+        // zeroed allocation would be memset up front); over-allocate and start at a 64-byte boundary
+        let raw = vec![0u64; n + 8];
+        let off = ((64 - (raw.as_ptr() as usize % 64)) % 64) / 8;
         #[cfg(target_os = "linux")]
         if n * 8 >= 4 << 20 {
             // SAFETY: advice on memory this vector owns; it changes no contents.
             unsafe {
-                let start = chunks.as_ptr() as usize;
+                let start = raw.as_ptr() as usize;
                 let aligned = (start + 4095) & !4095;
-                let end = start + chunks.len() * 64;
+                let end = start + raw.len() * 8;
                 if end > aligned {
                     libc::madvise(aligned as *mut libc::c_void, end - aligned, libc::MADV_HUGEPAGE);
                 }
             }
         }
-        LineArray { chunks, len: n }
+        LineArray { raw, off, len: n }
     }
 }
 
@@ -102,21 +101,18 @@ impl std::ops::Deref for LineArray {
     type Target = [u64];
     #[inline(always)]
     fn deref(&self) -> &[u64] {
-        // SAFETY: Chunk is repr(C) [u64; 8]: the chunks are len.div_ceil(8) * 8 contiguous u64.
-        unsafe { std::slice::from_raw_parts(self.chunks.as_ptr() as *const u64, self.len) }
+        &self.raw[self.off..self.off + self.len]
     }
 }
 
 impl std::ops::DerefMut for LineArray {
     #[inline(always)]
     fn deref_mut(&mut self) -> &mut [u64] {
-        // SAFETY: as in deref, with unique access through &mut self.
-        unsafe { std::slice::from_raw_parts_mut(self.chunks.as_mut_ptr() as *mut u64, self.len) }
+        &mut self.raw[self.off..self.off + self.len]
     }
 }
 
 /// All instances of one cache level.
-#[derive(Clone)]
 pub struct Caches {
     pub ways: usize,
     pub sets: usize,
