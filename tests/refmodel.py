@@ -83,7 +83,7 @@ COUNTERS = [
     "accesses", "reads", "writes", "l1_hits", "l1_misses", "l2_hits", "l2_misses", "l3_hits",
     "l3_misses", "peer_hits", "remote_hits", "mem_reads", "access_cycles", "writebacks",
     "invalidations", "upgrades", "flush_cycles", "wbinvd", "wbnoinvd", "clflush_lines",
-    "vm_page_flush", "ipis_sent", "ipis_received", "ipi_cycles", "faults",
+    "vm_page_flush", "ipis_sent", "ipis_received", "ipi_cycles", "faults", "other_cycles",
 ]
 
 

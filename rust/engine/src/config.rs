@@ -113,6 +113,9 @@ pub struct Costs {
     pub ipi_latency: u64,
     pub ipi_handler: u64,
     pub ipi_ack: u64,
+    /// PSP firmware commands (SEV API): DF_FLUSH, and a typical short command (ACTIVATE, DEACTIVATE)
+    pub df_flush: u64,
+    pub psp_command: u64,
 }
 
 /// One host preset, as written in the profile.

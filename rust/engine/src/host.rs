@@ -73,6 +73,9 @@ counters!(
     ipi_cycles,
     /// modelled instructions that faulted (#GP), e.g. VM_PAGE_FLUSH without the feature
     faults,
+    /// cycles charged by the policy layer for work the engine does not model instruction by
+    /// instruction (firmware commands, page-table edits), see `Host::spend`
+    other_cycles,
 );
 
 /// Where an access was served.
@@ -1044,6 +1047,44 @@ impl Host {
         self.ctr.ipis_sent[initiator] += n_remote;
         self.after_bulk();
         Ok(done - t0)
+    }
+
+    /// A function run on each CPU of `cpus` by IPI from `initiator`, which waits for all of them
+    /// (smp_call_function_many(..., wait=1) / on_each_cpu_mask()): each target spends
+    /// `work` cycles in its handler. Same fan-out and wait model as `wbinvd_on_cpus`. Returns the
+    /// initiator's cycles.
+    pub fn ipi_call(&mut self, initiator: usize, cpus: &[usize], work: u64) -> Result<u64> {
+        self.check_cpu("initiator", initiator)?;
+        let cpus = self.check_cpus("cpus", cpus)?;
+        let c = self.cfg.cost.clone();
+        let t0 = self.clocks[initiator];
+        let n_remote = cpus.iter().filter(|&&t| t != initiator).count() as u64;
+        let send = if n_remote > 0 { c.ipi_send_base + c.ipi_send_per_target * n_remote } else { 0 };
+        let mut done = t0 + send;
+        for &t in &cpus {
+            if t == initiator {
+                done = done.max(t0 + send + work);
+            } else {
+                done = done.max(t0 + send + c.ipi_latency + c.ipi_handler + work);
+                self.clocks[t] += c.ipi_handler + work;
+                self.ctr.ipis_received[t] += 1;
+                self.ctr.ipi_cycles[t] += c.ipi_handler + work;
+            }
+        }
+        if n_remote > 0 {
+            done += c.ipi_ack;
+        }
+        self.clocks[initiator] = done;
+        self.ctr.ipis_sent[initiator] += n_remote;
+        Ok(done - t0)
+    }
+
+    /// Charge `cycles` of work the engine does not model step by step to `cpu`.
+    pub fn spend(&mut self, cpu: usize, cycles: u64) -> Result<()> {
+        self.check_cpu("cpu", cpu)?;
+        self.clocks[cpu] += cycles;
+        self.ctr.other_cycles[cpu] += cycles;
+        Ok(())
     }
 
     pub fn wbinvd(&mut self, cpu: usize) -> Result<u64> {

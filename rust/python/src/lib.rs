@@ -463,6 +463,56 @@ impl PyHost {
         let cs = self.cpu_list(cpus, "cpus")?;
         self.h.wbinvd_on_cpus(i, &cs, false).map_err(verr)
     }
+    /// Run a function of `work` cycles on every CPU in `cpus` by IPI from `initiator`, waiting for
+    /// all of them (smp_call_function_many with wait). Returns the initiator's cycles.
+    #[pyo3(signature = (initiator, cpus, work=None))]
+    fn ipi_call(&mut self, initiator: &Bound<'_, PyAny>, cpus: &Bound<'_, PyAny>, work: Option<&Bound<'_, PyAny>>) -> PyResult<u64> {
+        let i = self.cpu(initiator, "initiator")?;
+        let cs = self.cpu_list(cpus, "cpus")?;
+        let w = match work {
+            Some(w) => int_arg(w, "work", 1 << 48)?,
+            None => 0,
+        };
+        self.h.ipi_call(i, &cs, w).map_err(verr)
+    }
+    /// Charge `cycles` to `cpu` for work not modelled instruction by instruction (firmware
+    /// commands, page-table edits); counted in the other_cycles counter.
+    fn spend(&mut self, cpu: &Bound<'_, PyAny>, cycles: &Bound<'_, PyAny>) -> PyResult<()> {
+        let c = self.cpu(cpu, "cpu")?;
+        let n = int_arg(cycles, "cycles", 1 << 48)?;
+        self.h.spend(c, n).map_err(verr)
+    }
+    /// The cost profile's numbers for this host (cycles unless named otherwise).
+    #[getter]
+    fn cost<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let c = &self.h.cfg.cost;
+        let d = PyDict::new(py);
+        for (k, v) in [
+            ("wbinvd_base", c.wbinvd_base),
+            ("clflush_line", c.clflush_line),
+            ("clflushopt_line", c.clflushopt_line),
+            ("flush_dirty_line", c.flush_dirty_line),
+            ("fence", c.fence),
+            ("vm_page_flush_base", c.vm_page_flush_base),
+            ("ipi_send_base", c.ipi_send_base),
+            ("ipi_send_per_target", c.ipi_send_per_target),
+            ("ipi_latency", c.ipi_latency),
+            ("ipi_handler", c.ipi_handler),
+            ("ipi_ack", c.ipi_ack),
+            ("df_flush", c.df_flush),
+            ("psp_command", c.psp_command),
+        ] {
+            d.set_item(k, v)?;
+        }
+        d.set_item("wbinvd_walk_per_line", c.wbinvd_walk_per_line)?;
+        d.set_item("wbinvd_writeback_per_line", c.wbinvd_writeback_per_line)?;
+        d.set_item("socket_writeback_gbps", c.socket_writeback_gbps)?;
+        let l = &self.h.cfg.latency;
+        for (k, v) in [("peer_core", l.peer_core), ("remote_ccd", l.remote_ccd), ("remote_socket", l.remote_socket), ("memory", l.memory)] {
+            d.set_item(format!("latency_{k}"), v)?;
+        }
+        Ok(d)
+    }
     /// CLFLUSH of the line holding `pa` through a mapping with `key`. Returns cycles.
     #[pyo3(signature = (cpu, pa, key=None))]
     fn clflush(&mut self, cpu: &Bound<'_, PyAny>, pa: &Bound<'_, PyAny>, key: Option<&Bound<'_, PyAny>>) -> PyResult<u64> {
