@@ -695,11 +695,24 @@ impl Host {
 
     /// A dirty line reaches memory. The oracle: its key must be its page's owner's, and its key
     /// slot must not have been re-keyed since it was cached.
+    ///
+    /// One exception: on an SME_COHERENT host, a host-key (key 0) line landing on a page now owned
+    /// by a guest is harmless. Coherence makes any guest access evict it first, so it can only carry
+    /// data over lines the guest has not written since it got the page (undefined content of a
+    /// fresh page). KVM relies on this: sev_clflush_pages() returns early on SME_COHERENT
+    /// (arch/x86/kvm/svm/sev.c; semantics.md 1.2, 1.7.1). It is recorded as the owner's data.
     fn writeback(&mut self, cpu: usize, v: u64) {
         let x = line_of(v);
         let key = key_of(v);
-        let owner = self.mem.write(x, key);
         self.ctr.writebacks[cpu] += 1;
+        if key == 0 && v & STALE == 0 && self.cfg.features.sme_coherent {
+            let owner = self.mem.owner(x);
+            if owner != 0 {
+                self.mem.write(x, owner);
+                return;
+            }
+        }
+        let owner = self.mem.write(x, key);
         if v & STALE != 0 {
             self.record(Cause::WritebackStaleKey, cpu as i32, x, key, owner, owner);
         } else if key != owner {
@@ -1314,11 +1327,13 @@ impl Host {
     /// anything has evicted them yet. Returns (foreign-owner lines, stale-key lines). Read-only.
     pub fn audit(&self) -> (u64, u64) {
         let (mut foreign, mut stale) = (0, 0);
+        let coherent = self.cfg.features.sme_coherent;
         let mut check = |v: u64, dirty: bool| {
             if v != 0 && dirty {
                 if v & STALE != 0 {
                     stale += 1;
-                } else if key_of(v) != self.mem.owner(line_of(v)) {
+                } else if key_of(v) != self.mem.owner(line_of(v)) && !(coherent && key_of(v) == 0) {
+                    // (a host-key line on a guest page of an SME_COHERENT host is benign: see writeback)
                     foreign += 1;
                 }
             }

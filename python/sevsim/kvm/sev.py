@@ -1,0 +1,331 @@
+"""KVM's SEV/SEV-ES/SNP host side, as far as cache maintenance is concerned: the ASID allocator,
+the VM lifecycle and the MMU-notifier reclaim path. Names follow arch/x86/kvm/svm/sev.c and
+virt/kvm/kvm_main.c so a kernel engineer can find each step; which flush runs where is the chosen
+`CacheStrategy`'s business (strategies.py).
+
+Guest memory is modelled per 4 KiB page: each VM has a guest-physical page table (GPA page ->
+host physical page), so pages can be migrated or reclaimed one at a time, as AutoNUMA and KSM do.
+A guest's accesses use its ASID as the encryption key (the key slot is indexed by the ASID,
+semantics.md 1.1).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .. import Host
+from .strategies import CacheStrategy, Page, get_strategy
+
+PAGE = 4096
+HUGE = 2 << 20
+
+
+class SevsimError(Exception):
+    """Base class of sevsim's own errors."""
+
+
+class ConfigError(SevsimError, ValueError):
+    """An impossible configuration (more vCPUs than CPUs, more memory than the host has, ...)."""
+
+
+class AsidExhausted(SevsimError, RuntimeError):
+    """sev_asid_new() found no free ASID and could not recycle one (-EBUSY)."""
+
+
+class VmType(str, enum.Enum):
+    SEV = "sev"
+    SEV_ES = "sev-es"
+    SNP = "snp"
+
+
+class HostMemory:
+    """The host's page allocator, as far as sevsim needs one: 4 KiB pages from a free list, lowest
+    address first (deterministic). Memory below `reserved` is the host kernel's own."""
+
+    def __init__(self, host: Host, reserved: int = 64 << 20):
+        if reserved >= host.memory:
+            raise ConfigError(f"host memory {host.memory} bytes is too small (the host keeps {reserved} bytes)")
+        self.first = reserved // PAGE
+        self.free_pages = np.arange(self.first, host.memory // PAGE, dtype=np.uint64)[::-1].copy()
+        self.top = len(self.free_pages)
+
+    @property
+    def free(self) -> int:
+        return self.top * PAGE
+
+    def alloc(self, n: int) -> np.ndarray:
+        """n pages (physical addresses), lowest first."""
+        if n > self.top:
+            raise ConfigError(f"out of host memory: {n} pages asked, {self.top} free")
+        pages = self.free_pages[self.top - n:self.top][::-1] * PAGE
+        self.top -= n
+        return pages.astype(np.uint64)
+
+    def release(self, pas: Iterable[int]) -> None:
+        pas = np.asarray(list(pas) if not isinstance(pas, np.ndarray) else pas, dtype=np.uint64)
+        n = len(pas)
+        self.free_pages[self.top:self.top + n] = (pas // PAGE)[::-1]
+        self.top += n
+
+
+@dataclass
+class SevVm:
+    name: str
+    vm_type: VmType
+    asid: int
+    #: host physical address of each guest page (GPA page number -> PA)
+    pages: np.ndarray
+    #: pCPU each vCPU runs on (None: not running)
+    vcpu_cpu: list[int | None]
+    have_run_cpus: set[int] = field(default_factory=set)
+    #: registered (pinned) encrypted regions as (guest page index, page count)
+    regions: list[tuple[int, int]] = field(default_factory=list)
+    destroyed: bool = False
+
+    @property
+    def key(self) -> int:
+        return self.asid
+
+    @property
+    def memory(self) -> int:
+        return len(self.pages) * PAGE
+
+    def pa_of(self, gpa: np.ndarray) -> np.ndarray:
+        """Host physical addresses of guest physical addresses (vectorised)."""
+        gpa = np.asarray(gpa, dtype=np.uint64)
+        return self.pages[gpa // PAGE] + gpa % PAGE
+
+    def region_runs(self) -> list[tuple[int, int]]:
+        """The registered regions' host memory as contiguous (pa, size) runs."""
+        out = []
+        for first, count in self.regions:
+            out.extend(Kvm._runs(self.pages[first:first + count]))
+        return out
+
+    def running_cpus(self) -> list[int]:
+        return sorted({c for c in self.vcpu_cpu if c is not None})
+
+
+class Kvm:
+    """KVM with the SEV module loaded, on one simulated host.
+
+    `min_sev_asid`/`max_sev_asid`: CPUID 0x8000001F EDX/ECX (semantics.md 2.1): ASIDs
+    [1, min_sev_asid - 1] are for SEV-ES/SNP, [min_sev_asid, max_sev_asid] for plain SEV.
+    `recycle`: whether an exhausted ASID space is recycled (WBINVD on all CPUs + DF_FLUSH); if not,
+    allocation fails with AsidExhausted.
+    `initiator`: the CPU that runs ioctls and notifier callbacks unless told otherwise.
+    """
+
+    def __init__(self, host: Host, strategy: CacheStrategy | str = "wbnoinvd_ran_cpus", *,
+                 min_sev_asid: int = 100, max_sev_asid: int = 1006, recycle: bool = True, initiator: int = 0,
+                 reserved_memory: int = 64 << 20):
+        if not (1 <= min_sev_asid <= max_sev_asid + 1):
+            raise ConfigError(f"need 1 <= min_sev_asid <= max_sev_asid + 1, got {min_sev_asid}, {max_sev_asid}")
+        if max_sev_asid > 1023:
+            # RMP entries hold the ASID in 10 bits (semantics.md 2.1)
+            raise ConfigError(f"max_sev_asid = {max_sev_asid} exceeds 1023")
+        if not 0 <= initiator < host.cpu_count:
+            raise ConfigError(f"initiator CPU {initiator} is not one of the host's CPUs 0..{host.cpu_count - 1}")
+        self.host = host
+        self.strategy = get_strategy(strategy) if isinstance(strategy, str) else strategy
+        self.min_sev_asid, self.max_sev_asid = min_sev_asid, max_sev_asid
+        self.recycle = recycle
+        self.initiator = initiator
+        self.mem = HostMemory(host, reserved_memory)
+        # sev_asid_bitmap / sev_reclaim_asid_bitmap
+        self.asid_used: set[int] = set()
+        self.asid_reclaim: set[int] = set()
+        self.vms: list[SevVm] = []
+        self.stats = {"asid_recycles": 0, "df_flush": 0, "notifier_calls": 0, "pages_reclaimed": 0}
+
+    # ---------------------------------------------------------------------------------------
+    # ASIDs (sev_asid_new, sev_asid_free, __sev_recycle_asids, sev_flush_asids)
+
+    def asid_range(self, vm_type: VmType) -> tuple[int, int]:
+        if vm_type is VmType.SEV:
+            return self.min_sev_asid, self.max_sev_asid
+        return 1, self.min_sev_asid - 1
+
+    def sev_flush_asids(self, initiator: int) -> None:
+        """wbinvd_on_all_cpus() then DF_FLUSH, under down_write(&sev_deactivate_lock). SNP
+        firmware requires WBINVD, not WBNOINVD, before DF_FLUSH (comment in sev_flush_asids())."""
+        self.host.wbinvd_on_cpus(initiator, range(self.host.cpu_count))
+        self.host.spend(initiator, self.host.cost["df_flush"])
+        self.stats["df_flush"] += 1
+
+    def _recycle_asids(self, lo: int, hi: int, initiator: int) -> bool:
+        freed = {a for a in self.asid_reclaim if lo <= a <= hi}
+        if not freed:
+            return False
+        self.sev_flush_asids(initiator)
+        self.asid_used -= freed
+        self.asid_reclaim -= freed
+        self.stats["asid_recycles"] += 1
+        return True
+
+    def sev_asid_new(self, vm_type: VmType, initiator: int | None = None) -> int:
+        lo, hi = self.asid_range(vm_type)
+        cpu = self.initiator if initiator is None else initiator
+        for attempt in (0, 1):
+            for a in range(lo, hi + 1):
+                if a not in self.asid_used:
+                    self.asid_used.add(a)
+                    return a
+            if attempt == 0 and not (self.recycle and self._recycle_asids(lo, hi, cpu)):
+                break
+        raise AsidExhausted(
+            f"no free {vm_type.value} ASID in [{lo}, {hi}]"
+            + ("" if self.recycle else " and recycling is disabled")
+            + f" ({len(self.asid_reclaim)} freed ASIDs wait for WBINVD + DF_FLUSH)")
+
+    def sev_asid_free(self, vm: SevVm) -> None:
+        # the ASID stays marked used until a recycle has flushed it (semantics.md 2.3)
+        self.asid_reclaim.add(vm.asid)
+
+    # ---------------------------------------------------------------------------------------
+    # VM lifecycle
+
+    def sev_guest_init(self, name: str, vm_type: VmType | str, memory: int, vcpus: int,
+                       initiator: int | None = None) -> SevVm:
+        """KVM_SEV_INIT2: allocate an ASID, firmware ACTIVATE of a fresh key into its slot, then
+        back `memory` bytes of guest RAM with host pages and register it as an encrypted region."""
+        vm_type = VmType(vm_type)
+        cpu = self.initiator if initiator is None else initiator
+        if memory <= 0 or memory % PAGE:
+            raise ConfigError(f"VM {name}: memory must be a positive multiple of 4 KiB, got {memory}")
+        if vcpus < 1:
+            raise ConfigError(f"VM {name}: needs at least one vCPU, got {vcpus}")
+        if memory > self.mem.free:
+            raise ConfigError(f"VM {name}: {memory} bytes of guest memory do not fit in the host's "
+                              f"{self.mem.free} free bytes")
+        asid = self.sev_asid_new(vm_type, cpu)
+        # ACTIVATE gives the slot a new key: lines still cached under it are now stale
+        self.host.activate(asid)
+        self.host.spend(cpu, self.host.cost["psp_command"])
+        vm = SevVm(name, vm_type, asid, self.mem.alloc(memory // PAGE), [None] * vcpus)
+        self.vms.append(vm)
+        self.sev_mem_enc_register_region(vm, 0, len(vm.pages), cpu)
+        return vm
+
+    def sev_mem_enc_register_region(self, vm: SevVm, first: int, count: int, initiator: int) -> None:
+        """KVM_MEMORY_ENCRYPT_REG_REGION: pin the pages, flush host-key lines of them unless the CPU
+        is SME_COHERENT (sev_clflush_pages()), and from here on they hold the guest's data."""
+        self._give_to_guest(vm, vm.pages[first:first + count], initiator)
+        vm.regions.append((first, count))
+
+    def _give_to_guest(self, vm: SevVm, pages: np.ndarray, initiator: int) -> None:
+        """Host pages become the guest's: sev_clflush_pages() first writes back host-key lines of
+        them, except on SME_COHERENT CPUs where it returns at once (arch/x86/kvm/svm/sev.c)."""
+        runs = self._runs(pages)
+        if not self.host.features["sme_coherent"]:
+            for pa, size in runs:
+                self.host.clflushopt_range(initiator, pa, size, key=0)
+        for pa, size in runs:
+            self.host.set_owner(pa, size, vm.asid)
+
+    def sev_mem_enc_unregister_region(self, vm: SevVm, region: int = 0, initiator: int | None = None) -> None:
+        """KVM_MEMORY_ENCRYPT_UNREG_REGION: write back the caches (the strategy), then unpin: the
+        pages go back to the host at once, so the write-back must come first (semantics.md 1.7.4)."""
+        cpu = self.initiator if initiator is None else initiator
+        first, count = vm.regions[region]
+        self.strategy.writeback_caches(self, vm, cpu)
+        self._unpin(vm, first, count)
+        del vm.regions[region]
+
+    def _unpin(self, vm: SevVm, first: int, count: int) -> None:
+        pages = vm.pages[first:first + count]
+        for pa, size in self._runs(pages):
+            self.host.set_owner(pa, size, 0)
+        self.mem.release(pages)
+
+    def vcpu_run(self, vm: SevVm, vcpu: int, cpu: int, gpa: np.ndarray, write: np.ndarray | bool = False) -> dict:
+        """The vCPU enters the guest on `cpu` (pre_sev_run() marks the CPU in have_run_cpus) and
+        makes the given accesses to guest physical addresses, as private (C=1) accesses."""
+        if vm.destroyed:
+            raise SevsimError(f"VM {vm.name} is destroyed")
+        if not 0 <= vcpu < len(vm.vcpu_cpu):
+            raise ValueError(f"VM {vm.name} has vCPUs 0..{len(vm.vcpu_cpu) - 1}, not {vcpu}")
+        # pre_sev_run(): cpumask_set_cpu(cpu, sev->have_run_cpus) (arch/x86/kvm/svm/sev.c)
+        vm.have_run_cpus.add(cpu)
+        vm.vcpu_cpu[vcpu] = cpu
+        gpa = np.asarray(gpa, dtype=np.uint64)
+        if len(gpa) and int(gpa.max()) >= vm.memory:
+            raise ValueError(f"VM {vm.name}: guest address {int(gpa.max()):#x} is beyond its {vm.memory} bytes")
+        return self.host.access(cpu, vm.pa_of(gpa), write, vm.asid)
+
+    def vcpu_put(self, vm: SevVm, vcpu: int) -> None:
+        """The vCPU stops running (the CPU stays in have_run_cpus: bits are never cleared)."""
+        vm.vcpu_cpu[vcpu] = None
+
+    def sev_guest_memory_reclaimed(self, vm: SevVm, initiator: int, pages: Sequence[Page]) -> None:
+        """kvm_arch_guest_memory_reclaimed() on SVM. Newest kernels return early for SNP, whose
+        private memory is freed through guest_memfd (sev_gmem_invalidate); the 2023 thread's SNP
+        hosts still paid this hook, which is what sevsim models for every SEV-family VM."""
+        self.strategy.reclaim(self, vm, initiator, pages)
+
+    def kvm_flush_remote_tlbs(self, vm: SevVm, initiator: int) -> None:
+        """IPIs to the CPUs running the VM's vCPUs, which exit and flush at the next VMRUN."""
+        cpus = vm.running_cpus()
+        if cpus:
+            self.host.ipi_call(initiator, cpus)
+
+    def mmu_notifier_invalidate(self, vm: SevVm, gpages: Sequence[int], initiator: int | None = None,
+                                hva_mapped: Sequence[bool] | None = None, free: bool = True) -> np.ndarray:
+        """kvm_mmu_notifier_invalidate_range_start() for guest pages `gpages` (GPA page numbers),
+        in KVM's order: zap the mappings and flush remote TLBs, run the reclaim hook (every
+        invalidation overlapping a memslot pays it, semantics.md 1.7.6). With `free` the pages then
+        go back to the host (mm frees them after the callback returns: munmap, MADV_DONTNEED, a
+        balloon) and the guest faults in fresh ones; without, the mapping is only changed (a NUMA
+        hinting fault's PROT_NONE, a KSM scan) and the guest keeps its pages. Returns the physical
+        pages freed (empty without `free`)."""
+        cpu = self.initiator if initiator is None else initiator
+        gpages = np.asarray(gpages, dtype=np.int64)
+        self.stats["notifier_calls"] += 1
+        self.kvm_flush_remote_tlbs(vm, cpu)
+        old = vm.pages[gpages].copy()
+        mapped = [True] * len(old) if hva_mapped is None else list(hva_mapped)
+        self.sev_guest_memory_reclaimed(vm, cpu, [Page(int(pa), m) for pa, m in zip(old, mapped)])
+        if not free:
+            return np.zeros(0, dtype=np.uint64)
+        for pa, size in self._runs(old):
+            self.host.set_owner(pa, size, 0)
+        self.stats["pages_reclaimed"] += len(old)
+        new = self.mem.alloc(len(old))
+        self.mem.release(old)
+        self._give_to_guest(vm, new, cpu)
+        vm.pages[gpages] = new
+        return old
+
+    def sev_vm_destroy(self, vm: SevVm, initiator: int | None = None) -> None:
+        """VM teardown: mmu_notifier release -> kvm_flush_shadow_all() runs the reclaim hook
+        (newest kernels rely on it, 7e00013bd339); older kernels also WBINVD every CPU in
+        sev_vm_destroy(); leftover regions are unpinned; DEACTIVATE + DECOMMISSION; the ASID goes to
+        the reclaim bitmap (semantics.md 1.7.3)."""
+        cpu = self.initiator if initiator is None else initiator
+        for v in range(len(vm.vcpu_cpu)):
+            self.vcpu_put(vm, v)
+        self.strategy.reclaim(self, vm, cpu, [Page(int(pa), True) for pa in vm.pages])
+        if self.strategy.flush_on_destroy:
+            self.host.wbinvd_on_cpus(cpu, range(self.host.cpu_count))
+        while vm.regions:
+            first, count = vm.regions.pop()
+            self._unpin(vm, first, count)
+        self.host.spend(cpu, 2 * self.host.cost["psp_command"])  # DEACTIVATE, DECOMMISSION
+        self.sev_asid_free(vm)
+        vm.destroyed = True
+        self.vms.remove(vm)
+
+    @staticmethod
+    def _runs(pages: np.ndarray):
+        """Contiguous runs of pages as (pa, size)."""
+        if len(pages) == 0:
+            return []
+        p = np.asarray(pages, dtype=np.uint64)
+        breaks = np.nonzero(np.diff(p) != PAGE)[0] + 1
+        starts = np.concatenate([[0], breaks])
+        ends = np.concatenate([breaks, [len(p)]])
+        return [(int(p[s]), int(e - s) * PAGE) for s, e in zip(starts, ends)]
