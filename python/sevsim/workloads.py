@@ -95,28 +95,22 @@ def load_trace(path: str) -> tuple[np.ndarray, np.ndarray]:
     if not os.path.exists(path):
         raise ValueError(f"trace {path}: no such file")
     ext = os.path.splitext(path)[1]
+    if ext not in (".npy", ".npz"):
+        return _load_lackey(path)
     try:
         if ext == ".npy":
             a = np.load(path, allow_pickle=False)
-            if a.dtype.names:
-                if "addr" not in a.dtype.names:
-                    raise ValueError(f"trace {path}: structured array needs an 'addr' field, has {a.dtype.names}")
-                addr = a["addr"]
-                write = a["write"] if "write" in a.dtype.names else np.zeros(len(a), bool)
-            else:
-                addr, write = a, np.zeros(len(a), bool)
-        elif ext == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                if "addr" not in z.files:
-                    raise ValueError(f"trace {path}: .npz needs an 'addr' array, has {z.files}")
-                addr = z["addr"]
-                write = z["write"] if "write" in z.files else np.zeros(len(addr), bool)
+            fields = a.dtype.names or ()
+            cols = {f: a[f] for f in fields} if fields else {"addr": a}
         else:
-            return _load_lackey(path)
-    except ValueError:
-        raise
-    except Exception as e:  # a truncated or corrupt numpy file
+            with np.load(path, allow_pickle=False) as z:
+                cols = {k: z[k] for k in z.files}
+    except Exception as e:  # truncated or corrupt files: numpy's own message, with the path
         raise ValueError(f"trace {path}: cannot read it ({e})") from None
+    if "addr" not in cols:
+        raise ValueError(f"trace {path}: needs an 'addr' array or field, has {sorted(cols)}")
+    addr = cols["addr"]
+    write = cols.get("write", np.zeros(len(np.atleast_1d(addr)), bool))
     addr = np.asarray(addr)
     write = np.asarray(write)
     if addr.ndim != 1 or not np.issubdtype(addr.dtype, np.integer):
@@ -143,12 +137,13 @@ def _load_lackey(path: str) -> tuple[np.ndarray, np.ndarray]:
             op, addr, _size = m.groups()
             if op == "I":
                 continue
-            addrs.append(int(addr, 16))
-            writes.append(op in "SM")
-            if op == "M":  # modify = load then store
-                addrs.append(int(addr, 16))
-                writes[-2] = False
-                writes.append(True)
+            a = int(addr, 16)
+            if op == "M":  # modify = a load then a store
+                addrs += [a, a]
+                writes += [False, True]
+            else:
+                addrs.append(a)
+                writes.append(op == "S")
     if not addrs:
         raise ValueError(f"trace {path}: no data accesses")
     return np.array(addrs, dtype=np.uint64), np.array(writes, dtype=bool)

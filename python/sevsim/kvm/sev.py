@@ -122,7 +122,7 @@ class Kvm:
 
     def __init__(self, host: Host, strategy: CacheStrategy | str = "wbnoinvd_ran_cpus", *,
                  min_sev_asid: int = 100, max_sev_asid: int = 1006, recycle: bool = True, initiator: int = 0,
-                 reserved_memory: int = 64 << 20):
+                 reserved_memory: int | None = None):
         if not (1 <= min_sev_asid <= max_sev_asid + 1):
             raise ConfigError(f"need 1 <= min_sev_asid <= max_sev_asid + 1, got {min_sev_asid}, {max_sev_asid}")
         if max_sev_asid > 1023:
@@ -135,6 +135,9 @@ class Kvm:
         self.min_sev_asid, self.max_sev_asid = min_sev_asid, max_sev_asid
         self.recycle = recycle
         self.initiator = initiator
+        if reserved_memory is None:
+            # the host kernel's own memory: 64 MiB, or an eighth of a small host
+            reserved_memory = min(64 << 20, host.memory // 8 // PAGE * PAGE)
         self.mem = HostMemory(host, reserved_memory)
         # sev_asid_bitmap / sev_reclaim_asid_bitmap
         self.asid_used: set[int] = set()

@@ -38,6 +38,9 @@ PARAMS = {
     "neighbour_memory": ("512KiB", "each neighbour's footprint"),
     "neighbour_accesses": (16_384, "accesses per neighbour per measured phase"),
     "reuse_fraction": (0.125, "fraction of the freed lines the host writes when it reuses the memory"),
+    "min_sev_asid": (100, "CPUID 0x8000001F EDX: first plain-SEV ASID; ES/SNP use 1..min_sev_asid-1"),
+    "max_sev_asid": (1006, "CPUID 0x8000001F ECX: last SEV ASID ([MEM] ~1006 on Genoa/Turin, unverified)"),
+    "recycle_asids": (True, "recycle freed ASIDs (WBINVD on all CPUs + DF_FLUSH) when the range runs out"),
 }
 DEFAULT_STRATEGIES = ["wbinvd_all", "wbnoinvd_all", "wbnoinvd_ran_cpus", "clflushopt_hva", "clflushopt_pfn",
                       "vm_page_flush", "none"]
@@ -61,7 +64,7 @@ def run(*, strategies, seed, reps, progress=None, **p) -> ResultTable:
 
 def run_one(strategy: str, seed: int, rep: int, *, preset, memory, sme_coherent, vms, vm_type, vcpus, vm_memory,
             guest_accesses, neighbours, neighbour_workload, neighbour_memory, neighbour_accesses,
-            reuse_fraction) -> dict:
+            reuse_fraction, min_sev_asid, max_sev_asid, recycle_asids) -> dict:
     rng = np.random.default_rng(seed)
     host = Host.from_preset(preset, memory=memory, sme_coherent=sme_coherent)
     vm_mem = size(vm_memory, "vm_memory")
@@ -69,7 +72,8 @@ def run_one(strategy: str, seed: int, rep: int, *, preset, memory, sme_coherent,
     if not 0.0 <= reuse_fraction <= 1.0:
         raise ValueError(f"parameter reuse_fraction must be in [0, 1], got {reuse_fraction}")
     vm_cpus, nb_cpus = common.place(host, [vcpus] * vms, neighbours)
-    kvm = Kvm(host, strategy, initiator=common.housekeeping_cpu(host, [c for cs in vm_cpus for c in cs] + nb_cpus))
+    kvm = Kvm(host, strategy, initiator=common.housekeeping_cpu(host, [c for cs in vm_cpus for c in cs] + nb_cpus),
+              min_sev_asid=min_sev_asid, max_sev_asid=max_sev_asid, recycle=recycle_asids)
     nbs = common.make_neighbours(kvm, nb_cpus, lambda: make_workload(neighbour_workload, nb_mem))
     guests = [kvm.sev_guest_init(f"vm{i}", VmType(vm_type), vm_mem, vcpus) for i in range(vms)]
 

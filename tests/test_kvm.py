@@ -1,0 +1,155 @@
+"""The kvm layer: ASID allocation and recycling, the SEV lifecycle, the notifier path, strategies."""
+
+import numpy as np
+import pytest
+
+import sevsim
+from sevsim.kvm import STRATEGIES, AsidExhausted, ConfigError, Kvm, VmType, get_strategy
+
+
+def tiny(coherent=False):
+    return sevsim.Host.from_preset("tiny", sme_coherent=coherent)
+
+
+def dirty(kvm, vm, cpu, n=2000, seed=0):
+    rng = np.random.default_rng(seed)
+    gpa = rng.integers(0, vm.memory // 64, n, dtype=np.uint64) * np.uint64(64)
+    kvm.vcpu_run(vm, 0, cpu, gpa, True)
+
+
+def test_asid_ranges_and_exhaustion_without_recycling():
+    kvm = Kvm(tiny(), min_sev_asid=3, max_sev_asid=4, recycle=False)
+    a = kvm.sev_guest_init("a", "sev-es", 1 << 20, 1)
+    b = kvm.sev_guest_init("b", "snp", 1 << 20, 1)
+    assert (a.asid, b.asid) == (1, 2)  # ES/SNP share [1, min_sev_asid - 1]
+    assert kvm.sev_guest_init("c", "sev", 1 << 20, 1).asid == 3
+    kvm.sev_vm_destroy(a)
+    with pytest.raises(AsidExhausted, match="recycling is disabled"):
+        kvm.sev_guest_init("d", "sev-es", 1 << 20, 1)
+
+
+def test_recycling_flushes_every_cpu_then_df_flush():
+    h = tiny()
+    kvm = Kvm(h, min_sev_asid=2, max_sev_asid=4)
+    a = kvm.sev_guest_init("a", "sev-es", 1 << 20, 1)
+    dirty(kvm, a, 1)
+    kvm.sev_vm_destroy(a)
+    assert 1 in kvm.asid_reclaim and 1 in kvm.asid_used
+    wbinvd_before = h.counters["wbinvd"].copy()
+    b = kvm.sev_guest_init("b", "sev-es", 1 << 20, 1)
+    assert b.asid == 1
+    assert kvm.stats["df_flush"] == 1
+    assert (h.counters["wbinvd"] - wbinvd_before).tolist() == [1] * h.cpu_count
+    dirty(kvm, b, 2)
+    assert sum(h.violation_counts().values()) == 0
+
+
+class WbnoinvdRecycleKvm(Kvm):
+    """A broken recycle: WBNOINVD where SNP firmware requires WBINVD (sev_flush_asids comment)."""
+
+    def sev_flush_asids(self, initiator):
+        self.host.wbnoinvd_on_cpus(initiator, range(self.host.cpu_count))
+        self.host.spend(initiator, self.host.cost["df_flush"])
+
+
+def test_recycle_without_invalidation_is_an_isolation_violation():
+    h = tiny()
+    kvm = WbnoinvdRecycleKvm(h, "wbnoinvd_ran_cpus", min_sev_asid=2, max_sev_asid=4)
+    a = kvm.sev_guest_init("a", "sev-es", 1 << 20, 1)
+    dirty(kvm, a, 1)
+    pages_a = a.pages.copy()
+    kvm.sev_vm_destroy(a)
+    b = kvm.sev_guest_init("b", "sev-es", 1 << 20, 1)
+    assert b.asid == 1
+    # the new tenant of ASID 1 happens to get the old tenant's pages and reads them from the
+    # same core, where the old clean lines survived the WBNOINVD
+    np.testing.assert_array_equal(np.sort(b.pages), np.sort(pages_a))
+    kvm.vcpu_run(b, 0, 1, np.arange(0, 1 << 20, 64, dtype=np.uint64), False)
+    assert h.violation_kinds()["isolation"] > 0
+
+
+def test_have_run_cpus_grows_and_is_never_cleared():
+    h = tiny()
+    kvm = Kvm(h)
+    vm = kvm.sev_guest_init("a", "sev", 1 << 20, 2)
+    kvm.vcpu_run(vm, 0, 1, np.zeros(1, np.uint64))
+    kvm.vcpu_run(vm, 1, 2, np.zeros(1, np.uint64))
+    kvm.vcpu_run(vm, 0, 5, np.zeros(1, np.uint64))  # vCPU 0 migrates
+    kvm.vcpu_put(vm, 0)
+    assert vm.have_run_cpus == {1, 2, 5}
+    assert vm.running_cpus() == [2]
+
+
+@pytest.mark.parametrize("name", [n for n in STRATEGIES if n != "none"])
+def test_every_correct_strategy_is_safe_on_a_coherent_host(name):
+    h = tiny(coherent=True)
+    kvm = Kvm(h, name, initiator=7)
+    vm = kvm.sev_guest_init("a", "sev-es", 1 << 20, 2)
+    dirty(kvm, vm, 1)
+    dirty(kvm, vm, 2, seed=1)
+    pages = vm.pages.copy()
+    kvm.sev_mem_enc_unregister_region(vm, 0)
+    kvm.sev_vm_destroy(vm)
+    h.access(7, pages, True, 0)  # the host reuses the pages
+    assert sum(h.violation_counts().values()) == 0
+    assert h.audit() == {"dirty_foreign_owner": 0, "dirty_stale_key": 0}
+
+
+def test_no_flush_is_caught():
+    h = tiny(coherent=True)
+    kvm = Kvm(h, "none", initiator=7)
+    vm = kvm.sev_guest_init("a", "sev-es", 1 << 20, 1)
+    dirty(kvm, vm, 1)
+    kvm.sev_mem_enc_unregister_region(vm, 0)
+    assert h.audit()["dirty_foreign_owner"] > 0
+
+
+def test_host_key_clflush_is_unsafe_without_sme_coherent():
+    h = tiny(coherent=False)
+    kvm = Kvm(h, "clflushopt_pfn", initiator=7)
+    vm = kvm.sev_guest_init("a", "sev-es", 1 << 20, 1)
+    dirty(kvm, vm, 1)
+    kvm.sev_mem_enc_unregister_region(vm, 0)
+    assert h.audit()["dirty_foreign_owner"] > 0
+
+
+def test_notifier_hva_flush_misses_pages_whose_mapping_is_gone():
+    for mapped, caught in ((True, False), (False, True)):
+        h = tiny(coherent=True)
+        kvm = Kvm(h, "clflushopt_hva", initiator=7)
+        vm = kvm.sev_guest_init("a", "snp", 1 << 20, 1)
+        kvm.vcpu_run(vm, 0, 1, np.arange(0, 3 * 4096, 64, dtype=np.uint64), True)  # fits in L2 + L3
+        freed = kvm.mmu_notifier_invalidate(vm, [0, 1, 2], hva_mapped=[mapped] * 3)
+        assert len(freed) == 3 and not set(freed.tolist()) & set(vm.pages.tolist())
+        assert (h.audit()["dirty_foreign_owner"] > 0) is caught
+
+
+def test_notifier_without_free_keeps_the_pages_and_pays_the_flush():
+    h = tiny()
+    kvm = Kvm(h, "wbinvd_all", initiator=7)
+    vm = kvm.sev_guest_init("a", "sev", 1 << 20, 1)
+    kvm.vcpu_run(vm, 0, 1, np.zeros(1, np.uint64))
+    before = vm.pages.copy()
+    wb = int(h.counters["wbinvd"].sum())
+    assert len(kvm.mmu_notifier_invalidate(vm, [0], free=False)) == 0
+    np.testing.assert_array_equal(before, vm.pages)
+    assert int(h.counters["wbinvd"].sum()) - wb == h.cpu_count
+    assert h.counters["ipis_received"][1] >= 1  # the running vCPU was kicked for the TLB flush
+
+
+def test_bad_configurations():
+    h = tiny()
+    with pytest.raises(ConfigError, match="do not fit"):
+        Kvm(h).sev_guest_init("big", "sev", 1 << 30, 1)
+    with pytest.raises(ConfigError, match="1023"):
+        Kvm(h, max_sev_asid=2000)
+    with pytest.raises(ValueError, match="unknown strategy 'nope'.*wbinvd_all"):
+        get_strategy("nope")
+    with pytest.raises(ValueError):
+        Kvm(h).sev_guest_init("x", "tdx", 1 << 20, 1)
+    kvm = Kvm(h)
+    vm = kvm.sev_guest_init("a", VmType.SEV, 1 << 20, 1)
+    with pytest.raises(ValueError, match="beyond"):
+        kvm.vcpu_run(vm, 0, 1, np.array([1 << 20], np.uint64))
+    with pytest.raises(ValueError, match="vCPUs 0..0"):
+        kvm.vcpu_run(vm, 3, 1, np.zeros(1, np.uint64))

@@ -1,0 +1,149 @@
+"""Scenarios assert safety and direction, never numbers copied from a run."""
+
+import json
+
+import numpy as np
+import pytest
+
+from sevsim import scenarios
+from sevsim.kvm import AsidExhausted, ConfigError
+
+SMALL = dict(vm_memory="4MiB", guest_accesses=8000, neighbours=8, neighbour_accesses=8192)
+
+
+@pytest.fixture(scope="module")
+def teardown():
+    return scenarios.run("sev-teardown", **SMALL)
+
+
+def row(table, strategy):
+    (r,) = [r for r in table.rows if r["strategy"] == strategy]
+    return r
+
+
+def test_teardown_correct_strategies_safe_and_none_caught(teardown):
+    for r in teardown.rows:
+        if r["strategy"] == "none":
+            assert r["violations"] > 0 and r["verdict"] == "UNSAFE"
+        else:
+            assert r["violations"] == 0, r
+
+
+def test_wbnoinvd_keeps_neighbours_while_wbinvd_drops_them(teardown):
+    for s in ("wbnoinvd_all", "wbnoinvd_ran_cpus"):
+        r = row(teardown, s)
+        assert abs(r["nb_hit_after"] - r["nb_hit_before"]) < 0.01, r
+        assert r["nb_tput_after"] >= 0.95 * r["nb_tput_before"], r
+    r = row(teardown, "wbinvd_all")
+    assert r["nb_hit_after"] < r["nb_hit_before"] - 0.2
+    assert r["nb_tput_after"] < 0.5 * r["nb_tput_before"]
+
+
+def test_ran_cpus_flush_is_cheaper_than_flushing_the_host(teardown):
+    ran, every = row(teardown, "wbnoinvd_ran_cpus"), row(teardown, "wbnoinvd_all")
+    assert ran["ipis"] < every["ipis"]
+    assert ran["teardown_cpu_us"] < every["teardown_cpu_us"] / 10
+
+
+def test_ran_cpus_cost_scales_with_the_cpus_the_vm_ran_on_not_the_host():
+    def cost(vcpus, preset):
+        t = scenarios.run("sev-teardown", strategies=["wbnoinvd_ran_cpus", "wbnoinvd_all"], vcpus=vcpus, vms=1,
+                          preset=preset, **{k: v for k, v in SMALL.items() if k != "neighbours"}, neighbours=2)
+        return row(t, "wbnoinvd_ran_cpus"), row(t, "wbnoinvd_all")
+
+    few, few_all = cost(2, "epyc-9755-2s")
+    many, many_all = cost(16, "epyc-9755-2s")
+    # IPIs: one per target CPU per flush, so proportional to the CPUs the VM ran on
+    assert many["ipis"] > few["ipis"] * 4
+    assert few_all["ipis"] == many_all["ipis"]  # flushing every CPU ignores where the VM ran
+    assert many["teardown_cpu_us"] > few["teardown_cpu_us"]
+    # the same VM on a host with half the CPUs: the ran-CPUs flush costs the same IPIs, the
+    # all-CPU flush half
+    small, small_all = cost(2, "epyc-7742-2s")
+    assert small["ipis"] == few["ipis"]
+    assert small_all["ipis"] < few_all["ipis"]
+
+
+def test_teardown_on_a_host_without_sme_coherent():
+    t = scenarios.run("sev-teardown", preset="epyc-7742-2s",
+                      strategies=["wbnoinvd_ran_cpus", "clflushopt_pfn", "vm_page_flush"], **SMALL)
+    assert row(t, "wbnoinvd_ran_cpus")["violations"] == 0
+    # a host-key CLFLUSH cannot reach guest-key lines there (semantics.md 1.4)
+    assert row(t, "clflushopt_pfn")["violations"] > 0
+    # no VM_PAGE_FLUSH on Rome: the WRMSR faults and KVM falls back to the write-back
+    assert row(t, "vm_page_flush")["violations"] == 0
+
+
+STORM = dict(vm_memory="4MiB", neighbours=4, epochs=3, epoch_accesses=2048, events_per_epoch=4)
+
+
+def test_storm_hva_flush_caught_when_mappings_are_gone_pfn_flush_clean():
+    t = scenarios.run("snp-notifier-storm", **STORM)
+    assert row(t, "clflushopt_hva")["violations"] > 0
+    assert row(t, "none")["violations"] > 0
+    for s in ("clflushopt_pfn", "wbnoinvd_ran_cpus", "wbinvd_all"):
+        assert row(t, s)["violations"] == 0, row(t, s)
+    t0 = scenarios.run("snp-notifier-storm", strategies=["clflushopt_hva"], unmapped_fraction=0.0, **STORM)
+    assert row(t0, "clflushopt_hva")["violations"] == 0
+
+
+def test_storm_wbinvd_hurts_neighbours_page_flush_does_not():
+    t = scenarios.run("snp-notifier-storm", strategies=["wbinvd_all", "clflushopt_pfn"], **STORM)
+    w, c = row(t, "wbinvd_all"), row(t, "clflushopt_pfn")
+    assert w["nb_tput_storm"] < 0.5 * w["nb_tput_quiet"]
+    assert c["nb_tput_storm"] >= 0.95 * c["nb_tput_quiet"]
+    assert w["nb_hit_storm"] < c["nb_hit_storm"]
+
+
+def test_same_seed_same_table_different_seed_differs():
+    a = scenarios.run("snp-notifier-storm", strategies=["wbnoinvd_ran_cpus"], seed=3, **STORM)
+    b = scenarios.run("snp-notifier-storm", strategies=["wbnoinvd_ran_cpus"], seed=3, **STORM)
+    c = scenarios.run("snp-notifier-storm", strategies=["wbnoinvd_ran_cpus"], seed=4, **STORM)
+    assert a.to_json() == b.to_json()
+    assert a.to_json() != c.to_json()
+
+
+def test_reps_give_one_row_each_and_tables_convert(tmp_path):
+    t = scenarios.run("sev-teardown", strategies=["wbnoinvd_ran_cpus", "none"], reps=2, **SMALL)
+    assert [(r["strategy"], r["rep"]) for r in t.rows] == [
+        ("wbnoinvd_ran_cpus", 0), ("none", 0), ("wbnoinvd_ran_cpus", 1), ("none", 1)]
+    j = json.loads(t.to_json())
+    assert j["columns"] == t.columns and len(j["rows"]) == 4
+    lines = t.to_csv().splitlines()
+    assert lines[0].split(",") == t.columns and len(lines) == 5
+    try:
+        import pandas  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError):
+            t.to_dataframe()
+    else:
+        assert t.to_dataframe().shape == (4, len(t.columns))
+
+
+def test_trace_workload_for_neighbours(tmp_path):
+    p = tmp_path / "t.npz"
+    np.savez(p, addr=np.arange(0, 1 << 16, 8, dtype=np.uint64), write=np.zeros(1 << 13, bool))
+    t = scenarios.run("sev-teardown", strategies=["wbnoinvd_ran_cpus"], neighbour_workload=f"trace:{p}",
+                      neighbour_memory="64KiB", **{k: v for k, v in SMALL.items()})
+    assert row(t, "wbnoinvd_ran_cpus")["violations"] == 0
+
+
+@pytest.mark.parametrize("params, exc, pattern", [
+    (dict(vcpus=300), ConfigError, "cores"),
+    (dict(vm_memory="1TiB"), ConfigError, "do not fit"),
+    (dict(vms=5, min_sev_asid=3, recycle_asids=False), AsidExhausted, "recycling is disabled"),
+    (dict(bogus=1), ValueError, "no parameter 'bogus'"),
+    (dict(vm_memory="lots"), ValueError, "vm_memory"),
+    (dict(neighbour_workload="fractal"), ValueError, "unknown workload"),
+    (dict(preset="nope"), ValueError, "unknown preset"),
+])
+def test_impossible_configurations(params, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        scenarios.run("sev-teardown", strategies=["none"], **{**SMALL, **params})
+
+
+def test_unknown_scenario_and_strategy():
+    with pytest.raises(ValueError, match="unknown scenario 'x'.*sev-teardown"):
+        scenarios.run("x")
+    with pytest.raises(ValueError, match="unknown strategy"):
+        scenarios.run("sev-teardown", strategies=["nope"], **SMALL)
