@@ -153,3 +153,36 @@ def test_bad_configurations():
         kvm.vcpu_run(vm, 0, 1, np.array([1 << 20], np.uint64))
     with pytest.raises(ValueError, match="vCPUs 0..0"):
         kvm.vcpu_run(vm, 3, 1, np.zeros(1, np.uint64))
+
+
+class NoVmsaFlushKvm(Kvm):
+    """Forgets sev_flush_encrypted_page() when freeing a vCPU."""
+
+    def sev_flush_encrypted_page(self, vm, pa, initiator):
+        pass
+
+
+@pytest.mark.parametrize("coherent", [False, True])
+def test_vmsa_pages_are_flushed_when_vcpus_are_freed(coherent):
+    # strategy "none": nothing else writes the VMSA back, so only its own flush protects it
+    for cls, caught in ((Kvm, False), (NoVmsaFlushKvm, True)):
+        h = tiny(coherent)
+        kvm = cls(h, "none", initiator=7)
+        vm = kvm.sev_guest_init("a", "sev-es", 1 << 20, 1)
+        kvm.vcpu_run(vm, 0, 1, np.zeros(1, np.uint64))
+        vmsa = vm.vmsa[0]
+        assert any(c["key"] == vm.asid and c["dirty"] for c in h.copies(vmsa))
+        kvm.sev_vm_destroy(vm)
+        stale = [c for c in h.copies(vmsa) if c["key"] == vm.asid and c["dirty"]]
+        assert bool(stale) is caught, (cls, coherent)
+
+
+def test_snp_private_memory_is_flushed_by_gmem_whatever_the_strategy():
+    h = tiny(coherent=True)
+    kvm = Kvm(h, "none", initiator=7)
+    vm = kvm.sev_guest_init("a", "snp", 1 << 20, 1)
+    assert vm.regions == []
+    dirty(kvm, vm, 1)
+    kvm.sev_vm_destroy(vm)
+    assert h.audit() == {"dirty_foreign_owner": 0, "dirty_stale_key": 0}
+    assert h.counters["clflush_lines"][7] >= (1 << 20) // 64

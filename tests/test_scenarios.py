@@ -47,8 +47,9 @@ def test_ran_cpus_flush_is_cheaper_than_flushing_the_host(teardown):
 
 def test_ran_cpus_cost_scales_with_the_cpus_the_vm_ran_on_not_the_host():
     def cost(vcpus, preset):
+        # plain SEV (no VMSA to flush per vCPU): only the strategy's flushes
         t = scenarios.run("sev-teardown", strategies=["wbnoinvd_ran_cpus", "wbnoinvd_all"], vcpus=vcpus, vms=1,
-                          preset=preset, **{k: v for k, v in SMALL.items() if k != "neighbours"}, neighbours=2)
+                          preset=preset, vm_type="sev", **{k: v for k, v in SMALL.items() if k != "neighbours"}, neighbours=2)
         return row(t, "wbnoinvd_ran_cpus"), row(t, "wbnoinvd_all")
 
     few, few_all = cost(2, "epyc-9755-2s")
@@ -147,3 +148,12 @@ def test_unknown_scenario_and_strategy():
         scenarios.run("x")
     with pytest.raises(ValueError, match="unknown strategy"):
         scenarios.run("sev-teardown", strategies=["nope"], **SMALL)
+
+
+def test_migrations_widen_have_run_cpus_and_stay_safe():
+    base = row(scenarios.run("sev-teardown", strategies=["wbnoinvd_ran_cpus"], vm_type="sev", **SMALL),
+               "wbnoinvd_ran_cpus")
+    moved = row(scenarios.run("sev-teardown", strategies=["wbnoinvd_ran_cpus"], vm_type="sev", vcpu_migrations=3,
+                              **SMALL), "wbnoinvd_ran_cpus")
+    assert moved["ipis"] > base["ipis"]
+    assert moved["violations"] == 0

@@ -84,6 +84,8 @@ class SevVm:
     have_run_cpus: set[int] = field(default_factory=set)
     #: registered (pinned) encrypted regions as (guest page index, page count)
     regions: list[tuple[int, int]] = field(default_factory=list)
+    #: SEV-ES/SNP: each vCPU's VMSA page (encrypted save area the CPU writes at every VMEXIT)
+    vmsa: list[int] = field(default_factory=list)
     destroyed: bool = False
 
     @property
@@ -211,7 +213,18 @@ class Kvm:
         self.host.spend(cpu, self.host.cost["psp_command"])
         vm = SevVm(name, vm_type, asid, self.mem.alloc(memory // PAGE), [None] * vcpus)
         self.vms.append(vm)
-        self.sev_mem_enc_register_region(vm, 0, len(vm.pages), cpu)
+        if vm_type is VmType.SNP:
+            # SNP private memory comes from guest_memfd, not from pinned userspace regions
+            self._give_to_guest(vm, vm.pages, cpu)
+        else:
+            self.sev_mem_enc_register_region(vm, 0, len(vm.pages), cpu)
+        if vm_type is not VmType.SEV:
+            # __sev_launch_update_vmsa() flushes the VMSA before the firmware encrypts it in place,
+            # always, SME_COHERENT or not (semantics.md 1.7 row 2)
+            vm.vmsa = [int(pa) for pa in self.mem.alloc(vcpus)]
+            for pa in vm.vmsa:
+                self.host.clflushopt_range(cpu, pa, PAGE, key=0)
+                self.host.set_owner(pa, PAGE, vm.asid)
         return vm
 
     def sev_mem_enc_register_region(self, vm: SevVm, first: int, count: int, initiator: int) -> None:
@@ -252,13 +265,19 @@ class Kvm:
             raise SevsimError(f"VM {vm.name} is destroyed")
         if not 0 <= vcpu < len(vm.vcpu_cpu):
             raise ValueError(f"VM {vm.name} has vCPUs 0..{len(vm.vcpu_cpu) - 1}, not {vcpu}")
-        # pre_sev_run(): cpumask_set_cpu(cpu, sev->have_run_cpus) (arch/x86/kvm/svm/sev.c)
-        vm.have_run_cpus.add(cpu)
-        vm.vcpu_cpu[vcpu] = cpu
         gpa = np.asarray(gpa, dtype=np.uint64)
         if len(gpa) and int(gpa.max()) >= vm.memory:
             raise ValueError(f"VM {vm.name}: guest address {int(gpa.max()):#x} is beyond its {vm.memory} bytes")
-        return self.host.access(cpu, vm.pa_of(gpa), write, vm.asid)
+        if not 0 <= cpu < self.host.cpu_count:
+            raise ValueError(f"cpu = {cpu} is out of range: this host has CPUs 0..{self.host.cpu_count - 1}")
+        # pre_sev_run(): cpumask_set_cpu(cpu, sev->have_run_cpus) (arch/x86/kvm/svm/sev.c)
+        vm.have_run_cpus.add(cpu)
+        vm.vcpu_cpu[vcpu] = cpu
+        st = self.host.access(cpu, vm.pa_of(gpa), write, vm.asid)
+        if vm.vmsa:
+            # the #VMEXIT saves guest state into the encrypted VMSA: its first lines, under the guest key
+            self.host.access(cpu, np.arange(vm.vmsa[vcpu], vm.vmsa[vcpu] + 4 * 64, 64, dtype=np.uint64), True, vm.asid)
+        return st
 
     def vcpu_put(self, vm: SevVm, vcpu: int) -> None:
         """The vCPU stops running (the CPU stays in have_run_cpus: bits are never cleared)."""
@@ -311,7 +330,20 @@ class Kvm:
         cpu = self.initiator if initiator is None else initiator
         for v in range(len(vm.vcpu_cpu)):
             self.vcpu_put(vm, v)
-        self.strategy.reclaim(self, vm, cpu, [Page(int(pa), True) for pa in vm.pages])
+        # the mm goes first (mmu_notifier_release -> kvm_flush_shadow_all), then kvm_destroy_vm()
+        # frees the vCPUs (kvm_destroy_vcpus) before the vm_destroy hook (arch/x86/kvm/x86.c,
+        # kvm_arch_destroy_vm)
+        if vm.vm_type is VmType.SNP:
+            # SNP private memory lives in guest_memfd: freeing its folios runs sev_gmem_invalidate(),
+            # then the pages go back to the host
+            self.sev_gmem_invalidate(vm, np.arange(len(vm.pages)), cpu)
+            for pa, size in self._runs(vm.pages):
+                self.host.set_owner(pa, size, 0)
+            self.mem.release(vm.pages)
+        else:
+            self.strategy.reclaim(self, vm, cpu, [Page(int(pa), True) for pa in vm.pages])
+        for v in range(len(vm.vmsa)):
+            self.sev_free_vcpu(vm, v, cpu)
         if self.strategy.flush_on_destroy:
             self.host.wbinvd_on_cpus(cpu, range(self.host.cpu_count))
         while vm.regions:
@@ -321,6 +353,30 @@ class Kvm:
         self.sev_asid_free(vm)
         vm.destroyed = True
         self.vms.remove(vm)
+
+    def sev_flush_encrypted_page(self, vm: SevVm, pa: int, initiator: int) -> None:
+        """Flush one encrypted page before it is freed (arch/x86/kvm/svm/sev.c): on SME_COHERENT
+        CPUs clflush_cache_range() through the kernel mapping, still needed for DMA (d45829b351ee);
+        otherwise VM_PAGE_FLUSH with the guest's ASID, falling back to sev_writeback_caches() (WBNOINVD
+        on have_run_cpus) when the WRMSR faults."""
+        if self.host.features["sme_coherent"]:
+            self.host.clflushopt_range(initiator, pa, PAGE, key=0)
+        elif not self.host.vm_page_flush(initiator, pa, vm.asid):
+            self.host.wbnoinvd_on_cpus(initiator, sorted(vm.have_run_cpus))
+
+    def sev_free_vcpu(self, vm: SevVm, vcpu: int, initiator: int) -> None:
+        """Free an SEV-ES/SNP vCPU: its VMSA page is flushed, then goes back to the host."""
+        pa = vm.vmsa[vcpu]
+        self.sev_flush_encrypted_page(vm, pa, initiator)
+        self.host.set_owner(pa, PAGE, 0)
+        self.mem.release([pa])
+
+    def sev_gmem_invalidate(self, vm: SevVm, gpages: np.ndarray, initiator: int) -> None:
+        """guest_memfd frees SNP private folios (kvm_arch_gmem_invalidate): for each page, make it
+        shared again in the RMP, then clflush_cache_range(__va(pfn), size) through the direct map,
+        one CPU, no IPI (semantics.md 1.7.7). The RMP side is not modelled here yet."""
+        for pa, size in self._runs(vm.pages[gpages]):
+            self.host.clflushopt_range(initiator, pa, size, key=0)
 
     @staticmethod
     def _runs(pages: np.ndarray):

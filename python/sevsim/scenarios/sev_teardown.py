@@ -33,6 +33,7 @@ PARAMS = {
     "vcpus": (4, "vCPUs per VM, each pinned to its own core"),
     "vm_memory": ("16MiB", "guest memory per VM"),
     "guest_accesses": (50_000, "accesses each vCPU makes before the teardown (30% writes)"),
+    "vcpu_migrations": (0, "times each vCPU moves to another free core while it runs (have_run_cpus grows)"),
     "neighbours": (16, "neighbour tenants, one core each, on other CCDs"),
     "neighbour_workload": ("working-set", "working-set, streaming, random, zipf[:ALPHA] or trace:PATH"),
     "neighbour_memory": ("512KiB", "each neighbour's footprint"),
@@ -63,7 +64,7 @@ def run(*, strategies, seed, reps, progress=None, **p) -> ResultTable:
 
 
 def run_one(strategy: str, seed: int, rep: int, *, preset, memory, sme_coherent, vms, vm_type, vcpus, vm_memory,
-            guest_accesses, neighbours, neighbour_workload, neighbour_memory, neighbour_accesses,
+            guest_accesses, vcpu_migrations, neighbours, neighbour_workload, neighbour_memory, neighbour_accesses,
             reuse_fraction, min_sev_asid, max_sev_asid, recycle_asids) -> dict:
     rng = np.random.default_rng(seed)
     host = Host.from_preset(preset, memory=memory, sme_coherent=sme_coherent)
@@ -77,11 +78,22 @@ def run_one(strategy: str, seed: int, rep: int, *, preset, memory, sme_coherent,
     nbs = common.make_neighbours(kvm, nb_cpus, lambda: make_workload(neighbour_workload, nb_mem))
     guests = [kvm.sev_guest_init(f"vm{i}", VmType(vm_type), vm_mem, vcpus) for i in range(vms)]
 
-    # the guests run and dirty their memory; the neighbours warm their caches
+    # the guests run and dirty their memory, moving between cores if asked; the neighbours warm up
+    busy = {c for cs in vm_cpus for c in cs} | set(nb_cpus) | {kvm.initiator}
+    spare = [c for ccd in common.first_threads_by_ccd(host) for c in ccd if c not in busy]
+    if vcpu_migrations < 0:
+        raise ValueError(f"parameter vcpu_migrations must be >= 0, got {vcpu_migrations}")
+    if vcpu_migrations and not spare:
+        raise ValueError("parameter vcpu_migrations: no free core to migrate vCPUs to")
+    hop = 0
     for vm, cpus in zip(guests, vm_cpus):
-        for v, cpu in enumerate(cpus):
-            gpa = rng.integers(0, vm.memory // 64, guest_accesses, dtype=np.uint64) * np.uint64(64)
-            kvm.vcpu_run(vm, v, cpu, gpa, rng.random(guest_accesses) < 0.3)
+        for v, home in enumerate(cpus):
+            chunks = np.array_split(np.arange(guest_accesses), vcpu_migrations + 1)
+            for k, chunk in enumerate(chunks):
+                cpu = home if k == 0 else spare[hop % len(spare)]
+                hop += k > 0
+                gpa = rng.integers(0, vm.memory // 64, len(chunk), dtype=np.uint64) * np.uint64(64)
+                kvm.vcpu_run(vm, v, cpu, gpa, rng.random(len(chunk)) < 0.3)
     for nb in nbs:
         nb.run(host, neighbour_accesses, rng)
 
@@ -101,7 +113,9 @@ def run_one(strategy: str, seed: int, rep: int, *, preset, memory, sme_coherent,
         for v in range(vcpus):
             kvm.vcpu_put(vm, v)
         freed.extend(int(pa) for pa in vm.pages)
-        kvm.sev_mem_enc_unregister_region(vm, 0)
+        freed.extend(vm.vmsa)
+        if vm.regions:  # SEV/SEV-ES pinned memory; SNP's is guest_memfd's, freed at destroy
+            kvm.sev_mem_enc_unregister_region(vm, 0)
         kvm.sev_vm_destroy(vm)
     clocks1 = host.clocks.astype(np.int64)
     c1 = host.counters
