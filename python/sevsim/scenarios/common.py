@@ -9,6 +9,7 @@ import numpy as np
 
 from .. import Host
 from ..config import parse_size
+from ..results import ResultTable
 from ..kvm import ConfigError, Kvm
 from ..workloads import Workload
 
@@ -141,3 +142,17 @@ def size(v, name: str) -> int:
         return parse_size(v)
     except ValueError as e:
         raise ValueError(f"parameter {name}: {e}") from None
+
+
+def run_grid(title: str, run_one, *, strategies, seed, reps, progress, **params) -> ResultTable:
+    """One row per strategy x repetition (repetition r uses seed + r), with progress reports."""
+    table = ResultTable(title=title)
+    total = len(strategies) * reps
+    for rep in range(reps):
+        for i, name in enumerate(strategies):
+            if progress:
+                progress(rep * len(strategies) + i, total, f"{name} rep {rep}")
+            table.append(run_one(name, seed + rep, rep, **params))
+    if progress:
+        progress(total, total, "done")
+    return table

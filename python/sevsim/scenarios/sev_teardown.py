@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import Host
 from ..kvm import Kvm, VmType
-from ..results import ResultTable
+from ..results import ResultTable  # noqa: F401 (the return type)
 from ..workloads import make as make_workload
 from . import common
 from .common import size
@@ -48,19 +48,9 @@ DEFAULT_STRATEGIES = ["wbinvd_all", "wbnoinvd_all", "wbnoinvd_ran_cpus", "clflus
 
 
 def run(*, strategies, seed, reps, progress=None, **p) -> ResultTable:
-    table = ResultTable(title=f"{NAME}: {p['vms']} x {p['vm_type']} VM ({p['vcpus']} vCPUs, {p['vm_memory']}) "
-                              f"torn down next to {p['neighbours']} neighbours on {p['preset']}")
-    total = len(strategies) * reps
-    step = 0
-    for rep in range(reps):
-        for name in strategies:
-            if progress:
-                progress(step, total, f"{name} rep {rep}")
-            table.append(run_one(name, seed + rep, rep, **p))
-            step += 1
-    if progress:
-        progress(total, total, "done")
-    return table
+    title = (f"{NAME}: {p['vms']} x {p['vm_type']} VM ({p['vcpus']} vCPUs, {p['vm_memory']}) "
+             f"torn down next to {p['neighbours']} neighbours on {p['preset']}")
+    return common.run_grid(title, run_one, strategies=strategies, seed=seed, reps=reps, progress=progress, **p)
 
 
 def run_one(strategy: str, seed: int, rep: int, *, preset, memory, sme_coherent, vms, vm_type, vcpus, vm_memory,
