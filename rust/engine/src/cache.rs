@@ -32,6 +32,25 @@ pub fn key_of(v: u64) -> u16 {
     ((v & KEY_MASK) >> KEY_SHIFT) as u16
 }
 
+/// Bit i set for each element i of `set` (at most 64) with `v & mask == want`.
+#[inline(always)]
+pub fn match_slice(set: &[u64], want: u64, mask: u64, avx2: bool) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: the caller says the CPU has AVX2 (detected with is_x86_feature_detected).
+        return unsafe { match_bits_avx2(set, want, mask) };
+    }
+    let _ = avx2;
+    match_bits_scalar(set, want, mask)
+}
+
+pub fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx2");
+    #[cfg(not(target_arch = "x86_64"))]
+    return false;
+}
+
 #[inline(always)]
 fn match_bits_scalar(set: &[u64], want: u64, mask: u64) -> u64 {
     let mut bits: u64 = 0;

@@ -118,6 +118,33 @@ pub struct Costs {
     pub psp_command: u64,
 }
 
+/// TLB geometry and translation costs (cycles).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlbConfig {
+    /// L1 DTLB entries, fully associative, every page size
+    pub l1_entries: u32,
+    /// L2 DTLB entries and ways; 1 GiB translations are held as 2 MiB pieces
+    pub l2_entries: u32,
+    pub l2_ways: u32,
+    pub l2_latency: u32,
+    /// a native (one-dimensional) page walk, and a nested (two-dimensional) one
+    pub walk_native: u32,
+    pub walk_nested: u32,
+    /// the nested half of a walk when the guest-physical entry is cached
+    pub walk_guest_only: u32,
+    pub invlpg: u32,
+    /// a local flush of many entries (MOV CR3, INVPCID, INVEPT, INVVPID, TLB_CONTROL)
+    pub flush: u32,
+    /// VMRUN + #VMEXIT (or VM entry + exit) round trip
+    pub world_switch: u32,
+    pub invlpgb: u32,
+    /// TLBSYNC: waiting for a broadcast invalidation to complete on every CPU
+    pub tlbsync: u32,
+    /// SVM: FLUSHBYASID (CPUID 8000_000A EDX[6]); without it TLB_CONTROL 3 and 7 are invalid
+    pub flushbyasid: bool,
+}
+
 /// One host preset, as written in the profile.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -140,6 +167,7 @@ pub struct HostConfig {
     pub l3: CacheGeom,
     pub latency: Latencies,
     pub cost: Costs,
+    pub tlb: TlbConfig,
 }
 
 #[derive(Deserialize)]
@@ -290,6 +318,16 @@ impl HostConfig {
             g.check(field)?;
         }
         check_memory("memory", self.memory.0)?;
+        let t = &self.tlb;
+        if t.l1_entries == 0 || t.l1_entries > 1024 {
+            return Err(EngineError::invalid("tlb.l1_entries", format!("tlb.l1_entries must be in 1..=1024, got {}", t.l1_entries)));
+        }
+        if t.l2_ways == 0 || t.l2_ways > 64 || t.l2_entries % t.l2_ways != 0 || !(t.l2_entries / t.l2_ways).is_power_of_two() {
+            return Err(EngineError::invalid(
+                "tlb.l2_entries",
+                format!("tlb: l2_entries / l2_ways must be a power-of-two number of sets and 1 <= l2_ways <= 64, got {} / {}", t.l2_entries, t.l2_ways),
+            ));
+        }
         let c = &self.cost;
         for (field, v) in [
             ("cost.wbinvd_walk_per_line", c.wbinvd_walk_per_line),

@@ -18,6 +18,8 @@ use crate::config::{check_memory, HostConfig, WbinvdScope, LINE, PAGE};
 use crate::directory::Directory;
 use crate::error::{EngineError, Result};
 use crate::memory::{Memory, MAX_KEY};
+use crate::paging::{Table, TableKind};
+use crate::tlb::{Context, Invlpgb, Mode, TlbLevel, NO_TABLE};
 use crate::topology::Topology;
 use crate::violation::{Cause, Violation, CAUSES};
 
@@ -76,6 +78,22 @@ counters!(
     /// cycles charged by the policy layer for work the engine does not model instruction by
     /// instruction (firmware commands, page-table edits), see `Host::spend`
     other_cycles,
+    /// translations served by the L1 DTLB, the L2 DTLB, or a page walk
+    tlb_l1_hits,
+    tlb_l2_hits,
+    tlb_misses,
+    /// guest-physical (GPA -> HPA) entries found or not during nested walks
+    gphys_hits,
+    gphys_misses,
+    walk_cycles,
+    /// translations with no mapping (#PF / #NPF), counted and not performed
+    page_faults,
+    /// TLB invalidation operations executed and the entries they dropped
+    tlb_flush_ops,
+    tlb_dropped,
+    /// world switches (VMRUN / VM entry) and those refused (VMEXIT_INVALID / VMfail)
+    vmruns,
+    vmrun_failures,
 );
 
 /// Where an access was served.
@@ -111,13 +129,13 @@ pub enum Col<'a, T: Copy> {
 
 impl<'a, T: Copy> Col<'a, T> {
     #[inline(always)]
-    fn at(&self, i: usize) -> T {
+    pub fn at(&self, i: usize) -> T {
         match self {
             Col::One(v) => *v,
             Col::Each(s) => s[i],
         }
     }
-    fn len(&self) -> Option<usize> {
+    pub fn len(&self) -> Option<usize> {
         match self {
             Col::One(_) => None,
             Col::Each(s) => Some(s.len()),
@@ -178,6 +196,15 @@ pub struct Host {
     lines_scratch: Vec<u64>,
     lat: [u64; 6],
     lat_remote_socket: u64,
+    // translation state (translate.rs)
+    pub(crate) tables: Vec<Table>,
+    pub(crate) contexts: Vec<Context>,
+    pub(crate) cur_ctx: Vec<u32>,
+    pub(crate) tlb1: Vec<TlbLevel>,
+    pub(crate) tlb2: Vec<TlbLevel>,
+    pub(crate) pending_invlpgb: Vec<(usize, Invlpgb)>,
+    /// per invalidation kind: operations, entries dropped
+    pub(crate) inval: Vec<[u64; 2]>,
 }
 
 impl Host {
@@ -200,6 +227,7 @@ impl Host {
             cfg.latency.memory as u64,
         ];
         let n = topo.cpus;
+        let tlb_cfg = cfg.tlb.clone();
         Ok(Host {
             lat_remote_socket: cfg.latency.remote_socket as u64,
             cfg,
@@ -219,6 +247,13 @@ impl Host {
             scratch: Vec::with_capacity(64),
             lines_scratch: Vec::new(),
             lat,
+            tables: vec![Table::new(TableKind::Host)],
+            contexts: vec![Context { mode: Mode::Host, tag: 0, pcid: 0, cr3: 0, nested: NO_TABLE, key: 0, vm: 0 }],
+            cur_ctx: vec![0; n],
+            tlb1: (0..topo.cores).map(|_| TlbLevel::new(tlb_cfg.l1_entries as usize, tlb_cfg.l1_entries as usize)).collect(),
+            tlb2: (0..topo.cores).map(|_| TlbLevel::new(tlb_cfg.l2_entries as usize, tlb_cfg.l2_ways as usize)).collect(),
+            pending_invlpgb: Vec::new(),
+            inval: vec![[0; 2]; crate::translate::INVAL_KINDS.len()],
             topo,
         })
     }
@@ -323,13 +358,21 @@ impl Host {
     /// Bytes held by the engine's big tables (caches, directory, memory tables).
     pub fn heap_bytes(&self) -> usize {
         (self.l1.data.len() + self.l2.data.len() + self.l3.data.len()) * 8
+            + self.tlb1.iter().chain(self.tlb2.iter()).map(|t| t.bytes()).sum::<usize>()
             + self.dir.bytes()
             + self.mem.heap_bytes()
             + self.violations.capacity() * std::mem::size_of::<Violation>()
     }
 
     #[inline]
-    fn record(&mut self, cause: Cause, cpu: i32, line: u64, key: u16, other_key: u16, owner: u16) {
+    pub(crate) fn push_violation(&mut self, v: Violation) {
+        self.cause_counts[v.cause.index()] += 1;
+        if self.violations.len() < self.max_violations {
+            self.violations.push(v);
+        }
+    }
+
+    pub(crate) fn record(&mut self, cause: Cause, cpu: i32, line: u64, key: u16, other_key: u16, owner: u16) {
         self.cause_counts[cause.index()] += 1;
         if self.violations.len() < self.max_violations {
             let cycle = if cpu >= 0 {
@@ -337,7 +380,18 @@ impl Host {
             } else {
                 self.clocks.iter().copied().max().unwrap_or(0)
             };
-            self.violations.push(Violation { cause, cpu, pa: line * LINE, key, other_key, owner, cycle });
+            self.violations.push(Violation {
+                cause,
+                cpu,
+                pa: line * LINE,
+                key,
+                other_key,
+                owner,
+                cycle,
+                va: 0,
+                ctx: 0,
+                true_pa: 0,
+            });
         }
     }
 
@@ -406,6 +460,11 @@ impl Host {
         // does this core hold other keys' aliases of the line? (only an SME_COHERENT host cares)
         let own_alias = self.cfg.features.sme_coherent && self.l2.match_bits(b2, x | VALID, MATCH_ANY) != 0;
         self.miss(cpu, core, x, key, write, own_alias)
+    }
+
+    #[inline(always)]
+    pub(crate) fn clocks_add(&mut self, cpu: usize, cycles: u64) {
+        self.clocks[cpu] += cycles;
     }
 
     #[inline(always)]

@@ -9,8 +9,11 @@ pub enum Kind {
     /// A device access met a dirty cached line it cannot see (confidential lines are not coherent
     /// with DMA even on SME_COHERENT parts, commit d45829b351ee, semantics.md 1.2 and 1.6 case C).
     Dma,
-    /// A CPU read data of a previous tenant of its key slot (semantics.md 1.6 case D).
+    /// A CPU read data of a previous tenant of its key slot (semantics.md 1.6 case D), or a
+    /// translation reached another VM's memory.
     Isolation,
+    /// A TLB hit that disagrees with the current page tables.
+    StaleTranslation,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -28,15 +31,25 @@ pub enum Cause {
     DmaReadDirtyLine,
     /// A CPU hit a line cached under its key slot's previous key.
     StaleKeyHit,
+    /// A TLB hit whose target differs from what the current tables say (or the tables no longer
+    /// map the address).
+    StaleTranslation,
+    /// A TLB hit on an entry filled by another VM's context (a reused ASID/VPID not flushed).
+    ForeignVmTranslation,
+    /// A guest translation reached a page owned by another guest's key.
+    ForeignPageAccess,
 }
 
-pub const CAUSES: [Cause; 6] = [
+pub const CAUSES: [Cause; 9] = [
     Cause::WritebackForeignOwner,
     Cause::WritebackStaleKey,
     Cause::ReadForeignData,
     Cause::DmaWriteDirtyLine,
     Cause::DmaReadDirtyLine,
     Cause::StaleKeyHit,
+    Cause::StaleTranslation,
+    Cause::ForeignVmTranslation,
+    Cause::ForeignPageAccess,
 ];
 
 impl Cause {
@@ -44,7 +57,8 @@ impl Cause {
         match self {
             Cause::WritebackForeignOwner | Cause::WritebackStaleKey | Cause::ReadForeignData => Kind::Corruption,
             Cause::DmaWriteDirtyLine | Cause::DmaReadDirtyLine => Kind::Dma,
-            Cause::StaleKeyHit => Kind::Isolation,
+            Cause::StaleKeyHit | Cause::ForeignVmTranslation | Cause::ForeignPageAccess => Kind::Isolation,
+            Cause::StaleTranslation => Kind::StaleTranslation,
         }
     }
     pub fn name(self) -> &'static str {
@@ -55,6 +69,9 @@ impl Cause {
             Cause::DmaWriteDirtyLine => "dma_write_dirty_line",
             Cause::DmaReadDirtyLine => "dma_read_dirty_line",
             Cause::StaleKeyHit => "stale_key_hit",
+            Cause::StaleTranslation => "stale_translation",
+            Cause::ForeignVmTranslation => "foreign_vm_translation",
+            Cause::ForeignPageAccess => "foreign_page_access",
         }
     }
     pub fn index(self) -> usize {
@@ -68,6 +85,7 @@ impl Kind {
             Kind::Corruption => "corruption",
             Kind::Dma => "dma",
             Kind::Isolation => "isolation",
+            Kind::StaleTranslation => "stale_translation",
         }
     }
 }
@@ -88,6 +106,11 @@ pub struct Violation {
     pub owner: u16,
     /// The clock of `cpu` when it happened (for a device, the latest CPU clock).
     pub cycle: u64,
+    /// Translation findings: the virtual (or guest-physical) address, the translation context,
+    /// and the true target per the current tables (u64::MAX: unmapped); `pa` is the stale target.
+    pub va: u64,
+    pub ctx: u32,
+    pub true_pa: u64,
 }
 
 impl Violation {

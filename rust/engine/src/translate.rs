@@ -1,0 +1,730 @@
+//! Translation on the host: page tables, contexts, the TLB lookup/fill path in front of the cache
+//! access path, every invalidation instruction with its manual's scope, and the oracles (stale
+//! translation, isolation). Semantics: semantics.md sections 3 and 4 (APM vol. 2 ch. 15 via kernel
+//! sources; Intel SDM vol. 3C "Caching Translation Information").
+
+use crate::error::{EngineError, Result};
+use crate::host::{Col, Host};
+use crate::paging::{canonical, Leaf, PageSize, Table, TableKind, F_CBIT, F_GLOBAL};
+use crate::tlb::*;
+use crate::violation::{Cause, Violation};
+
+/// The invalidation kinds counted in `Host::invalidation_stats`.
+pub const INVAL_KINDS: [&str; 19] = [
+    "invlpg",
+    "mov_cr3",
+    "invpcid_address",
+    "invpcid_single",
+    "invpcid_all_global",
+    "invpcid_all",
+    "tlb_control_flush_all_asid",
+    "tlb_control_flush_asid",
+    "tlb_control_flush_asid_local",
+    "invlpga",
+    "invlpgb",
+    "invept_single",
+    "invept_all",
+    "invvpid_address",
+    "invvpid_single",
+    "invvpid_all",
+    "invvpid_single_retain_globals",
+    "vpid0_entry_exit",
+    "local_flush_all",
+];
+
+fn kind_index(name: &str) -> usize {
+    INVAL_KINDS.iter().position(|k| *k == name).expect("invalidation kind")
+}
+
+/// NASID: CPUID 8000_000A EBX, the number of ASIDs; [MEM] 32768 on Zen 3/4 (semantics.md 3.1).
+pub const NASID: u32 = 32768;
+
+/// VMRUN's result: entered the guest, or refused with VMEXIT_INVALID (exit code -1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmrunResult {
+    Entered,
+    VmexitInvalid,
+}
+
+/// Where a translated access went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Translated {
+    Ok { pa: u64, key: u16 },
+    Fault,
+}
+
+const ALL_CATS: u8 = 0b111;
+const LIN_COMB: u8 = (1 << CAT_LINEAR) | (1 << CAT_COMBINED);
+
+impl Host {
+    // ---------------------------------------------------------------------------------------
+    // tables and contexts
+
+    pub fn create_table(&mut self, kind: TableKind) -> u32 {
+        self.tables.push(Table::new(kind));
+        (self.tables.len() - 1) as u32
+    }
+
+    fn table_checked(&self, arg: &str, id: u32) -> Result<&Table> {
+        self.tables
+            .get(id as usize)
+            .ok_or_else(|| EngineError::invalid(arg, format!("{arg} = {id}: no such table (there are {})", self.tables.len())))
+    }
+
+    /// Map [addr, addr + size) of table `table` to `target` (host-physical for host and nested
+    /// tables, guest-physical for guest tables). The TLBs are not touched.
+    pub fn map(&mut self, table: u32, addr: u64, target: u64, size: PageSize, flags: u8) -> Result<()> {
+        let kind = self.table_checked("table", table)?.kind;
+        if kind != TableKind::Guest && (target >= self.mem.bytes || size.bytes() > self.mem.bytes - target) {
+            return Err(EngineError::invalid(
+                "target",
+                format!("target {target:#x}+{:#x} is past the end of memory ({:#x} bytes)", size.bytes(), self.mem.bytes),
+            ));
+        }
+        if kind == TableKind::Guest && target >= 1 << 52 {
+            return Err(EngineError::invalid("target", format!("guest physical address {target:#x} is beyond 52 bits")));
+        }
+        self.tables[table as usize].map(addr, target, size, flags)
+    }
+
+    pub fn unmap(&mut self, table: u32, addr: u64) -> Result<Option<Leaf>> {
+        self.table_checked("table", table)?;
+        Ok(self.tables[table as usize].unmap(addr))
+    }
+
+    pub fn table_walk(&self, table: u32, addr: u64) -> Result<Option<(Leaf, u64)>> {
+        Ok(self.table_checked("table", table)?.walk(addr))
+    }
+
+    pub fn table(&self, id: u32) -> Result<&Table> {
+        self.table_checked("table", id)
+    }
+
+    pub fn table_mut(&mut self, id: u32) -> Result<&mut Table> {
+        self.table_checked("table", id)?;
+        Ok(&mut self.tables[id as usize])
+    }
+
+    /// Register a translation context. Host contexts translate through a host table; SVM and VMX
+    /// guest contexts through a guest table and a nested table (NPT/EPT).
+    pub fn create_context(&mut self, ctx: Context) -> Result<u32> {
+        let need = if ctx.mode == Mode::Host { TableKind::Host } else { TableKind::Guest };
+        if self.table_checked("cr3", ctx.cr3)?.kind != need {
+            return Err(EngineError::invalid("cr3", format!("cr3 = {}: a {:?} context needs a {need:?} table", ctx.cr3, ctx.mode)));
+        }
+        if ctx.mode != Mode::Host && self.table_checked("nested", ctx.nested)?.kind != TableKind::Nested {
+            return Err(EngineError::invalid("nested", format!("nested = {} is not a nested (NPT/EPT) table", ctx.nested)));
+        }
+        if ctx.pcid >= 4096 {
+            return Err(EngineError::invalid("pcid", format!("pcid = {} is out of range 0..=4095", ctx.pcid)));
+        }
+        match ctx.mode {
+            Mode::Host if ctx.tag != 0 => return Err(EngineError::invalid("tag", "a host context has ASID/VPID 0")),
+            Mode::Svm if ctx.tag as u32 >= NASID => {
+                return Err(EngineError::invalid("tag", format!("ASID {} is out of range 0..{NASID}", ctx.tag)))
+            }
+            _ => {}
+        }
+        self.check_key("key", ctx.key as u64)?;
+        let mut c = ctx;
+        if c.mode == Mode::Host {
+            c.nested = NO_TABLE;
+        }
+        self.contexts.push(c);
+        Ok((self.contexts.len() - 1) as u32)
+    }
+
+    pub fn context(&self, id: u32) -> Result<Context> {
+        self.contexts
+            .get(id as usize)
+            .copied()
+            .ok_or_else(|| EngineError::invalid("ctx", format!("ctx = {id}: no such context")))
+    }
+
+    pub fn current_context(&self, cpu: usize) -> u32 {
+        self.cur_ctx[cpu]
+    }
+
+    /// Make `ctx` (a host context) the current one of `cpu`, without any flush.
+    pub fn set_host_context(&mut self, cpu: usize, ctx: u32) -> Result<()> {
+        self.check_cpu("cpu", cpu)?;
+        if self.context(ctx)?.mode != Mode::Host {
+            return Err(EngineError::invalid("ctx", "set_host_context takes a host context; guests are entered with vmrun/vmentry"));
+        }
+        self.cur_ctx[cpu] = ctx;
+        Ok(())
+    }
+
+    fn note_inval(&mut self, cpu: usize, kind: &str, dropped: u64, cycles: u64) {
+        let k = kind_index(kind);
+        self.inval[k][0] += 1;
+        self.inval[k][1] += dropped;
+        self.ctr.tlb_flush_ops[cpu] += 1;
+        self.ctr.tlb_dropped[cpu] += dropped;
+        self.ctr.flush_cycles[cpu] += cycles;
+        self.clocks_add(cpu, cycles);
+    }
+
+    /// (operations, entries dropped) per invalidation kind, over the whole host.
+    pub fn invalidation_stats(&self) -> Vec<(&'static str, u64, u64)> {
+        INVAL_KINDS.iter().zip(&self.inval).map(|(k, v)| (*k, v[0], v[1])).collect()
+    }
+
+    /// Drop, on `cpu`'s core, the entries `pred` selects (both levels).
+    fn drop_local(&mut self, cpu: usize, pred: impl Fn(&Entry) -> bool + Copy) -> u64 {
+        let core = self.topo.cpu_core[cpu] as usize;
+        self.tlb1[core].drop_where(pred) + self.tlb2[core].drop_where(pred)
+    }
+
+    fn drop_local_addr(&mut self, cpu: usize, addr: u64, cats: u8, pred: impl Fn(&Entry) -> bool + Copy) -> u64 {
+        let core = self.topo.cpu_core[cpu] as usize;
+        self.tlb1[core].drop_addr(addr, cats, pred) + self.tlb2[core].drop_addr(addr, cats, pred)
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // translation
+
+    /// Translate `va` in `cpu`'s current context through its TLBs, filling them on a miss, and
+    /// check what it finds against the current tables. Charges the translation's cost.
+    pub fn translate(&mut self, cpu: usize, va: u64) -> Translated {
+        let cid = self.cur_ctx[cpu];
+        let ctx = self.contexts[cid as usize];
+        let core = self.topo.cpu_core[cpu] as usize;
+        let (cat, dom) = if ctx.mode == Mode::Host { (CAT_LINEAR, DOM_HOST) } else { (CAT_COMBINED, ctx.mode.dom()) };
+        let eptp = if ctx.mode == Mode::Vmx { ctx.nested } else { 0 };
+        let m = |e: &Entry| e.dom == dom && e.tag == ctx.tag && e.eptp == eptp && (e.pcid == ctx.pcid || e.flags & F_GLOBAL != 0);
+        let hit = if let Some(i) = self.tlb1[core].find(va, cat, m) {
+            self.tlb1[core].touch(i);
+            self.ctr.tlb_l1_hits[cpu] += 1;
+            Some((1u8, i))
+        } else if let Some(i) = self.tlb2[core].find(va, cat, m) {
+            self.tlb2[core].touch(i);
+            self.ctr.tlb_l2_hits[cpu] += 1;
+            let lat = self.cfg.tlb.l2_latency as u64;
+            self.clocks_add(cpu, lat);
+            // promote into the L1 (the L2 keeps its copy)
+            let e = self.tlb2[core].ents[i];
+            let size = size_of(e.size);
+            self.tlb1[core].insert(va, size, e);
+            Some((2u8, i))
+        } else {
+            None
+        };
+        let (target, flags) = match hit {
+            Some((lvl, i)) => {
+                let e = if lvl == 1 { self.tlb1[core].ents[i] } else { self.tlb2[core].ents[i] };
+                let size = size_of(e.size);
+                let pa = e.target + (va & (size.bytes() - 1));
+                if !self.entry_is_current(&e, &ctx) {
+                    self.check_hit(cpu, cid, &ctx, va, pa, e, lvl, i);
+                } else if e.vm != ctx.vm {
+                    self.translation_violation(Cause::ForeignVmTranslation, cpu, cid, &ctx, va, pa, pa);
+                }
+                (pa, e.flags)
+            }
+            None => match self.fill(cpu, core, &ctx, va, cat, dom, eptp) {
+                Some(t) => t,
+                None => {
+                    self.ctr.page_faults[cpu] += 1;
+                    return Translated::Fault;
+                }
+            },
+        };
+        let key = if flags & F_CBIT != 0 { ctx.key } else { 0 };
+        if ctx.mode != Mode::Host && target < self.mem.bytes {
+            // a guest reaching a page that belongs to another guest's key
+            let owner = self.mem.owner(target >> 6);
+            if owner != 0 && owner != ctx.key {
+                self.translation_violation(Cause::ForeignPageAccess, cpu, cid, &ctx, va, target, target);
+            }
+        }
+        Translated::Ok { pa: target, key }
+    }
+
+    /// Was entry `e` filled from the context's current tables, unchanged since?
+    #[inline]
+    fn entry_is_current(&self, e: &Entry, ctx: &Context) -> bool {
+        e.src_cr3 == ctx.cr3
+            && e.gen_cr3 == self.tables[ctx.cr3 as usize].gen as u32
+            && (ctx.mode == Mode::Host
+                || (e.src_nested == ctx.nested && e.gen_nested == self.tables[ctx.nested as usize].gen as u32))
+    }
+
+    /// The oracle's slow path: re-walk and compare; refresh the entry's source if it agrees.
+    #[allow(clippy::too_many_arguments)]
+    fn check_hit(&mut self, cpu: usize, cid: u32, ctx: &Context, va: u64, pa: u64, e: Entry, lvl: u8, slot: usize) {
+        if e.vm != ctx.vm {
+            self.translation_violation(Cause::ForeignVmTranslation, cpu, cid, ctx, va, pa, pa);
+        }
+        let truth = walk(&self.tables, ctx, va);
+        match truth {
+            Some(w) if w.target == pa && (w.flags & F_CBIT) == (e.flags & F_CBIT) => {
+                let core = self.topo.cpu_core[cpu] as usize;
+                let t = if lvl == 1 { &mut self.tlb1[core] } else { &mut self.tlb2[core] };
+                let en = &mut t.ents[slot];
+                en.src_cr3 = ctx.cr3;
+                en.gen_cr3 = self.tables[ctx.cr3 as usize].gen as u32;
+                if ctx.mode != Mode::Host {
+                    en.src_nested = ctx.nested;
+                    en.gen_nested = self.tables[ctx.nested as usize].gen as u32;
+                }
+            }
+            other => {
+                let true_pa = other.map_or(u64::MAX, |w| w.target);
+                self.translation_violation(Cause::StaleTranslation, cpu, cid, ctx, va, pa, true_pa);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn translation_violation(&mut self, cause: Cause, cpu: usize, cid: u32, ctx: &Context, va: u64, pa: u64, true_pa: u64) {
+        let owner = if pa < self.mem.bytes { self.mem.owner(pa >> 6) } else { 0 };
+        let cycle = self.cycles(cpu);
+        self.push_violation(Violation {
+            cause,
+            cpu: cpu as i32,
+            pa,
+            key: ctx.key,
+            other_key: ctx.tag,
+            owner,
+            cycle,
+            va,
+            ctx: cid,
+            true_pa,
+        });
+    }
+
+    /// A TLB miss: walk, charge it, fill the entries the hardware caches (the final translation
+    /// in both levels, and the guest-physical one of a nested walk). None: a fault.
+    #[allow(clippy::too_many_arguments)]
+    fn fill(&mut self, cpu: usize, core: usize, ctx: &Context, va: u64, cat: u8, dom: u8, eptp: u32) -> Option<(u64, u8)> {
+        self.ctr.tlb_misses[cpu] += 1;
+        let w = walk(&self.tables, ctx, va);
+        let t = &self.cfg.tlb;
+        let mut cost = if ctx.mode == Mode::Host { t.walk_native } else { t.walk_nested } as u64;
+        let w = match w {
+            Some(w) => w,
+            None => {
+                self.clocks_add(cpu, cost);
+                self.ctr.walk_cycles[cpu] += cost;
+                return None;
+            }
+        };
+        let src_nested = if ctx.mode == Mode::Host { NO_TABLE } else { ctx.nested };
+        let gen_nested = if ctx.mode == Mode::Host { 0 } else { self.tables[ctx.nested as usize].gen as u32 };
+        let base = Entry {
+            target: 0,
+            eptp,
+            tag: ctx.tag,
+            pcid: ctx.pcid,
+            dom,
+            cat,
+            flags: w.flags & (F_GLOBAL | F_CBIT),
+            size: 0,
+            src_cr3: ctx.cr3,
+            src_nested,
+            gen_cr3: self.tables[ctx.cr3 as usize].gen as u32,
+            gen_nested,
+            vm: ctx.vm,
+            stamp: 0,
+        };
+        if ctx.mode != Mode::Host {
+            // the nested half: a cached guest-physical entry (tagged by ASID on SVM, by EP4TA on
+            // VMX; semantics.md 3.1, 4.2) spares most of the two-dimensional walk
+            let gtag = if ctx.mode == Mode::Svm { ctx.tag } else { 0 };
+            let gm = |e: &Entry| e.dom == dom && e.tag == gtag && e.eptp == eptp;
+            let found = self.tlb1[core].find(w.gpa, CAT_GPHYS, gm).is_some() || self.tlb2[core].find(w.gpa, CAT_GPHYS, gm).is_some();
+            if found {
+                self.ctr.gphys_hits[cpu] += 1;
+                cost = t.walk_guest_only as u64;
+            } else {
+                self.ctr.gphys_misses[cpu] += 1;
+                // the guest-physical entry maps the nested leaf's frame (HPA = leaf + offset)
+                let ge = Entry { target: w.target - (w.gpa & (w.nested_size.bytes() - 1)), tag: gtag, cat: CAT_GPHYS, flags: 0, pcid: 0, ..base };
+                let s2 = if w.nested_size == PageSize::G1 { PageSize::M2 } else { w.nested_size };
+                let ge2 = Entry { target: w.target - (w.gpa & (s2.bytes() - 1)), ..ge };
+                self.tlb2[core].insert(w.gpa, s2, ge2);
+                self.tlb1[core].insert(w.gpa, w.nested_size, ge);
+            }
+        }
+        self.clocks_add(cpu, cost);
+        self.ctr.walk_cycles[cpu] += cost;
+        let frame = w.target - (va & (w.size.bytes() - 1));
+        self.tlb1[core].insert(va, w.size, Entry { target: frame, ..base });
+        // the L2 DTLB holds no 1 GiB entries: a 1 GiB translation is kept as its 2 MiB piece
+        let s2 = if w.size == PageSize::G1 { PageSize::M2 } else { w.size };
+        self.tlb2[core].insert(va, s2, Entry { target: w.target - (va & (s2.bytes() - 1)), ..base });
+        Some((w.target, w.flags))
+    }
+
+    /// Translated accesses: `va[i]` in the current context of `cpu[i]`, then the memory access
+    /// with the key the translation gives. Every argument is checked first. `levels` gets the
+    /// cache level, or 6 for a fault (not performed).
+    pub fn access_virtual_batch(&mut self, cpu: Col<u32>, va: &[u64], write: Col<bool>, levels: Option<&mut [u8]>) -> Result<[u64; 7]> {
+        let n = va.len();
+        for (name, len) in [("cpu", cpu.len()), ("write", write.len())] {
+            if let Some(l) = len {
+                if l != n {
+                    return Err(EngineError::invalid(name, format!("{name} has {l} elements but va has {n}")));
+                }
+            }
+        }
+        if let Some(out) = &levels {
+            if out.len() != n {
+                return Err(EngineError::invalid("levels", "levels must have as many elements as va"));
+            }
+        }
+        for i in 0..n {
+            let c = cpu.at(i) as usize;
+            if c >= self.topo.cpus {
+                return Err(EngineError::invalid("cpu", format!("cpu[{i}] = {c} is out of range: this host has CPUs 0..{}", self.topo.cpus - 1)));
+            }
+            if !canonical(va[i]) {
+                return Err(EngineError::invalid("va", format!("va[{i}] = {:#x} is not a canonical address", va[i])));
+            }
+        }
+        let mut out = [0u64; 7];
+        let mut levels = levels;
+        for i in 0..n {
+            let c = cpu.at(i) as usize;
+            let l = match self.translate(c, va[i]) {
+                Translated::Ok { pa, key } if pa < self.mem.bytes => self.access(c, pa, write.at(i), key) as u8,
+                _ => 6,
+            };
+            out[l as usize] += 1;
+            if let Some(o) = levels.as_deref_mut() {
+                o[i] = l;
+            }
+        }
+        Ok(out)
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // world switches
+
+    /// VMRUN of SVM context `ctx` on `cpu` with the VMCB's TLB_CONTROL (APM 15.16; semantics.md
+    /// 3.2): 0 nothing, 1 flush everything on this CPU (every ASID, the host's and globals too),
+    /// 3 flush the ASID's entries (globals too), 7 the ASID's non-global entries. The flush happens
+    /// at VMRUN, on this CPU. ASID 0, an undefined TLB_CONTROL, or 3/7 without FLUSHBYASID: the
+    /// VMRUN fails with VMEXIT_INVALID (the guest is not entered).
+    pub fn vmrun(&mut self, cpu: usize, ctx: u32, tlb_control: u8) -> Result<VmrunResult> {
+        self.check_cpu("cpu", cpu)?;
+        let c = self.context(ctx)?;
+        if c.mode != Mode::Svm {
+            return Err(EngineError::invalid("ctx", format!("ctx = {ctx} is not an SVM guest context")));
+        }
+        let byasid = self.cfg.tlb.flushbyasid;
+        let valid = match tlb_control {
+            0 | 1 => true,
+            3 | 7 => byasid,
+            _ => false,
+        };
+        let ws = self.cfg.tlb.world_switch as u64;
+        if c.tag == 0 || !valid {
+            self.ctr.vmrun_failures[cpu] += 1;
+            self.clocks_add(cpu, ws);
+            return Ok(VmrunResult::VmexitInvalid);
+        }
+        let asid = c.tag;
+        let flush = self.cfg.tlb.flush as u64;
+        match tlb_control {
+            1 => {
+                let n = self.drop_local(cpu, |_| true);
+                self.note_inval(cpu, "tlb_control_flush_all_asid", n, flush);
+            }
+            3 => {
+                let n = self.drop_local(cpu, |e| e.dom == DOM_SVM && e.tag == asid);
+                self.note_inval(cpu, "tlb_control_flush_asid", n, flush);
+            }
+            7 => {
+                let n = self.drop_local(cpu, |e| e.dom == DOM_SVM && e.tag == asid && e.flags & F_GLOBAL == 0);
+                self.note_inval(cpu, "tlb_control_flush_asid_local", n, flush);
+            }
+            _ => {}
+        }
+        self.ctr.vmruns[cpu] += 1;
+        self.clocks_add(cpu, ws);
+        self.cur_ctx[cpu] = ctx;
+        Ok(VmrunResult::Entered)
+    }
+
+    /// #VMEXIT (SVM) or VM exit (VMX): back to the host context (0). VMX with VPID 0 flushes the
+    /// VPID-0 linear and combined mappings at every entry and exit (SDM, semantics.md 4.3).
+    pub fn vmexit(&mut self, cpu: usize) -> Result<()> {
+        self.check_cpu("cpu", cpu)?;
+        let c = self.contexts[self.cur_ctx[cpu] as usize];
+        if c.mode == Mode::Vmx && c.tag == 0 {
+            self.vpid0_flush(cpu);
+        }
+        self.cur_ctx[cpu] = 0;
+        Ok(())
+    }
+
+    fn vpid0_flush(&mut self, cpu: usize) {
+        let n = self.drop_local(cpu, |e| (e.dom == DOM_VMX || e.dom == DOM_HOST) && e.tag == 0 && e.cat != CAT_GPHYS);
+        let f = self.cfg.tlb.flush as u64;
+        self.note_inval(cpu, "vpid0_entry_exit", n, f);
+    }
+
+    /// VM entry of VMX context `ctx` on `cpu` (VMLAUNCH/VMRESUME). No flush with a VPID; with VPID
+    /// 0 the VPID-0 linear and combined mappings are flushed.
+    pub fn vmentry(&mut self, cpu: usize, ctx: u32) -> Result<()> {
+        self.check_cpu("cpu", cpu)?;
+        let c = self.context(ctx)?;
+        if c.mode != Mode::Vmx {
+            return Err(EngineError::invalid("ctx", format!("ctx = {ctx} is not a VMX guest context")));
+        }
+        if c.tag == 0 {
+            self.vpid0_flush(cpu);
+        }
+        self.ctr.vmruns[cpu] += 1;
+        let ws = self.cfg.tlb.world_switch as u64;
+        self.clocks_add(cpu, ws);
+        self.cur_ctx[cpu] = ctx;
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // invalidations in the current context
+
+    fn cur(&self, cpu: usize) -> Context {
+        self.contexts[self.cur_ctx[cpu] as usize]
+    }
+
+    /// INVLPG `va` in the current context: its linear/combined translations for the current PCID
+    /// and global ones, current ASID/VPID (SDM INVLPG; APM).
+    pub fn invlpg(&mut self, cpu: usize, va: u64) -> Result<u64> {
+        self.check_cpu("cpu", cpu)?;
+        if !canonical(va) {
+            return Err(EngineError::invalid("va", format!("{va:#x} is not a canonical address")));
+        }
+        let c = self.cur(cpu);
+        let (dom, tag, pcid) = (c.mode.dom(), c.tag, c.pcid);
+        let n = self.drop_local_addr(cpu, va, LIN_COMB, |e| e.dom == dom && e.tag == tag && (e.pcid == pcid || e.flags & F_GLOBAL != 0));
+        let cost = self.cfg.tlb.invlpg as u64;
+        self.note_inval(cpu, "invlpg", n, cost);
+        Ok(n)
+    }
+
+    /// MOV to CR3 in the current context: load `table` with `pcid`. Unless `noflush` (CR3 bit 63
+    /// with CR4.PCIDE), the non-global translations of that PCID go (SDM 4.10.4.1).
+    pub fn mov_cr3(&mut self, cpu: usize, table: u32, pcid: u16, noflush: bool) -> Result<u64> {
+        self.check_cpu("cpu", cpu)?;
+        let cid = self.cur_ctx[cpu];
+        let c = self.cur(cpu);
+        let need = if c.mode == Mode::Host { TableKind::Host } else { TableKind::Guest };
+        if self.table_checked("table", table)?.kind != need {
+            return Err(EngineError::invalid("table", format!("table {table} is not a {need:?} table")));
+        }
+        if pcid >= 4096 {
+            return Err(EngineError::invalid("pcid", format!("pcid = {pcid} is out of range 0..=4095")));
+        }
+        if cid == 0 && c.mode == Mode::Host {
+            // the shared default host context stays as it is: give the CPU its own copy
+            let mut n = c;
+            n.cr3 = table;
+            n.pcid = pcid;
+            self.contexts.push(n);
+            self.cur_ctx[cpu] = (self.contexts.len() - 1) as u32;
+        } else {
+            let ctx = &mut self.contexts[cid as usize];
+            ctx.cr3 = table;
+            ctx.pcid = pcid;
+        }
+        let mut n = 0;
+        if !noflush {
+            let (dom, tag) = (c.mode.dom(), c.tag);
+            n = self.drop_local(cpu, |e| e.dom == dom && e.tag == tag && e.cat != CAT_GPHYS && e.pcid == pcid && e.flags & F_GLOBAL == 0);
+        }
+        let cost = self.cfg.tlb.flush as u64;
+        self.note_inval(cpu, "mov_cr3", n, cost);
+        Ok(n)
+    }
+
+    /// INVPCID type 0 (address), 1 (single context), 2 (all, globals too), 3 (all but globals), in
+    /// the current ASID/VPID (SDM INVPCID). Other types: #GP, reported as Ok(None).
+    pub fn invpcid(&mut self, cpu: usize, kind: u8, pcid: u16, va: u64) -> Result<Option<u64>> {
+        self.check_cpu("cpu", cpu)?;
+        if pcid >= 4096 {
+            return Err(EngineError::invalid("pcid", format!("pcid = {pcid} is out of range 0..=4095")));
+        }
+        let c = self.cur(cpu);
+        let (dom, tag) = (c.mode.dom(), c.tag);
+        let cost = self.cfg.tlb.flush as u64;
+        let (name, n) = match kind {
+            0 => {
+                if !canonical(va) {
+                    self.ctr.faults[cpu] += 1;
+                    return Ok(None);
+                }
+                let n = self.drop_local_addr(cpu, va, LIN_COMB, |e| e.dom == dom && e.tag == tag && e.pcid == pcid && e.flags & F_GLOBAL == 0);
+                ("invpcid_address", n)
+            }
+            1 => ("invpcid_single", self.drop_local(cpu, |e| e.dom == dom && e.tag == tag && e.cat != CAT_GPHYS && e.pcid == pcid && e.flags & F_GLOBAL == 0)),
+            2 => ("invpcid_all_global", self.drop_local(cpu, |e| e.dom == dom && e.tag == tag && e.cat != CAT_GPHYS)),
+            3 => ("invpcid_all", self.drop_local(cpu, |e| e.dom == dom && e.tag == tag && e.cat != CAT_GPHYS && e.flags & F_GLOBAL == 0)),
+            _ => {
+                self.ctr.faults[cpu] += 1;
+                return Ok(None);
+            }
+        };
+        self.note_inval(cpu, name, n, cost);
+        Ok(Some(n))
+    }
+
+    /// INVLPGA (rAX = va, ECX = asid): the page's translations for that ASID on this CPU only, every
+    /// PCID and globals too [MEM: APM INVLPGA]. Executed by the host.
+    pub fn invlpga(&mut self, cpu: usize, va: u64, asid: u16) -> Result<u64> {
+        self.check_cpu("cpu", cpu)?;
+        if !canonical(va) {
+            return Err(EngineError::invalid("va", format!("{va:#x} is not a canonical address")));
+        }
+        let dom = if asid == 0 { DOM_HOST } else { DOM_SVM };
+        let n = self.drop_local_addr(cpu, va, LIN_COMB, |e| e.dom == dom && e.tag == asid);
+        let cost = self.cfg.tlb.invlpg as u64;
+        self.note_inval(cpu, "invlpga", n, cost);
+        Ok(n)
+    }
+
+    /// INVLPGB from `cpu`: broadcast to every CPU, asynchronous: it takes effect when the issuing
+    /// CPU's TLBSYNC completes (semantics.md 3.7). Until then other CPUs may still use what it names.
+    pub fn invlpgb(&mut self, cpu: usize, op: Invlpgb) -> Result<()> {
+        self.check_cpu("cpu", cpu)?;
+        check_invlpgb(&op)?;
+        self.pending_invlpgb.push((cpu, op));
+        let cost = self.cfg.tlb.invlpgb as u64;
+        self.clocks_add(cpu, cost);
+        self.ctr.flush_cycles[cpu] += cost;
+        Ok(())
+    }
+
+    /// TLBSYNC on `cpu`: wait until every INVLPGB it issued has completed on all CPUs. Returns the
+    /// entries dropped.
+    pub fn tlbsync(&mut self, cpu: usize) -> Result<u64> {
+        self.check_cpu("cpu", cpu)?;
+        let mine: Vec<Invlpgb> = self.pending_invlpgb.iter().filter(|(c, _)| *c == cpu).map(|(_, o)| *o).collect();
+        self.pending_invlpgb.retain(|(c, _)| *c != cpu);
+        let mut total = 0;
+        for op in &mine {
+            let mut n = 0;
+            for core in 0..self.topo.cores {
+                match op.va {
+                    Some(va) => {
+                        let step = if op.stride_2m { 1u64 << 21 } else { 4096 };
+                        for k in 0..op.count as u64 {
+                            let a = va + k * step;
+                            let p = |e: &Entry| invlpgb_hits(op, e);
+                            n += self.tlb1[core].drop_addr(a, ALL_CATS, p) + self.tlb2[core].drop_addr(a, ALL_CATS, p);
+                        }
+                    }
+                    None => {
+                        let p = |e: &Entry| invlpgb_hits(op, e);
+                        n += self.tlb1[core].drop_where(p) + self.tlb2[core].drop_where(p);
+                    }
+                }
+            }
+            self.note_inval(cpu, "invlpgb", n, 0);
+            total += n;
+        }
+        let cost = if mine.is_empty() { 0 } else { self.cfg.tlb.tlbsync as u64 };
+        self.clocks_add(cpu, cost);
+        self.ctr.flush_cycles[cpu] += cost;
+        Ok(total)
+    }
+
+    /// INVEPT type 1 (single context: the EPT root `eptp`) or 2 (all contexts): guest-physical and
+    /// combined mappings of that EP4TA (all VPIDs, all PCIDs); linear ones stay (SDM; semantics.md
+    /// 4.3). Other types: VMfail, reported as Ok(None).
+    pub fn invept(&mut self, cpu: usize, kind: u8, eptp: u32) -> Result<Option<u64>> {
+        self.check_cpu("cpu", cpu)?;
+        let cost = self.cfg.tlb.flush as u64;
+        let (name, n) = match kind {
+            1 => {
+                self.table_checked("eptp", eptp)?;
+                ("invept_single", self.drop_local(cpu, |e| e.dom == DOM_VMX && e.cat != CAT_LINEAR && e.eptp == eptp))
+            }
+            2 => ("invept_all", self.drop_local(cpu, |e| e.dom == DOM_VMX && e.cat != CAT_LINEAR)),
+            _ => {
+                self.ctr.vmrun_failures[cpu] += 1;
+                return Ok(None);
+            }
+        };
+        self.note_inval(cpu, name, n, cost);
+        Ok(Some(n))
+    }
+
+    /// INVVPID type 0 (address), 1 (single context), 2 (all contexts but VPID 0), 3 (single context
+    /// keeping globals): linear and combined mappings only, never guest-physical ones (SDM;
+    /// semantics.md 4.3). VPID 0 with types 0, 1, 3 or an unknown type: VMfail, Ok(None).
+    pub fn invvpid(&mut self, cpu: usize, kind: u8, vpid: u16, va: u64) -> Result<Option<u64>> {
+        self.check_cpu("cpu", cpu)?;
+        let cost = self.cfg.tlb.flush as u64;
+        if (kind != 2 && vpid == 0) || kind > 3 || (kind == 0 && !canonical(va)) {
+            self.ctr.vmrun_failures[cpu] += 1;
+            return Ok(None);
+        }
+        let (name, n) = match kind {
+            0 => ("invvpid_address", self.drop_local_addr(cpu, va, LIN_COMB, |e| e.dom == DOM_VMX && e.tag == vpid)),
+            1 => ("invvpid_single", self.drop_local(cpu, |e| e.dom == DOM_VMX && e.tag == vpid && e.cat != CAT_GPHYS)),
+            2 => ("invvpid_all", self.drop_local(cpu, |e| e.dom == DOM_VMX && e.tag != 0 && e.cat != CAT_GPHYS)),
+            _ => (
+                "invvpid_single_retain_globals",
+                self.drop_local(cpu, |e| e.dom == DOM_VMX && e.tag == vpid && e.cat != CAT_GPHYS && e.flags & F_GLOBAL == 0),
+            ),
+        };
+        self.note_inval(cpu, name, n, cost);
+        Ok(Some(n))
+    }
+
+    /// A full local TLB flush run on each CPU of `cpus` by IPI from `initiator`, which waits
+    /// (flush_tlb_all()/on_each_cpu; a CPU-local flush on a remote CPU goes through the IPI path).
+    pub fn flush_tlb_all_on_cpus(&mut self, initiator: usize, cpus: &[usize]) -> Result<u64> {
+        self.check_cpu("initiator", initiator)?;
+        for &c in cpus {
+            self.check_cpu("cpus", c)?;
+        }
+        let mut sorted = cpus.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let work = self.cfg.tlb.flush as u64;
+        for &c in &sorted {
+            let n = self.drop_local(c, |_| true);
+            let k = kind_index("local_flush_all");
+            self.inval[k][0] += 1;
+            self.inval[k][1] += n;
+            self.ctr.tlb_flush_ops[c] += 1;
+            self.ctr.tlb_dropped[c] += n;
+        }
+        self.ipi_call(initiator, &sorted, work)
+    }
+
+    /// TLB entries of `cpu`'s core (tests and inspection): (level, entry, page address).
+    pub fn tlb_entries(&self, cpu: usize) -> Result<Vec<(u8, Entry, u64)>> {
+        self.check_cpu("cpu", cpu)?;
+        let core = self.topo.cpu_core[cpu] as usize;
+        let mut out = Vec::new();
+        for (lvl, t) in [(1u8, &self.tlb1[core]), (2u8, &self.tlb2[core])] {
+            for i in 0..t.keys.len() {
+                let k = t.keys[i];
+                if k != 0 {
+                    let size = size_of(((k >> 4) & 3) as u8);
+                    out.push((lvl, t.ents[i], (k >> 6) << size.shift()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn tlb_bytes(&self) -> usize {
+        self.tlb1.iter().chain(self.tlb2.iter()).map(|t| t.bytes()).sum()
+    }
+}
+
+#[inline(always)]
+pub fn size_of(s: u8) -> PageSize {
+    match s {
+        0 => PageSize::K4,
+        1 => PageSize::M2,
+        _ => PageSize::G1,
+    }
+}
