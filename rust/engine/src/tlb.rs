@@ -113,13 +113,16 @@ impl TlbLevel {
         }
     }
 
+    /// The set: low bits of the page number at the entry's size, as hardware indexes [assumed],
+    /// offset by the size so that the sizes spread.
     #[inline(always)]
     fn set_base(&self, key: u64) -> usize {
         if self.sets == 1 {
             0
         } else {
-            let k = key >> 4; // page number and size
-            (((k ^ (k >> 17)) as usize) & (self.sets - 1)) * self.ways
+            let vpn = key >> 6;
+            let size = (key >> 4) & 3;
+            ((vpn.wrapping_add(size) as usize) & (self.sets - 1)) * self.ways
         }
     }
 
