@@ -9,6 +9,9 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString};
 use sevsim_engine::config::{self, parse_size, HostConfig, DEFAULT_PROFILE};
 use sevsim_engine::host::{Col, Counters, FlushOp, Host, LEVEL_NAMES};
 use sevsim_engine::violation::{Cause, Violation, CAUSES};
+use sevsim_engine::paging::{PageSize, TableKind, F_CBIT, F_GLOBAL};
+use sevsim_engine::tlb::{Context, Invlpgb, Mode, NO_TABLE};
+use sevsim_engine::translate::{Translated, VmrunResult};
 use sevsim_engine::EngineError;
 
 fn verr(e: EngineError) -> PyErr {
@@ -141,6 +144,27 @@ fn read_profile(profile: Option<&Bound<'_, PyAny>>) -> PyResult<String> {
     }
 }
 
+
+fn page_size_arg(obj: &Bound<'_, PyAny>) -> PyResult<PageSize> {
+    let bytes = size_arg(obj, "size")?;
+    PageSize::from_bytes(bytes)
+        .ok_or_else(|| PyValueError::new_err(format!("size = {bytes} is not a page size: use 4K, 2M or 1G")))
+}
+
+fn opt_int(obj: Option<&Bound<'_, PyAny>>, name: &str, max: u64) -> PyResult<Option<u64>> {
+    match obj {
+        Some(o) if !o.is_none() => Ok(Some(int_arg(o, name, max)?)),
+        _ => Ok(None),
+    }
+}
+
+fn opt_result<'py>(py: Python<'py>, v: Option<u64>) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match v {
+        Some(n) => n.into_pyobject(py)?.into_any(),
+        None => py.None().into_bound(py),
+    })
+}
+
 /// One oracle finding.
 #[pyclass(name = "Violation", module = "sevsim._core", frozen, eq)]
 #[derive(Clone, PartialEq)]
@@ -185,6 +209,19 @@ impl PyViolation {
     fn cycle(&self) -> u64 {
         self.v.cycle
     }
+    /// translation findings: the virtual address, the context, the true target (None: unmapped)
+    #[getter]
+    fn va(&self) -> u64 {
+        self.v.va
+    }
+    #[getter]
+    fn ctx(&self) -> u32 {
+        self.v.ctx
+    }
+    #[getter]
+    fn true_pa(&self) -> Option<u64> {
+        (self.v.true_pa != u64::MAX).then_some(self.v.true_pa)
+    }
     fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
         d.set_item("kind", self.kind())?;
@@ -195,6 +232,11 @@ impl PyViolation {
         d.set_item("other_key", self.v.other_key)?;
         d.set_item("owner", self.v.owner)?;
         d.set_item("cycle", self.v.cycle)?;
+        if self.v.cause.kind() == sevsim_engine::Kind::StaleTranslation || self.v.va != 0 {
+            d.set_item("va", self.v.va)?;
+            d.set_item("ctx", self.v.ctx)?;
+            d.set_item("true_pa", self.true_pa())?;
+        }
         Ok(d)
     }
     fn __repr__(&self) -> String {
@@ -616,7 +658,7 @@ impl PyHost {
     /// {kind: count}: corruption, dma, isolation.
     fn violation_kinds<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
-        for k in ["corruption", "dma", "isolation"] {
+        for k in ["corruption", "dma", "isolation", "stale_translation"] {
             d.set_item(k, 0u64)?;
         }
         for (c, n) in self.h.cause_counts() {
@@ -708,6 +750,260 @@ impl PyHost {
     #[getter]
     fn directory_entries(&self) -> usize {
         self.h.directory_entries()
+    }
+
+    // -----------------------------------------------------------------------------------
+    // page tables, contexts, translation (the TLB engine)
+
+    /// A new page table: "host" (VA -> PA), "guest" (GVA -> GPA) or "nested" (GPA -> HPA, NPT/EPT).
+    /// Table 0 is the host's own. Returns its id. Editing a table never touches a TLB.
+    fn create_table(&mut self, kind: &str) -> PyResult<u32> {
+        let k = match kind {
+            "host" => TableKind::Host,
+            "guest" => TableKind::Guest,
+            "nested" | "npt" | "ept" => TableKind::Nested,
+            _ => return Err(PyValueError::new_err(format!("kind = {kind:?}: use 'host', 'guest' or 'nested'"))),
+        };
+        Ok(self.h.create_table(k))
+    }
+    /// Map [addr, addr + size) of `table` to `target`; size 4K, 2M or 1G; `cbit` selects the
+    /// encrypted (C=1) view, `global_` the global bit. Overlapping leaves are refused.
+    #[pyo3(signature = (table, addr, target, size=None, *, cbit=false, global_=false))]
+    fn map(&mut self, table: u32, addr: &Bound<'_, PyAny>, target: &Bound<'_, PyAny>, size: Option<&Bound<'_, PyAny>>,
+           cbit: bool, global_: bool) -> PyResult<()> {
+        let addr = int_arg(addr, "addr", u64::MAX)?;
+        let target = int_arg(target, "target", u64::MAX)?;
+        let size = match size { Some(s) if !s.is_none() => page_size_arg(s)?, _ => PageSize::K4 };
+        let flags = if cbit { F_CBIT } else { 0 } | if global_ { F_GLOBAL } else { 0 };
+        self.h.map(table, addr, target, size, flags).map_err(verr)
+    }
+    /// Map many pages at once: addr[i] -> target[i] (uint64 arrays), all of one size and flags.
+    /// Stops at the first bad one (ValueError naming its index); earlier ones stay mapped.
+    #[pyo3(signature = (table, addr, target, size=None, *, cbit=false, global_=false))]
+    fn map_many(&mut self, table: u32, addr: PyReadonlyArray1<'_, u64>, target: PyReadonlyArray1<'_, u64>,
+                size: Option<&Bound<'_, PyAny>>, cbit: bool, global_: bool) -> PyResult<()> {
+        let (a, t) = (addr.as_array(), target.as_array());
+        if a.len() != t.len() {
+            return Err(PyValueError::new_err(format!("addr has {} elements, target {}", a.len(), t.len())));
+        }
+        let size = match size { Some(s) if !s.is_none() => page_size_arg(s)?, _ => PageSize::K4 };
+        let flags = if cbit { F_CBIT } else { 0 } | if global_ { F_GLOBAL } else { 0 };
+        for i in 0..a.len() {
+            self.h.map(table, a[i], t[i], size, flags).map_err(|e| PyValueError::new_err(format!("[{i}]: {e}")))?;
+        }
+        Ok(())
+    }
+    /// Remove the leaf of `table` that maps `addr`; returns whether there was one.
+    fn unmap(&mut self, table: u32, addr: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let addr = int_arg(addr, "addr", u64::MAX)?;
+        Ok(self.h.unmap(table, addr).map_err(verr)?.is_some())
+    }
+    /// Walk one table: (translated address, leaf size in bytes, cbit, global), or None.
+    fn walk(&self, table: u32, addr: &Bound<'_, PyAny>) -> PyResult<Option<(u64, u64, bool, bool)>> {
+        let addr = int_arg(addr, "addr", u64::MAX)?;
+        Ok(self.h.table_walk(table, addr).map_err(verr)?.map(|(l, out)| (out, l.size.bytes(), l.flags & F_CBIT != 0, l.flags & F_GLOBAL != 0)))
+    }
+    /// A translation context. mode "host": cr3 is a host table. mode "svm"/"vmx": cr3 is the
+    /// guest's table, `nested` its NPT/EPT, `tag` the ASID/VPID; `key` is used for C-bit pages;
+    /// `vm` says which VM the context belongs to (for the isolation oracle). Returns its id.
+    #[pyo3(signature = (mode, cr3, *, nested=None, tag=0, pcid=0, key=0, vm=0))]
+    fn create_context(&mut self, mode: &str, cr3: u32, nested: Option<u32>, tag: u64, pcid: u64, key: u64, vm: u32) -> PyResult<u32> {
+        let mode = match mode {
+            "host" => Mode::Host,
+            "svm" => Mode::Svm,
+            "vmx" => Mode::Vmx,
+            _ => return Err(PyValueError::new_err(format!("mode = {mode:?}: use 'host', 'svm' or 'vmx'"))),
+        };
+        if mode != Mode::Host && nested.is_none() {
+            return Err(PyValueError::new_err("a guest context needs its nested table (NPT/EPT): nested=..."));
+        }
+        if tag > 0xFFFF {
+            return Err(PyValueError::new_err(format!("tag = {tag} is out of range 0..=65535")));
+        }
+        if pcid > 4095 {
+            return Err(PyValueError::new_err(format!("pcid = {pcid} is out of range 0..=4095")));
+        }
+        let key = self.h.check_key("key", key).map_err(verr)?;
+        let (tag, pcid) = (tag as u16, pcid as u16);
+        self.h
+            .create_context(Context { mode, tag, pcid, cr3, nested: nested.unwrap_or(NO_TABLE), key, vm })
+            .map_err(verr)
+    }
+    /// The context `cpu` translates with now.
+    fn current_context(&self, cpu: &Bound<'_, PyAny>) -> PyResult<u32> {
+        Ok(self.h.current_context(self.cpu(cpu, "cpu")?))
+    }
+    /// Make host context `ctx` current on `cpu` (no flush).
+    fn set_host_context(&mut self, cpu: &Bound<'_, PyAny>, ctx: u32) -> PyResult<()> {
+        let c = self.cpu(cpu, "cpu")?;
+        self.h.set_host_context(c, ctx).map_err(verr)
+    }
+    /// VMRUN of SVM context `ctx` with TLB_CONTROL 0 (nothing), 1 (FLUSH_ALL_ASID), 3 (FLUSH_ASID)
+    /// or 7 (FLUSH_ASID_LOCAL): "entered", or "vmexit_invalid" (ASID 0, a bad TLB_CONTROL) as the
+    /// hardware reports it.
+    #[pyo3(signature = (cpu, ctx, tlb_control=0))]
+    fn vmrun(&mut self, cpu: &Bound<'_, PyAny>, ctx: u32, tlb_control: u8) -> PyResult<&'static str> {
+        let c = self.cpu(cpu, "cpu")?;
+        Ok(match self.h.vmrun(c, ctx, tlb_control).map_err(verr)? {
+            VmrunResult::Entered => "entered",
+            VmrunResult::VmexitInvalid => "vmexit_invalid",
+        })
+    }
+    /// VM entry of VMX context `ctx` (VPID 0 flushes the VPID-0 mappings).
+    fn vmentry(&mut self, cpu: &Bound<'_, PyAny>, ctx: u32) -> PyResult<()> {
+        let c = self.cpu(cpu, "cpu")?;
+        self.h.vmentry(c, ctx).map_err(verr)
+    }
+    /// #VMEXIT / VM exit: back to the host context.
+    fn vmexit(&mut self, cpu: &Bound<'_, PyAny>) -> PyResult<()> {
+        let c = self.cpu(cpu, "cpu")?;
+        self.h.vmexit(c).map_err(verr)
+    }
+    /// Translate one address in `cpu`'s current context (through and into its TLBs): (pa, key), or
+    /// None for a fault.
+    fn translate(&mut self, cpu: &Bound<'_, PyAny>, va: &Bound<'_, PyAny>) -> PyResult<Option<(u64, u16)>> {
+        let c = self.cpu(cpu, "cpu")?;
+        let va = int_arg(va, "va", u64::MAX)?;
+        if !sevsim_engine::paging::canonical(va) {
+            return Err(PyValueError::new_err(format!("va = {va:#x} is not a canonical address")));
+        }
+        Ok(match self.h.translate(c, va) {
+            Translated::Ok { pa, key } => Some((pa, key)),
+            Translated::Fault => None,
+        })
+    }
+    /// Translated accesses, as `access` but with virtual addresses in each CPU's current context.
+    /// Levels: 0..5 as for `access`, 6 = a fault (not performed).
+    #[pyo3(signature = (cpu, va, write=None, *, return_levels=false))]
+    fn access_virtual<'py>(&mut self, py: Python<'py>, cpu: &Bound<'py, PyAny>, va: PyReadonlyArray1<'py, u64>,
+                           write: Option<&Bound<'py, PyAny>>, return_levels: bool) -> PyResult<Bound<'py, PyDict>> {
+        let cpu_c = col_arg::<u32>(cpu, "cpu", "uint32", |o| Ok(self.cpu(o, "cpu")? as u32))?;
+        let false_ = PyBool::new(py, false).to_owned().into_any();
+        let write_c = col_arg::<bool>(write.unwrap_or(&false_), "write", "bool", |o| {
+            o.extract::<bool>().map_err(|_| PyTypeError::new_err("write must be a bool or a numpy bool array"))
+        })?;
+        let (mut o1, mut o2, mut o3) = (Vec::new(), Vec::new(), Vec::new());
+        let va_s = contiguous(&va, &mut o2);
+        let cpu_s = match &cpu_c { ColArg::Each(a) => Col::Each(contiguous(a, &mut o1)), ColArg::One(v) => Col::One(*v) };
+        let write_s = match &write_c { ColArg::Each(a) => Col::Each(contiguous(a, &mut o3)), ColArg::One(v) => Col::One(*v) };
+        let mut levels = if return_levels { vec![0u8; va_s.len()] } else { Vec::new() };
+        let h = &mut self.h;
+        let by = py
+            .allow_threads(|| h.access_virtual_batch(cpu_s, va_s, write_s, if return_levels { Some(&mut levels[..]) } else { None }))
+            .map_err(verr)?;
+        let d = PyDict::new(py);
+        for (i, name) in LEVEL_NAMES.iter().enumerate() {
+            d.set_item(*name, by[i])?;
+        }
+        d.set_item("fault", by[6])?;
+        if return_levels {
+            d.set_item("levels", PyArray1::from_vec(py, levels))?;
+        }
+        Ok(d)
+    }
+    /// INVLPG in the current context. Returns the entries dropped.
+    fn invlpg(&mut self, cpu: &Bound<'_, PyAny>, va: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let c = self.cpu(cpu, "cpu")?;
+        self.h.invlpg(c, int_arg(va, "va", u64::MAX)?).map_err(verr)
+    }
+    /// MOV to CR3 in the current context (noflush = CR3 bit 63 with PCIDs).
+    #[pyo3(signature = (cpu, table, pcid=0, noflush=false))]
+    fn mov_cr3(&mut self, cpu: &Bound<'_, PyAny>, table: u32, pcid: u16, noflush: bool) -> PyResult<u64> {
+        let c = self.cpu(cpu, "cpu")?;
+        self.h.mov_cr3(c, table, pcid, noflush).map_err(verr)
+    }
+    /// INVPCID type 0-3 in the current ASID/VPID; None for #GP (an undefined type, a
+    /// non-canonical address).
+    #[pyo3(signature = (cpu, kind, pcid=0, va=0))]
+    fn invpcid<'py>(&mut self, py: Python<'py>, cpu: &Bound<'_, PyAny>, kind: u8, pcid: u16, va: u64) -> PyResult<Bound<'py, PyAny>> {
+        let c = self.cpu(cpu, "cpu")?;
+        opt_result(py, self.h.invpcid(c, kind, pcid, va).map_err(verr)?)
+    }
+    /// INVLPGA(va, asid) on this CPU only.
+    fn invlpga(&mut self, cpu: &Bound<'_, PyAny>, va: &Bound<'_, PyAny>, asid: u16) -> PyResult<u64> {
+        let c = self.cpu(cpu, "cpu")?;
+        self.h.invlpga(c, int_arg(va, "va", u64::MAX)?, asid).map_err(verr)
+    }
+    /// INVLPGB: broadcast, asynchronous until this CPU's TLBSYNC. va None = all addresses.
+    #[pyo3(signature = (cpu, va=None, *, count=1, stride_2m=false, pcid=None, asid=None, include_global=false,
+                        final_only=false, include_nested=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn invlpgb(&mut self, cpu: &Bound<'_, PyAny>, va: Option<&Bound<'_, PyAny>>, count: u32, stride_2m: bool,
+               pcid: Option<&Bound<'_, PyAny>>, asid: Option<&Bound<'_, PyAny>>, include_global: bool, final_only: bool,
+               include_nested: bool) -> PyResult<()> {
+        let c = self.cpu(cpu, "cpu")?;
+        let op = Invlpgb {
+            va: opt_int(va, "va", u64::MAX)?,
+            pcid: opt_int(pcid, "pcid", 4095)?.map(|v| v as u16),
+            asid: opt_int(asid, "asid", 0xFFFF)?.map(|v| v as u16),
+            include_global,
+            final_only,
+            include_nested,
+            count,
+            stride_2m,
+        };
+        self.h.invlpgb(c, op).map_err(verr)
+    }
+    /// TLBSYNC: the INVLPGBs this CPU issued complete everywhere. Returns entries dropped.
+    fn tlbsync(&mut self, cpu: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let c = self.cpu(cpu, "cpu")?;
+        self.h.tlbsync(c).map_err(verr)
+    }
+    /// INVEPT type 1 (single context: EPT table `eptp`) or 2 (all); None for VMfail.
+    #[pyo3(signature = (cpu, kind, eptp=0))]
+    fn invept<'py>(&mut self, py: Python<'py>, cpu: &Bound<'_, PyAny>, kind: u8, eptp: u32) -> PyResult<Bound<'py, PyAny>> {
+        let c = self.cpu(cpu, "cpu")?;
+        opt_result(py, self.h.invept(c, kind, eptp).map_err(verr)?)
+    }
+    /// INVVPID type 0 (address), 1 (single), 2 (all but VPID 0), 3 (single, keeping globals);
+    /// None for VMfail.
+    #[pyo3(signature = (cpu, kind, vpid=0, va=0))]
+    fn invvpid<'py>(&mut self, py: Python<'py>, cpu: &Bound<'_, PyAny>, kind: u8, vpid: u16, va: u64) -> PyResult<Bound<'py, PyAny>> {
+        let c = self.cpu(cpu, "cpu")?;
+        opt_result(py, self.h.invvpid(c, kind, vpid, va).map_err(verr)?)
+    }
+    /// A full TLB flush on each CPU of `cpus` by IPI from `initiator` (flush_tlb_all). Returns the
+    /// initiator's cycles.
+    fn flush_tlb_all_on_cpus(&mut self, initiator: &Bound<'_, PyAny>, cpus: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let i = self.cpu(initiator, "initiator")?;
+        let cs = self.cpu_list(cpus, "cpus")?;
+        self.h.flush_tlb_all_on_cpus(i, &cs).map_err(verr)
+    }
+    /// The TLB entries of `cpu`'s core: dicts with level, category, domain, tag, pcid, eptp,
+    /// global, cbit, size, addr, target.
+    fn tlb_entries<'py>(&self, py: Python<'py>, cpu: &Bound<'_, PyAny>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let c = self.cpu(cpu, "cpu")?;
+        let es = self.h.tlb_entries(c).map_err(verr)?;
+        es.iter()
+            .map(|(lvl, e, addr)| {
+                let d = PyDict::new(py);
+                d.set_item("level", lvl)?;
+                d.set_item("category", ["linear", "guest_physical", "combined"][e.cat as usize])?;
+                d.set_item("domain", ["host", "svm", "vmx"][e.dom as usize])?;
+                d.set_item("tag", e.tag)?;
+                d.set_item("pcid", e.pcid)?;
+                d.set_item("eptp", e.eptp)?;
+                d.set_item("global", e.flags & F_GLOBAL != 0)?;
+                d.set_item("cbit", e.flags & F_CBIT != 0)?;
+                d.set_item("size", sevsim_engine::translate::size_of(e.size).bytes())?;
+                d.set_item("addr", addr)?;
+                d.set_item("target", e.target)?;
+                Ok(d)
+            })
+            .collect()
+    }
+    /// {kind: (operations, entries dropped)} for every invalidation kind, host-wide.
+    fn invalidation_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (k, ops, dropped) in self.h.invalidation_stats() {
+            d.set_item(k, (ops, dropped))?;
+        }
+        Ok(d)
+    }
+    /// Bytes of TLB state of all cores.
+    #[getter]
+    fn tlb_bytes(&self) -> usize {
+        self.h.tlb_bytes()
     }
 
     fn __repr__(&self) -> String {
