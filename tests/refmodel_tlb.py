@@ -1,0 +1,418 @@
+"""A slow, plain model of the engine's translation semantics (tests only): page tables as dicts,
+each TLB level as a list of slots with LRU stamps, translation with fills and the oracle, and the
+invalidations, written from semantics.md sections 3 and 4. The hypothesis test drives it and the
+engine together and demands the same translations, counters and violations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+K4, M2, G1 = 0, 1, 2
+SHIFT = {K4: 12, M2: 21, G1: 30}
+LINEAR, GPHYS, COMBINED = 0, 1, 2
+HOST, SVM, VMX = 0, 1, 2
+GLOBAL, CBIT = 1, 2
+NO_TABLE = 2**32 - 1
+NASID = 32768
+
+
+def canonical(va):
+    top = va >> 47
+    return top == 0 or top == (1 << 17) - 1
+
+
+@dataclass
+class Table:
+    kind: str
+    gen: int = 0
+    maps: dict = field(default_factory=lambda: {K4: {}, M2: {}, G1: {}})
+
+    def walk(self, addr):
+        for s in (K4, M2, G1):
+            leaf = self.maps[s].get(addr >> SHIFT[s])
+            if leaf is not None:
+                target, flags = leaf
+                return s, target + (addr & ((1 << SHIFT[s]) - 1)), flags
+        return None
+
+    def map(self, addr, target, size, flags):
+        b = 1 << SHIFT[size]
+        if addr % b or target % b or self.walk(addr) is not None:
+            return False
+        for small in (K4, M2):
+            if small < size and any((k << SHIFT[small]) >> SHIFT[size] == addr >> SHIFT[size] for k in self.maps[small]):
+                return False
+        self.maps[size][addr >> SHIFT[size]] = (target, flags)
+        self.gen += 1
+        return True
+
+    def unmap(self, addr):
+        w = self.walk(addr)
+        if w is None:
+            return False
+        s = w[0]
+        del self.maps[s][addr >> SHIFT[s]]
+        self.gen += 1
+        return True
+
+
+@dataclass
+class Ctx:
+    mode: int
+    tag: int
+    pcid: int
+    cr3: int
+    nested: int
+    key: int
+    vm: int
+
+
+@dataclass
+class Ent:
+    target: int
+    eptp: int
+    tag: int
+    pcid: int
+    dom: int
+    cat: int
+    flags: int
+    size: int
+    src_cr3: int
+    src_nested: int
+    gen_cr3: int
+    gen_nested: int
+    vm: int
+    stamp: int = 0
+
+
+def key_of(addr, size, cat):
+    return ((addr >> SHIFT[size]) << 6) | (size << 4) | (cat << 2) | 1
+
+
+class Level:
+    def __init__(self, entries, ways):
+        self.sets, self.ways = entries // ways, ways
+        self.keys = [0] * entries
+        self.ents = [None] * entries
+        self.clock = 0
+
+    def base(self, key):
+        if self.sets == 1:
+            return 0
+        return (((key >> 6) + ((key >> 4) & 3)) & (self.sets - 1)) * self.ways
+
+    def present(self, size):
+        return any(k and (k >> 4) & 3 == size for k in self.keys)
+
+    def find(self, addr, cat, ok):
+        for s in (K4, M2, G1):
+            if not self.present(s):
+                continue
+            k = key_of(addr, s, cat)
+            b = self.base(k)
+            for i in range(b, b + self.ways):
+                if self.keys[i] == k and ok(self.ents[i]):
+                    return i
+        return None
+
+    def touch(self, i):
+        self.clock = (self.clock + 1) & 0xFFFFFFFF
+        self.ents[i].stamp = self.clock
+
+    def insert(self, addr, size, e):
+        k = key_of(addr, size, e.cat)
+        b = self.base(k)
+        victim, oldest = b, 0
+        for i in range(b, b + self.ways):
+            if self.keys[i] == 0:
+                victim = i
+                break
+            age = (self.clock - self.ents[i].stamp) & 0xFFFFFFFF
+            if age >= oldest:
+                oldest, victim = age, i
+        self.clock = (self.clock + 1) & 0xFFFFFFFF
+        self.keys[victim] = k
+        self.ents[victim] = replace(e, stamp=self.clock, size=size)
+
+    def drop_where(self, pred):
+        n = 0
+        for i, k in enumerate(self.keys):
+            if k and pred(self.ents[i]):
+                self.keys[i] = 0
+                n += 1
+        return n
+
+    def drop_addr(self, addr, cats, pred):
+        n = 0
+        for s in (K4, M2, G1):
+            if not self.present(s):
+                continue
+            for cat in (LINEAR, GPHYS, COMBINED):
+                if not cats & (1 << cat):
+                    continue
+                k = key_of(addr, s, cat)
+                b = self.base(k)
+                for i in range(b, b + self.ways):
+                    if self.keys[i] == k and pred(self.ents[i]):
+                        self.keys[i] = 0
+                        n += 1
+        return n
+
+
+LIN_COMB = (1 << LINEAR) | (1 << COMBINED)
+ALL = 7
+
+
+class RefTlb:
+    """Translation state of a host with `cores` cores and `cpus` CPUs (cpu -> core = cpu % cores)."""
+
+    def __init__(self, cores, cpus, l1, l2, l2_ways, cost, owner_of):
+        self.cores, self.cpus = cores, cpus
+        self.tables = [Table("host")]
+        self.ctxs = [Ctx(HOST, 0, 0, 0, NO_TABLE, 0, 0)]
+        self.cur = [0] * cpus
+        self.t1 = [Level(l1, l1) for _ in range(cores)]
+        self.t2 = [Level(l2, l2_ways) for _ in range(cores)]
+        self.cost = cost
+        self.owner_of = owner_of
+        self.pending = []
+        self.ctr = {k: [0] * cpus for k in ("tlb_l1_hits", "tlb_l2_hits", "tlb_misses", "gphys_hits", "gphys_misses",
+                                            "page_faults", "tlb_flush_ops", "tlb_dropped", "vmruns", "vmrun_failures")}
+        self.violations = []
+
+    def core(self, cpu):
+        return cpu % self.cores
+
+    def walk(self, ctx, va):
+        w1 = self.tables[ctx.cr3].walk(va)
+        if w1 is None:
+            return None
+        s1, out1, f1 = w1
+        if ctx.mode == HOST or ctx.nested == NO_TABLE:
+            return dict(target=out1, size=s1, flags=f1, gpa=0, nsize=s1)
+        w2 = self.tables[ctx.nested].walk(out1)
+        if w2 is None:
+            return None
+        s2, out2, _ = w2
+        return dict(target=out2, size=min(s1, s2), flags=f1, gpa=out1, nsize=s2)
+
+    def current(self, e, ctx):
+        return (e.src_cr3 == ctx.cr3 and e.gen_cr3 == self.tables[ctx.cr3].gen
+                and (ctx.mode == HOST or (e.src_nested == ctx.nested and e.gen_nested == self.tables[ctx.nested].gen)))
+
+    def violate(self, cause, cpu, cid, ctx, va, pa, true_pa):
+        self.violations.append((cause, cpu, va, pa, true_pa, cid))
+
+    def translate(self, cpu, va):
+        cid = self.cur[cpu]
+        ctx = self.ctxs[cid]
+        c = self.core(cpu)
+        cat, dom = (LINEAR, HOST) if ctx.mode == HOST else (COMBINED, ctx.mode)
+        eptp = ctx.nested if ctx.mode == VMX else 0
+
+        def m(e):
+            return e.dom == dom and e.tag == ctx.tag and e.eptp == eptp and (e.pcid == ctx.pcid or e.flags & GLOBAL)
+
+        hit = None
+        i = self.t1[c].find(va, cat, m)
+        if i is not None:
+            self.t1[c].touch(i)
+            self.ctr["tlb_l1_hits"][cpu] += 1
+            hit = (self.t1[c], i)
+        else:
+            i = self.t2[c].find(va, cat, m)
+            if i is not None:
+                self.t2[c].touch(i)
+                self.ctr["tlb_l2_hits"][cpu] += 1
+                e = self.t2[c].ents[i]
+                self.t1[c].insert(va, e.size, e)
+                hit = (self.t2[c], i)
+        if hit is not None:
+            lvl, i = hit
+            e = lvl.ents[i]
+            pa = e.target + (va & ((1 << SHIFT[e.size]) - 1))
+            flags = e.flags
+            if not self.current(e, ctx):
+                if e.vm != ctx.vm:
+                    self.violate("foreign_vm_translation", cpu, cid, ctx, va, pa, pa)
+                w = self.walk(ctx, va)
+                if w is not None and w["target"] == pa and (w["flags"] & CBIT) == (e.flags & CBIT):
+                    e.src_cr3, e.gen_cr3 = ctx.cr3, self.tables[ctx.cr3].gen
+                    if ctx.mode != HOST:
+                        e.src_nested, e.gen_nested = ctx.nested, self.tables[ctx.nested].gen
+                else:
+                    self.violate("stale_translation", cpu, cid, ctx, va, pa, 2**64 - 1 if w is None else w["target"])
+            elif e.vm != ctx.vm:
+                self.violate("foreign_vm_translation", cpu, cid, ctx, va, pa, pa)
+        else:
+            self.ctr["tlb_misses"][cpu] += 1
+            w = self.walk(ctx, va)
+            if w is None:
+                self.ctr["page_faults"][cpu] += 1
+                return None
+            base = Ent(0, eptp, ctx.tag, ctx.pcid, dom, cat, w["flags"] & (GLOBAL | CBIT), 0, ctx.cr3,
+                       NO_TABLE if ctx.mode == HOST else ctx.nested, self.tables[ctx.cr3].gen,
+                       0 if ctx.mode == HOST else self.tables[ctx.nested].gen, ctx.vm)
+            if ctx.mode != HOST:
+                gtag = ctx.tag if ctx.mode == SVM else 0
+
+                def gm(e):
+                    return e.dom == dom and e.tag == gtag and e.eptp == eptp
+
+                if self.t1[c].find(w["gpa"], GPHYS, gm) is not None or self.t2[c].find(w["gpa"], GPHYS, gm) is not None:
+                    self.ctr["gphys_hits"][cpu] += 1
+                else:
+                    self.ctr["gphys_misses"][cpu] += 1
+                    ns = w["nsize"]
+                    ge = replace(base, target=w["target"] - (w["gpa"] & ((1 << SHIFT[ns]) - 1)), tag=gtag, cat=GPHYS,
+                                 flags=0, pcid=0)
+                    s2 = M2 if ns == G1 else ns
+                    self.t2[c].insert(w["gpa"], s2, replace(ge, target=w["target"] - (w["gpa"] & ((1 << SHIFT[s2]) - 1))))
+                    self.t1[c].insert(w["gpa"], ns, ge)
+            size = w["size"]
+            self.t1[c].insert(va, size, replace(base, target=w["target"] - (va & ((1 << SHIFT[size]) - 1))))
+            s2 = M2 if size == G1 else size
+            self.t2[c].insert(va, s2, replace(base, target=w["target"] - (va & ((1 << SHIFT[s2]) - 1))))
+            pa, flags = w["target"], w["flags"]
+        key = ctx.key if flags & CBIT else 0
+        if ctx.mode != HOST:
+            o = self.owner_of(pa)
+            if o not in (0, ctx.key):
+                self.violate("foreign_page_access", cpu, cid, ctx, va, pa, pa)
+        return pa, key
+
+    # -- invalidations
+    def _drop(self, cpu, pred, addr=None, cats=ALL):
+        c = self.core(cpu)
+        if addr is None:
+            return self.t1[c].drop_where(pred) + self.t2[c].drop_where(pred)
+        return self.t1[c].drop_addr(addr, cats, pred) + self.t2[c].drop_addr(addr, cats, pred)
+
+    def _note(self, cpu, n):
+        self.ctr["tlb_flush_ops"][cpu] += 1
+        self.ctr["tlb_dropped"][cpu] += n
+        return n
+
+    def vmrun(self, cpu, cid, tlb_control):
+        ctx = self.ctxs[cid]
+        if ctx.tag == 0 or tlb_control not in (0, 1, 3, 7):
+            self.ctr["vmrun_failures"][cpu] += 1
+            return "vmexit_invalid"
+        a = ctx.tag
+        if tlb_control == 1:
+            self._note(cpu, self._drop(cpu, lambda e: True))
+        elif tlb_control == 3:
+            self._note(cpu, self._drop(cpu, lambda e: e.dom == SVM and e.tag == a))
+        elif tlb_control == 7:
+            self._note(cpu, self._drop(cpu, lambda e: e.dom == SVM and e.tag == a and not e.flags & GLOBAL))
+        self.ctr["vmruns"][cpu] += 1
+        self.cur[cpu] = cid
+        return "entered"
+
+    def vmentry(self, cpu, cid):
+        if self.ctxs[cid].tag == 0:
+            self._vpid0(cpu)
+        self.ctr["vmruns"][cpu] += 1
+        self.cur[cpu] = cid
+
+    def _vpid0(self, cpu):
+        self._note(cpu, self._drop(cpu, lambda e: e.dom in (VMX, HOST) and e.tag == 0 and e.cat != GPHYS))
+
+    def vmexit(self, cpu):
+        c = self.ctxs[self.cur[cpu]]
+        if c.mode == VMX and c.tag == 0:
+            self._vpid0(cpu)
+        self.cur[cpu] = 0
+
+    def invlpg(self, cpu, va):
+        c = self.ctxs[self.cur[cpu]]
+        return self._note(cpu, self._drop(cpu, lambda e: e.dom == c.mode and e.tag == c.tag and (e.pcid == c.pcid or e.flags & GLOBAL), va, LIN_COMB))
+
+    def invlpga(self, cpu, va, asid):
+        dom = HOST if asid == 0 else SVM
+        return self._note(cpu, self._drop(cpu, lambda e: e.dom == dom and e.tag == asid, va, LIN_COMB))
+
+    def invept(self, cpu, kind, eptp):
+        if kind == 1:
+            return self._note(cpu, self._drop(cpu, lambda e: e.dom == VMX and e.cat != LINEAR and e.eptp == eptp))
+        if kind == 2:
+            return self._note(cpu, self._drop(cpu, lambda e: e.dom == VMX and e.cat != LINEAR))
+        self.ctr["vmrun_failures"][cpu] += 1
+        return None
+
+    def invvpid(self, cpu, kind, vpid, va):
+        if (kind != 2 and vpid == 0) or kind > 3:
+            self.ctr["vmrun_failures"][cpu] += 1
+            return None
+        if kind == 0:
+            return self._note(cpu, self._drop(cpu, lambda e: e.dom == VMX and e.tag == vpid, va, LIN_COMB))
+        if kind == 1:
+            return self._note(cpu, self._drop(cpu, lambda e: e.dom == VMX and e.tag == vpid and e.cat != GPHYS))
+        if kind == 2:
+            return self._note(cpu, self._drop(cpu, lambda e: e.dom == VMX and e.tag != 0 and e.cat != GPHYS))
+        return self._note(cpu, self._drop(cpu, lambda e: e.dom == VMX and e.tag == vpid and e.cat != GPHYS and not e.flags & GLOBAL))
+
+    def invpcid(self, cpu, kind, pcid, va):
+        c = self.ctxs[self.cur[cpu]]
+
+        def mine(e):
+            return e.dom == c.mode and e.tag == c.tag and e.cat != GPHYS
+
+        if kind == 0:
+            return self._note(cpu, self._drop(cpu, lambda e: mine(e) and e.pcid == pcid and not e.flags & GLOBAL, va, LIN_COMB))
+        if kind == 1:
+            return self._note(cpu, self._drop(cpu, lambda e: mine(e) and e.pcid == pcid and not e.flags & GLOBAL))
+        if kind == 2:
+            return self._note(cpu, self._drop(cpu, mine))
+        if kind == 3:
+            return self._note(cpu, self._drop(cpu, lambda e: mine(e) and not e.flags & GLOBAL))
+        return None
+
+    def invlpgb(self, cpu, va, asid, include_global, include_nested):
+        self.pending.append((cpu, dict(va=va, asid=asid, g=include_global, n=include_nested)))
+
+    def tlbsync(self, cpu):
+        mine = [op for c, op in self.pending if c == cpu]
+        self.pending = [(c, op) for c, op in self.pending if c != cpu]
+        total = 0
+        for op in mine:
+
+            def hits(e, op=op):
+                if e.cat == GPHYS and not op["n"]:
+                    return False
+                if e.flags & GLOBAL and not op["g"]:
+                    return False
+                a = op["asid"] or 0
+                if e.dom == HOST:
+                    return a == 0
+                if e.dom == SVM:
+                    return op["asid"] is not None and e.tag == a
+                return False
+
+            n = 0
+            for core in range(self.cores):
+                if op["va"] is None:
+                    n += self.t1[core].drop_where(hits) + self.t2[core].drop_where(hits)
+                else:
+                    n += self.t1[core].drop_addr(op["va"], ALL, hits) + self.t2[core].drop_addr(op["va"], ALL, hits)
+            self._note(cpu, n)
+            total += n
+        return total
+
+
+def mov_cr3(self, cpu, table, pcid, noflush):
+    cid = self.cur[cpu]
+    c = self.ctxs[cid]
+    if cid == 0 and c.mode == HOST:
+        self.ctxs.append(replace(c, cr3=table, pcid=pcid))
+        self.cur[cpu] = len(self.ctxs) - 1
+    else:
+        c.cr3, c.pcid = table, pcid
+    n = 0
+    if not noflush:
+        n = self._drop(cpu, lambda e: e.dom == c.mode and e.tag == c.tag and e.cat != GPHYS and e.pcid == pcid
+                       and not e.flags & GLOBAL)
+    return self._note(cpu, n)
+
+
+RefTlb.mov_cr3 = mov_cr3

@@ -1,0 +1,141 @@
+"""Random translation and invalidation sequences through the engine and the Python model of the TLB
+semantics (tests/refmodel_tlb.py) must agree on every translation, TLB counter and violation."""
+
+import numpy as np
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+import sevsim
+from refmodel_tlb import CBIT, GLOBAL, HOST, NO_TABLE, SVM, VMX, Ctx, RefTlb, Table
+
+VAS = [0x400000, 0x401000, 0x402000, 0x600000, 0x40000000, 0xFFFF800000000000]
+GPAS = [0x1000, 0x2000, 0x200000, 0x400000, 0x40000000]
+HPAS = [0x100000, 0x101000, 0x200000, 0x400000, 0x1000000, 0x2000000]
+SIZES = {0: "4K", 1: "2M", 2: "1G"}
+COUNTERS = ["tlb_l1_hits", "tlb_l2_hits", "tlb_misses", "gphys_hits", "gphys_misses", "page_faults",
+            "tlb_flush_ops", "tlb_dropped", "vmruns", "vmrun_failures"]
+
+cpus = st.integers(0, 7)
+
+
+class TlbEngineVsModel(RuleBasedStateMachine):
+    @initialize()
+    def build(self):
+        self.h = sevsim.Host.from_preset("tiny")
+        owners = {}
+        self.owners = owners
+        self.m = RefTlb(4, 8, 4, 16, 4, None, lambda pa: owners.get(pa >> 12, 0))
+        # tables: 0 host (exists), 1 host, 2-3 guest, 4-5 nested
+        for kind in ("host", "guest", "guest", "nested", "nested"):
+            assert self.h.create_table(kind) == len(self.m.tables)
+            self.m.tables.append(Table(kind))
+        # contexts: 1 SVM ASID 1 of VM 1; 2 SVM ASID 1 of VM 2 (a reused ASID); 3 SVM ASID 2;
+        # 4 VMX VPID 1 on EPT 4; 5 VMX VPID 0 on EPT 5
+        specs = [("svm", SVM, 1, 2, 4, 5, 1), ("svm", SVM, 1, 3, 5, 6, 2), ("svm", SVM, 2, 2, 5, 7, 3),
+                 ("vmx", VMX, 1, 2, 4, 0, 4), ("vmx", VMX, 0, 3, 5, 0, 5)]
+        self.svm, self.vmx = [], []
+        for name, mode, tag, cr3, nested, key, vm in specs:
+            cid = self.h.create_context(name, cr3, nested=nested, tag=tag, key=key, vm=vm)
+            self.m.ctxs.append(Ctx(mode, tag, 0, cr3, nested, key, vm))
+            assert cid == len(self.m.ctxs) - 1
+            (self.svm if mode == SVM else self.vmx).append(cid)
+
+    @rule(table=st.integers(0, 5), va=st.integers(0, len(VAS) - 1), tgt=st.integers(0, 5), size=st.integers(0, 2),
+          cbit=st.booleans(), glob=st.booleans())
+    def map(self, table, va, tgt, size, cbit, glob):
+        t = self.m.tables[table]
+        addr = (GPAS[va % len(GPAS)] if t.kind == "nested" else VAS[va])
+        target = GPAS[tgt % len(GPAS)] if t.kind == "guest" else HPAS[tgt]
+        flags = (CBIT if cbit else 0) | (GLOBAL if glob else 0)
+        ok = t.map(addr, target, size, flags)
+        try:
+            self.h.map(table, addr, target, SIZES[size], cbit=cbit, global_=glob)
+            assert ok, "engine mapped what the model refused"
+        except ValueError:
+            assert not ok, "engine refused what the model mapped"
+
+    @rule(table=st.integers(0, 5), va=st.integers(0, len(VAS) - 1))
+    def unmap(self, table, va):
+        t = self.m.tables[table]
+        addr = GPAS[va % len(GPAS)] if t.kind == "nested" else VAS[va]
+        assert self.h.unmap(table, addr) == t.unmap(addr)
+
+    @rule(cpu=cpus, i=st.integers(0, 2), tlb_control=st.sampled_from([0, 1, 2, 3, 7]))
+    def vmrun(self, cpu, i, tlb_control):
+        assert self.h.vmrun(cpu, self.svm[i], tlb_control) == self.m.vmrun(cpu, self.svm[i], tlb_control)
+
+    @rule(cpu=cpus, i=st.integers(0, 1))
+    def vmentry(self, cpu, i):
+        self.h.vmentry(cpu, self.vmx[i])
+        self.m.vmentry(cpu, self.vmx[i])
+
+    @rule(cpu=cpus)
+    def vmexit(self, cpu):
+        self.h.vmexit(cpu)
+        self.m.vmexit(cpu)
+
+    @rule(cpu=cpus, va=st.sampled_from(VAS))
+    def translate(self, cpu, va):
+        assert self.h.translate(cpu, va) == self.m.translate(cpu, va)
+
+    @rule(cpu=cpus, vas=st.lists(st.sampled_from(VAS), min_size=1, max_size=20))
+    def translate_batch(self, cpu, vas):
+        got = self.h.access_virtual(cpu, np.array(vas, np.uint64), return_levels=True)["levels"].tolist()
+        want = [self.m.translate(cpu, va) for va in vas]
+        assert [g == 6 for g in got] == [w is None for w in want]
+
+    @rule(cpu=cpus, va=st.sampled_from(VAS))
+    def invlpg(self, cpu, va):
+        assert self.h.invlpg(cpu, va) == self.m.invlpg(cpu, va)
+
+    @rule(cpu=cpus, va=st.sampled_from(VAS), asid=st.integers(0, 2))
+    def invlpga(self, cpu, va, asid):
+        assert self.h.invlpga(cpu, va, asid) == self.m.invlpga(cpu, va, asid)
+
+    @rule(cpu=cpus, kind=st.integers(0, 3), eptp=st.sampled_from([4, 5]))
+    def invept(self, cpu, kind, eptp):
+        assert self.h.invept(cpu, kind, eptp) == self.m.invept(cpu, kind, eptp)
+
+    @rule(cpu=cpus, kind=st.integers(0, 4), vpid=st.integers(0, 2), va=st.sampled_from(VAS))
+    def invvpid(self, cpu, kind, vpid, va):
+        assert self.h.invvpid(cpu, kind, vpid, va) == self.m.invvpid(cpu, kind, vpid, va)
+
+    @rule(cpu=cpus, kind=st.integers(0, 4), va=st.sampled_from(VAS))
+    def invpcid(self, cpu, kind, va):
+        assert self.h.invpcid(cpu, kind, 0, va) == self.m.invpcid(cpu, kind, 0, va)
+
+    @rule(cpu=cpus, table=st.sampled_from([0, 1]), noflush=st.booleans())
+    def mov_cr3_host(self, cpu, table, noflush):
+        if self.m.ctxs[self.m.cur[cpu]].mode != HOST:
+            return
+        assert self.h.mov_cr3(cpu, table, 0, noflush) == self.m.mov_cr3(cpu, table, 0, noflush)
+
+    @rule(cpu=cpus, va=st.one_of(st.none(), st.sampled_from(VAS)), asid=st.one_of(st.none(), st.integers(0, 2)),
+          glob=st.booleans(), nested=st.booleans(), sync=st.booleans())
+    def invlpgb(self, cpu, va, asid, glob, nested, sync):
+        self.h.invlpgb(cpu, va, asid=asid, include_global=glob, include_nested=nested)
+        self.m.invlpgb(cpu, va, asid, glob, nested)
+        if sync:
+            assert self.h.tlbsync(cpu) == self.m.tlbsync(cpu)
+
+    @rule(hpa=st.sampled_from(HPAS), key=st.sampled_from([0, 5, 6]))
+    def set_owner(self, hpa, key):
+        self.h.set_owner(hpa, 4096, key)
+        self.owners[hpa >> 12] = key
+
+    @invariant()
+    def agree(self):
+        if not hasattr(self, "h"):
+            return
+        c = self.h.counters
+        for name in COUNTERS:
+            assert c[name].tolist() == self.m.ctr[name], name
+        got = [(v.cause, v.cpu, v.va, v.pa, v.true_pa if v.true_pa is not None else 2**64 - 1, v.ctx)
+               for v in self.h.violations]
+        assert got == self.m.violations
+
+
+TestTlb = TlbEngineVsModel.TestCase
+TestTlb.settings = settings(max_examples=120, stateful_step_count=50, deadline=None,
+                            suppress_health_check=[HealthCheck.too_slow])
