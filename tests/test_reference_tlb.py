@@ -131,8 +131,10 @@ class TlbEngineVsModel(RuleBasedStateMachine):
         c = self.h.counters
         for name in COUNTERS:
             assert c[name].tolist() == self.m.ctr[name], name
+        # translation findings only: batches also access memory, whose oracle this model leaves out
+        tr = ("stale_translation", "foreign_vm_translation", "foreign_page_access")
         got = [(v.cause, v.cpu, v.va, v.pa, v.true_pa if v.true_pa is not None else 2**64 - 1, v.ctx)
-               for v in self.h.violations]
+               for v in self.h.violations if v.cause in tr]
         assert got == self.m.violations
 
 
