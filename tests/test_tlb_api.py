@@ -1,0 +1,99 @@
+"""The TLB engine through Python: a guest end to end, the hazards, bad input."""
+
+import numpy as np
+import pytest
+
+import sevsim
+
+VA = 0x400000
+
+
+def svm_guest(h, asid, hpa, vm, key=0, cbit=False):
+    gt = h.create_table("guest")
+    h.map(gt, VA, 0x1000, "4K", cbit=cbit)
+    nt = h.create_table("nested")
+    h.map(nt, 0x1000, hpa)
+    return h.create_context("svm", gt, nested=nt, tag=asid, key=key, vm=vm), gt, nt
+
+
+def test_sev_guest_end_to_end_uses_its_key():
+    h = sevsim.Host.from_preset("tiny")
+    h.set_owner(0x30000, 4096, 5)
+    ctx, _, _ = svm_guest(h, 5, 0x30000, vm=1, key=5, cbit=True)
+    assert h.vmrun(2, ctx, 3) == "entered"
+    r = h.access_virtual(2, np.array([VA, VA + 8, VA + 64], np.uint64), True, return_levels=True)
+    assert r["fault"] == 0 and r["levels"].tolist() == [5, 0, 5]
+    assert {c["key"] for c in h.copies(0x30000)} == {5}
+    c = h.counters
+    assert c["tlb_misses"][2] == 1 and c["tlb_l1_hits"][2] == 2
+    assert sum(h.violation_counts().values()) == 0
+    es = h.tlb_entries(2)
+    assert {e["category"] for e in es} == {"combined", "guest_physical"}
+    assert all(e["domain"] == "svm" and e["tag"] == 5 for e in es)
+
+
+def test_stale_translation_after_a_remap_without_invlpg():
+    h = sevsim.Host.from_preset("tiny")
+    ctx, gt, nt = svm_guest(h, 3, 0x30000, vm=1)
+    h.map(nt, 0x2000, 0x50000)
+    h.vmrun(0, ctx)
+    assert h.translate(0, VA) == (0x30000, 0)
+    h.unmap(gt, VA)
+    h.map(gt, VA, 0x2000)
+    assert h.translate(0, VA) == (0x30000, 0)  # the TLB still says so
+    (v,) = h.violations
+    assert (v.kind, v.cause, v.va, v.pa, v.true_pa, v.ctx) == ("stale_translation", "stale_translation", VA, 0x30000,
+                                                               0x50000, ctx)
+    h.invlpg(0, VA)
+    assert h.translate(0, VA) == (0x50000, 0)
+    assert h.violation_kinds()["stale_translation"] == 1
+    stats = h.invalidation_stats()
+    assert stats["invlpg"][0] == 1 and stats["invlpg"][1] >= 1
+
+
+def test_unmapped_address_is_a_fault_not_an_exception():
+    h = sevsim.Host.from_preset("tiny")
+    assert h.translate(0, 0x1234000) is None
+    r = h.access_virtual(0, np.array([0x1234000], np.uint64), return_levels=True)
+    assert r["fault"] == 1 and r["levels"].tolist() == [6]
+    assert h.counters["page_faults"][0] == 2
+
+
+def test_hardware_refusals_are_results():
+    h = sevsim.Host.from_preset("tiny")
+    ctx, _, _ = svm_guest(h, 0, 0x30000, vm=1)
+    assert h.vmrun(0, ctx) == "vmexit_invalid"
+    ctx, _, _ = svm_guest(h, 4, 0x30000, vm=1)
+    assert h.vmrun(0, ctx, 2) == "vmexit_invalid"
+    assert h.invvpid(0, 1, 0) is None and h.invept(0, 9) is None and h.invpcid(0, 7) is None
+    assert h.current_context(0) == 0
+
+
+@pytest.mark.parametrize("call, exc, pattern", [
+    (lambda h: h.create_table("shadow"), ValueError, "kind"),
+    (lambda h: h.map(0, 0x1001, 0x2000), ValueError, "aligned"),
+    (lambda h: h.map(0, 0x0000800000000000, 0x2000), ValueError, "canonical"),
+    (lambda h: h.map(0, 0x1000, 1 << 40), ValueError, "past the end"),
+    (lambda h: h.map(0, 0x1000, 0x2000, "3K"), ValueError, "page size"),
+    (lambda h: (h.map(0, 0x200000, 0x200000, "2M"), h.map(0, 0x201000, 0x1000)), ValueError, "overlapping"),
+    (lambda h: h.map(99, 0, 0), ValueError, "no such table"),
+    (lambda h: h.create_context("svm", 0, nested=None, tag=1), ValueError, "nested"),
+    (lambda h: h.create_context("svm", 0, nested=0, tag=1), ValueError, "Guest table"),
+    (lambda h: h.create_context("tdx", 0), ValueError, "mode"),
+    (lambda h: h.create_context("host", 0, pcid=5000), ValueError, "pcid"),
+    (lambda h: h.vmrun(0, 0), ValueError, "not an SVM"),
+    (lambda h: h.vmrun(0, 77), ValueError, "no such context"),
+    (lambda h: h.vmentry(0, 0), ValueError, "not a VMX"),
+    (lambda h: h.invlpg(0, 0x0000800000000000), ValueError, "canonical"),
+    (lambda h: h.invlpgb(0, 0x1001), ValueError, "page-aligned"),
+    (lambda h: h.invlpgb(0, 0x1000, count=99), ValueError, "count"),
+    (lambda h: h.translate(0, 0x0000800000000000), ValueError, "canonical"),
+    (lambda h: h.access_virtual(0, np.array([1 << 63], np.uint64)), ValueError, "canonical"),
+    (lambda h: h.access_virtual(9, np.array([0], np.uint64)), ValueError, "cpu = 9"),
+    (lambda h: h.mov_cr3(0, 5), ValueError, "table"),
+])
+def test_bad_tlb_calls(call, exc, pattern):
+    h = sevsim.Host.from_preset("tiny")
+    with pytest.raises(exc, match=pattern):
+        call(h)
+    assert sum(h.counters["tlb_flush_ops"]) == 0 and sum(h.counters["vmruns"]) == 0
