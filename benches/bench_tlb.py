@@ -47,7 +47,7 @@ def test_translated_access_tlb_hits(benchmark):
     vaddr = va[page] + off
     h.access_virtual(0, vaddr)  # warm
     r = benchmark.pedantic(lambda: h.access_virtual(0, vaddr), rounds=5)
-    assert r["fault"] == 0
+    assert r["page_fault"] == 0
     c = h.counters
     assert c["tlb_l1_hits"][0] >= 2 * N - 64  # the warm-up and at least one measured round
 
@@ -59,7 +59,7 @@ def test_translated_random_over_1gib(benchmark):
     rng = np.random.default_rng(2)
     vaddr = va[rng.integers(0, len(va), N)] + (rng.integers(0, 64, N) * 64).astype(np.uint64)
     r = benchmark.pedantic(lambda: h.access_virtual(0, vaddr), rounds=3)
-    assert r["fault"] == 0
+    assert r["page_fault"] == 0
 
 
 def full_machine():

@@ -83,7 +83,7 @@ class TlbEngineVsModel(RuleBasedStateMachine):
     def translate_batch(self, cpu, vas):
         got = self.h.access_virtual(cpu, np.array(vas, np.uint64), return_levels=True)["levels"].tolist()
         want = [self.m.translate(cpu, va) for va in vas]
-        assert [g == 6 for g in got] == [w is None for w in want]
+        assert [g == 7 for g in got] == [w is None for w in want]
 
     @rule(cpu=cpus, va=st.sampled_from(VAS))
     def invlpg(self, cpu, va):

@@ -22,7 +22,7 @@ def test_sev_guest_end_to_end_uses_its_key():
     ctx, _, _ = svm_guest(h, 5, 0x30000, vm=1, key=5, cbit=True)
     assert h.vmrun(2, ctx, 3) == "entered"
     r = h.access_virtual(2, np.array([VA, VA + 8, VA + 64], np.uint64), True, return_levels=True)
-    assert r["fault"] == 0 and r["levels"].tolist() == [5, 0, 5]
+    assert r["page_fault"] == 0 and r["levels"].tolist() == [5, 0, 5]
     assert {c["key"] for c in h.copies(0x30000)} == {5}
     c = h.counters
     assert c["tlb_misses"][2] == 1 and c["tlb_l1_hits"][2] == 2
@@ -55,7 +55,7 @@ def test_unmapped_address_is_a_fault_not_an_exception():
     h = sevsim.Host.from_preset("tiny")
     assert h.translate(0, 0x1234000) is None
     r = h.access_virtual(0, np.array([0x1234000], np.uint64), return_levels=True)
-    assert r["fault"] == 1 and r["levels"].tolist() == [6]
+    assert r["page_fault"] == 1 and r["levels"].tolist() == [7]
     assert h.counters["page_faults"][0] == 2
 
 

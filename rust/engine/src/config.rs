@@ -145,6 +145,25 @@ pub struct TlbConfig {
     pub flushbyasid: bool,
 }
 
+/// SEV-SNP host costs (cycles, bandwidths in GB/s).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnpConfig {
+    pub rmpupdate: u32,
+    pub psmash: u32,
+    pub pvalidate_4k: u32,
+    pub pvalidate_2m: u32,
+    pub alloc_4k: u32,
+    pub alloc_2m: u32,
+    /// filling a new page-table page (512 entries) when a direct-map leaf is split
+    pub split_fill: u32,
+    /// a nested page fault: #VMEXIT, KVM's fault handling and VMRUN back
+    pub npf_exit: u32,
+    /// memory bandwidth for clearing pages: one core, and a whole socket
+    pub core_clear_gbps: f64,
+    pub socket_clear_gbps: f64,
+}
+
 /// One host preset, as written in the profile.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -168,6 +187,7 @@ pub struct HostConfig {
     pub latency: Latencies,
     pub cost: Costs,
     pub tlb: TlbConfig,
+    pub snp: SnpConfig,
 }
 
 #[derive(Deserialize)]
@@ -318,6 +338,11 @@ impl HostConfig {
             g.check(field)?;
         }
         check_memory("memory", self.memory.0)?;
+        for (f, v) in [("snp.core_clear_gbps", self.snp.core_clear_gbps), ("snp.socket_clear_gbps", self.snp.socket_clear_gbps)] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(EngineError::invalid(f, format!("{f} must be positive, got {v}")));
+            }
+        }
         let t = &self.tlb;
         if t.l1_entries == 0 || t.l1_entries > 1024 {
             return Err(EngineError::invalid("tlb.l1_entries", format!("tlb.l1_entries must be in 1..=1024, got {}", t.l1_entries)));

@@ -94,6 +94,15 @@ counters!(
     /// world switches (VMRUN / VM entry) and those refused (VMEXIT_INVALID / VMfail)
     vmruns,
     vmrun_failures,
+    /// SEV-SNP: RMP instructions, accesses the RMP checks refused, direct-map splits, cpa_lock
+    /// waiting, bytes cleared
+    rmp_updates,
+    psmashes,
+    pvalidates,
+    rmp_faults,
+    dm_splits,
+    cpa_wait_cycles,
+    clear_bytes,
 );
 
 /// Where an access was served.
@@ -106,8 +115,10 @@ pub enum Level {
     Peer = 3,
     Remote = 4,
     Memory = 5,
+    /// refused by the RMP checks (not performed)
+    Fault = 6,
 }
-pub const LEVEL_NAMES: [&str; 6] = ["l1", "l2", "l3", "peer", "remote", "memory"];
+pub const LEVEL_NAMES: [&str; 7] = ["l1", "l2", "l3", "peer", "remote", "memory", "rmp_fault"];
 
 /// A cached copy of a line found by a coherence lookup.
 #[derive(Clone, Copy, Debug)]
@@ -205,6 +216,12 @@ pub struct Host {
     pub(crate) pending_invlpgb: Vec<(usize, Invlpgb)>,
     /// per invalidation kind: operations, entries dropped
     pub(crate) inval: Vec<[u64; 2]>,
+    // SEV-SNP (snp.rs)
+    pub(crate) rmp: crate::rmp::Rmp,
+    pub(crate) snp_enabled: bool,
+    pub(crate) snp_asids: Vec<bool>,
+    pub(crate) cpa_free_at: u64,
+    pub(crate) socket_free_at: Vec<f64>,
 }
 
 impl Host {
@@ -247,13 +264,22 @@ impl Host {
             scratch: Vec::with_capacity(64),
             lines_scratch: Vec::new(),
             lat,
-            tables: vec![Table::new(TableKind::Host)],
+            tables: {
+                let mut t = Table::new(TableKind::Host);
+                crate::snp::build_direct_map(&mut t, bytes);
+                vec![t]
+            },
             contexts: vec![Context { mode: Mode::Host, tag: 0, pcid: 0, cr3: 0, nested: NO_TABLE, key: 0, vm: 0 }],
             cur_ctx: vec![0; n],
             tlb1: (0..topo.cores).map(|_| TlbLevel::new(tlb_cfg.l1_entries as usize, tlb_cfg.l1_entries as usize)).collect(),
             tlb2: (0..topo.cores).map(|_| TlbLevel::new(tlb_cfg.l2_entries as usize, tlb_cfg.l2_ways as usize)).collect(),
             pending_invlpgb: Vec::new(),
             inval: vec![[0; 2]; crate::translate::INVAL_KINDS.len()],
+            rmp: crate::rmp::Rmp::new(bytes),
+            snp_enabled: false,
+            snp_asids: vec![false; crate::rmp::MAX_ASID as usize + 1],
+            cpa_free_at: 0,
+            socket_free_at: vec![0.0; topo.sockets],
             topo,
         })
     }
@@ -351,6 +377,9 @@ impl Host {
     pub fn directory_active(&self) -> bool {
         self.dir_active
     }
+    pub fn memory(&self) -> &Memory {
+        &self.mem
+    }
     pub fn directory_entries(&self) -> usize {
         self.dir.len()
     }
@@ -361,6 +390,7 @@ impl Host {
             + self.tlb1.iter().chain(self.tlb2.iter()).map(|t| t.bytes()).sum::<usize>()
             + self.dir.bytes()
             + self.mem.heap_bytes()
+            + self.rmp.heap_bytes()
             + self.violations.capacity() * std::mem::size_of::<Violation>()
     }
 
@@ -402,6 +432,9 @@ impl Host {
     /// (the batch API checks them); returns where it was served.
     #[inline]
     pub fn access(&mut self, cpu: usize, pa: u64, write: bool, key: u16) -> Level {
+        if self.snp_enabled && !self.rmp_allows(cpu, pa, write, key) {
+            return Level::Fault;
+        }
         let x = pa >> 6;
         let core = self.topo.cpu_core[cpu] as usize;
         let want = tag(x, key);
@@ -867,7 +900,7 @@ impl Host {
         write: Col<bool>,
         key: Col<u16>,
         levels: Option<&mut [u8]>,
-    ) -> Result<[u64; 6]> {
+    ) -> Result<[u64; 7]> {
         let n = addr.len();
         for (name, len) in [("cpu", cpu.len()), ("write", write.len()), ("key", key.len())] {
             if let Some(l) = len {
@@ -920,14 +953,15 @@ impl Host {
                 }
             }
         }
-        let mut by_level = [0u64; 6];
+        let mut by_level = [0u64; 7];
         let mut levels = levels;
+        let fast = !self.snp_enabled;
         let mut last = (u32::MAX, u64::MAX, 0u16);
         for i in 0..n {
             let (c, a, w, k) = (cpu.at(i), addr[i], write.at(i), key.at(i));
             // the same CPU on the same line again (a stream's next word): the line is at the MRU
             // way of its L1 set, where the previous access left it
-            let l = if (c, a >> 6, k) == last && self.l1_mru_hit(c as usize, a >> 6, w, k) {
+            let l = if fast && (c, a >> 6, k) == last && self.l1_mru_hit(c as usize, a >> 6, w, k) {
                 Level::L1
             } else {
                 self.prefetch_ahead(&cpu, addr, i);

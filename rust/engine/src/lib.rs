@@ -10,6 +10,8 @@ pub mod error;
 pub mod host;
 pub mod memory;
 pub mod paging;
+pub mod rmp;
+pub mod snp;
 pub mod tlb;
 pub mod translate;
 pub mod topology;

@@ -359,8 +359,8 @@ impl Host {
 
     /// Translated accesses: `va[i]` in the current context of `cpu[i]`, then the memory access
     /// with the key the translation gives. Every argument is checked first. `levels` gets the
-    /// cache level, or 6 for a fault (not performed).
-    pub fn access_virtual_batch(&mut self, cpu: Col<u32>, va: &[u64], write: Col<bool>, levels: Option<&mut [u8]>) -> Result<[u64; 7]> {
+    /// cache level, 6 if the RMP checks refused the access, 7 for a translation fault.
+    pub fn access_virtual_batch(&mut self, cpu: Col<u32>, va: &[u64], write: Col<bool>, levels: Option<&mut [u8]>) -> Result<[u64; 8]> {
         let n = va.len();
         for (name, len) in [("cpu", cpu.len()), ("write", write.len())] {
             if let Some(l) = len {
@@ -383,13 +383,14 @@ impl Host {
                 return Err(EngineError::invalid("va", format!("va[{i}] = {:#x} is not a canonical address", va[i])));
             }
         }
-        let mut out = [0u64; 7];
+        let mut out = [0u64; 8];
         let mut levels = levels;
         for i in 0..n {
             let c = cpu.at(i) as usize;
             let l = match self.translate(c, va[i]) {
                 Translated::Ok { pa, key } if pa < self.mem.bytes => self.access(c, pa, write.at(i), key) as u8,
-                _ => 6,
+                Translated::Ok { .. } => 7, // translated beyond memory: a machine check, not modelled
+                Translated::Fault => 7,
             };
             out[l as usize] += 1;
             if let Some(o) = levels.as_deref_mut() {

@@ -14,6 +14,8 @@ pub enum Kind {
     Isolation,
     /// A TLB hit that disagrees with the current page tables.
     StaleTranslation,
+    /// An access the SEV-SNP RMP checks reject (the hardware raises #PF/#NPF/#VC).
+    RmpFault,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -38,9 +40,18 @@ pub enum Cause {
     ForeignVmTranslation,
     /// A guest translation reached a page owned by another guest's key.
     ForeignPageAccess,
+    /// RMP: a host write to an assigned page (#PF with the RMP bit).
+    RmpHostWriteAssigned,
+    /// RMP: a host write through a 2 MiB or 1 GiB mapping into a 2 MiB region holding an assigned
+    /// 4 KiB page, checked as a 2 MiB access (semantics.md 5.3, adjust_direct_map()).
+    RmpHostWriteLargeMapping,
+    /// RMP: a guest private access to a page it owns but has not validated (#VC).
+    RmpGuestNotValidated,
+    /// RMP: a guest private access to a page not assigned to its ASID (#NPF with the RMP bit).
+    RmpGuestNotOwned,
 }
 
-pub const CAUSES: [Cause; 9] = [
+pub const CAUSES: [Cause; 13] = [
     Cause::WritebackForeignOwner,
     Cause::WritebackStaleKey,
     Cause::ReadForeignData,
@@ -50,6 +61,10 @@ pub const CAUSES: [Cause; 9] = [
     Cause::StaleTranslation,
     Cause::ForeignVmTranslation,
     Cause::ForeignPageAccess,
+    Cause::RmpHostWriteAssigned,
+    Cause::RmpHostWriteLargeMapping,
+    Cause::RmpGuestNotValidated,
+    Cause::RmpGuestNotOwned,
 ];
 
 impl Cause {
@@ -59,6 +74,10 @@ impl Cause {
             Cause::DmaWriteDirtyLine | Cause::DmaReadDirtyLine => Kind::Dma,
             Cause::StaleKeyHit | Cause::ForeignVmTranslation | Cause::ForeignPageAccess => Kind::Isolation,
             Cause::StaleTranslation => Kind::StaleTranslation,
+            Cause::RmpHostWriteAssigned
+            | Cause::RmpHostWriteLargeMapping
+            | Cause::RmpGuestNotValidated
+            | Cause::RmpGuestNotOwned => Kind::RmpFault,
         }
     }
     pub fn name(self) -> &'static str {
@@ -72,6 +91,10 @@ impl Cause {
             Cause::StaleTranslation => "stale_translation",
             Cause::ForeignVmTranslation => "foreign_vm_translation",
             Cause::ForeignPageAccess => "foreign_page_access",
+            Cause::RmpHostWriteAssigned => "rmp_host_write_assigned",
+            Cause::RmpHostWriteLargeMapping => "rmp_host_write_large_mapping",
+            Cause::RmpGuestNotValidated => "rmp_guest_not_validated",
+            Cause::RmpGuestNotOwned => "rmp_guest_not_owned",
         }
     }
     pub fn index(self) -> usize {
@@ -86,6 +109,7 @@ impl Kind {
             Kind::Dma => "dma",
             Kind::Isolation => "isolation",
             Kind::StaleTranslation => "stale_translation",
+            Kind::RmpFault => "rmp_fault",
         }
     }
 }

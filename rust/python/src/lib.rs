@@ -10,6 +10,8 @@ use sevsim_engine::config::{self, parse_size, HostConfig, DEFAULT_PROFILE};
 use sevsim_engine::host::{Col, Counters, FlushOp, Host, LEVEL_NAMES};
 use sevsim_engine::violation::{Cause, Violation, CAUSES};
 use sevsim_engine::paging::{PageSize, TableKind, F_CBIT, F_GLOBAL};
+use sevsim_engine::rmp::RmpState;
+use sevsim_engine::snp::PAGE_OFFSET;
 use sevsim_engine::tlb::{Context, Invlpgb, Mode, NO_TABLE};
 use sevsim_engine::translate::{Translated, VmrunResult};
 use sevsim_engine::EngineError;
@@ -415,8 +417,9 @@ impl PyHost {
     /// Run a batch of memory accesses, in order, in one call (the GIL is released while it runs).
     /// `cpu` (uint32), `addr` (uint64, physical), `write` (bool), `key` (uint16): 1-D numpy arrays
     /// of one length, or scalars applied to every access. Returns counts of where the accesses were
-    /// served ({'l1', 'l2', 'l3', 'peer', 'remote', 'memory'}) and, with `return_levels`, a uint8
-    /// array 'levels' with one code per access (0=l1 .. 5=memory). Nothing runs if any argument is bad.
+    /// served ({'l1', 'l2', 'l3', 'peer', 'remote', 'memory', 'rmp_fault'}) and, with
+    /// `return_levels`, a uint8 array 'levels' with one code per access (0=l1 .. 5=memory,
+    /// 6=refused by the SEV-SNP RMP checks). Nothing runs if any argument is bad.
     #[pyo3(signature = (cpu, addr, write=None, key=None, *, return_levels=false))]
     fn access<'py>(
         &mut self,
@@ -658,7 +661,7 @@ impl PyHost {
     /// {kind: count}: corruption, dma, isolation.
     fn violation_kinds<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
-        for k in ["corruption", "dma", "isolation", "stale_translation"] {
+        for k in ["corruption", "dma", "isolation", "stale_translation", "rmp_fault"] {
             d.set_item(k, 0u64)?;
         }
         for (c, n) in self.h.cause_counts() {
@@ -873,7 +876,7 @@ impl PyHost {
         })
     }
     /// Translated accesses, as `access` but with virtual addresses in each CPU's current context.
-    /// Levels: 0..5 as for `access`, 6 = a fault (not performed).
+    /// Levels: 0..5 as for `access`, 6 = refused by the RMP checks, 7 = a page fault (not performed).
     #[pyo3(signature = (cpu, va, write=None, *, return_levels=false))]
     fn access_virtual<'py>(&mut self, py: Python<'py>, cpu: &Bound<'py, PyAny>, va: PyReadonlyArray1<'py, u64>,
                            write: Option<&Bound<'py, PyAny>>, return_levels: bool) -> PyResult<Bound<'py, PyDict>> {
@@ -895,7 +898,7 @@ impl PyHost {
         for (i, name) in LEVEL_NAMES.iter().enumerate() {
             d.set_item(*name, by[i])?;
         }
-        d.set_item("fault", by[6])?;
+        d.set_item("page_fault", by[7])?;
         if return_levels {
             d.set_item("levels", PyArray1::from_vec(py, levels))?;
         }
@@ -1000,6 +1003,147 @@ impl PyHost {
         }
         Ok(d)
     }
+    // -----------------------------------------------------------------------------------
+    // SEV-SNP: RMP, direct map, page-in primitives
+
+    /// Start of the direct map (__va(0)).
+    #[classattr]
+    const PAGE_OFFSET: u64 = PAGE_OFFSET;
+    /// SYSCFG.SNPEn: from now on the RMP checks apply to memory accesses.
+    fn snp_enable(&mut self) {
+        self.h.snp_enable();
+    }
+    #[getter]
+    fn snp_enabled(&self) -> bool {
+        self.h.snp_enabled()
+    }
+    /// Mark guest key `asid` as an SNP guest's (its private accesses get the RMP checks).
+    #[pyo3(signature = (asid, snp=true))]
+    fn snp_set_asid(&mut self, asid: u16, snp: bool) -> PyResult<()> {
+        self.h.snp_set_asid(asid, snp).map_err(verr)
+    }
+    /// RMPUPDATE of the 4 KiB page (or, with huge, the 2 MiB region) at `pa`: the hardware's return
+    /// code (0 success, 1 FAIL_INPUT, 2 FAIL_PERMISSION, 4 FAIL_OVERLAP). Clears Validated.
+    #[pyo3(signature = (cpu, pa, *, assigned, huge=false, asid=0, gpa=0, immutable=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn rmpupdate(&mut self, cpu: &Bound<'_, PyAny>, pa: &Bound<'_, PyAny>, assigned: bool, huge: bool, asid: u16, gpa: u64,
+                 immutable: bool) -> PyResult<u8> {
+        let c = self.cpu(cpu, "cpu")?;
+        let pa = int_arg(pa, "pa", u64::MAX)?;
+        self.h.rmpupdate(c, pa, RmpState { assigned, huge, asid, gpa, immutable }).map_err(verr)
+    }
+    /// RMPUPDATE of many pages in one call: pa[i] gets (assigned, huge, asid, gpa[i], immutable).
+    /// Returns the codes (uint8 array). Every address is checked before any update.
+    #[pyo3(signature = (cpu, pa, gpa, *, assigned, huge=false, asid=0, immutable=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn rmpupdate_batch<'py>(&mut self, py: Python<'py>, cpu: &Bound<'_, PyAny>, pa: PyReadonlyArray1<'py, u64>,
+                            gpa: PyReadonlyArray1<'py, u64>, assigned: bool, huge: bool, asid: u16, immutable: bool)
+                            -> PyResult<Bound<'py, PyArray1<u8>>> {
+        let c = self.cpu(cpu, "cpu")?;
+        let (p, g) = (pa.as_array(), gpa.as_array());
+        if p.len() != g.len() {
+            return Err(PyValueError::new_err(format!("pa has {} elements, gpa {}", p.len(), g.len())));
+        }
+        for (i, &a) in p.iter().enumerate() {
+            if a >= self.h.memory_bytes() {
+                return Err(PyValueError::new_err(format!("pa[{i}] = {a:#x} is past the end of memory")));
+            }
+        }
+        let mut out = Vec::with_capacity(p.len());
+        for i in 0..p.len() {
+            out.push(self.h.rmpupdate(c, p[i], RmpState { assigned, huge, asid, gpa: g[i], immutable }).map_err(verr)?);
+        }
+        Ok(PyArray1::from_vec(py, out))
+    }
+    /// PSMASH of the 2 MiB entry at `pa`: its return code.
+    fn psmash(&mut self, cpu: &Bound<'_, PyAny>, pa: &Bound<'_, PyAny>) -> PyResult<u8> {
+        let c = self.cpu(cpu, "cpu")?;
+        self.h.psmash(c, int_arg(pa, "pa", u64::MAX)?).map_err(verr)
+    }
+    /// PVALIDATE by guest `asid` on `cpu` of the page at `pa` mapped at `gpa`: (code, changed).
+    /// Codes: 0, 1 FAIL_INPUT, 6 FAIL_SIZEMISMATCH, 0x80 #NPF(RMP), 0x81 #NPF(RMP|SIZEM);
+    /// changed False with code 0 is the hardware's CF=1 "no change".
+    #[pyo3(signature = (cpu, asid, pa, gpa, *, huge=false, validate=true))]
+    fn pvalidate(&mut self, cpu: &Bound<'_, PyAny>, asid: u16, pa: &Bound<'_, PyAny>, gpa: u64, huge: bool, validate: bool)
+                 -> PyResult<(u8, bool)> {
+        let c = self.cpu(cpu, "cpu")?;
+        self.h.pvalidate(c, asid, int_arg(pa, "pa", u64::MAX)?, gpa, huge, validate).map_err(verr)
+    }
+    /// PVALIDATE of many pages: returns (codes uint8, changed bool) arrays.
+    #[pyo3(signature = (cpu, asid, pa, gpa, *, huge=false, validate=true))]
+    #[allow(clippy::too_many_arguments)]
+    fn pvalidate_batch<'py>(&mut self, py: Python<'py>, cpu: &Bound<'_, PyAny>, asid: u16, pa: PyReadonlyArray1<'py, u64>,
+                            gpa: PyReadonlyArray1<'py, u64>, huge: bool, validate: bool)
+                            -> PyResult<(Bound<'py, PyArray1<u8>>, Bound<'py, PyArray1<bool>>)> {
+        let c = self.cpu(cpu, "cpu")?;
+        let (p, g) = (pa.as_array(), gpa.as_array());
+        if p.len() != g.len() {
+            return Err(PyValueError::new_err(format!("pa has {} elements, gpa {}", p.len(), g.len())));
+        }
+        for (i, &a) in p.iter().enumerate() {
+            if a >= self.h.memory_bytes() {
+                return Err(PyValueError::new_err(format!("pa[{i}] = {a:#x} is past the end of memory")));
+            }
+        }
+        let (mut codes, mut changed) = (Vec::with_capacity(p.len()), Vec::with_capacity(p.len()));
+        for i in 0..p.len() {
+            let (code, ch) = self.h.pvalidate(c, asid, p[i], g[i], huge, validate).map_err(verr)?;
+            codes.push(code);
+            changed.push(ch);
+        }
+        Ok((PyArray1::from_vec(py, codes), PyArray1::from_vec(py, changed)))
+    }
+    /// The RMP entry of the page at `pa`: dict with assigned, huge, asid, gpa, validated, immutable.
+    fn rmp_entry<'py>(&self, py: Python<'py>, pa: &Bound<'_, PyAny>) -> PyResult<Bound<'py, PyDict>> {
+        let e = self.h.rmp_entry(int_arg(pa, "pa", u64::MAX)?).map_err(verr)?;
+        let d = PyDict::new(py);
+        d.set_item("assigned", e.assigned)?;
+        d.set_item("huge", e.huge)?;
+        d.set_item("asid", e.asid)?;
+        d.set_item("gpa", e.gpa)?;
+        d.set_item("validated", e.validated)?;
+        d.set_item("immutable", e.immutable)?;
+        Ok(d)
+    }
+    /// Bytes the RMP's storage takes.
+    #[getter]
+    fn rmp_bytes(&self) -> usize {
+        self.h.rmp_heap_bytes()
+    }
+    /// lookup_address(): the size in bytes of the host-table leaf mapping `va`, or None.
+    fn lookup_address(&self, va: &Bound<'_, PyAny>) -> PyResult<Option<u64>> {
+        Ok(self.h.lookup_address(int_arg(va, "va", u64::MAX)?).map(|s| s.bytes()))
+    }
+    /// __va(pa): the direct-map address of `pa`.
+    fn direct_map_va(&self, pa: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let pa = int_arg(pa, "pa", u64::MAX)?;
+        self.h.check_addr("pa", pa).map_err(verr)?;
+        Ok(self.h.direct_map_va(pa))
+    }
+    /// set_memory_4k(va, 1) from `cpu`: split the direct-map leaf down to 4 KiB under cpa_lock
+    /// with a flush_tlb_all() per split; nothing if already 4 KiB. Returns cycles (waiting included).
+    fn set_memory_4k(&mut self, cpu: &Bound<'_, PyAny>, va: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let c = self.cpu(cpu, "cpu")?;
+        self.h.set_memory_4k(c, int_arg(va, "va", u64::MAX)?).map_err(verr)
+    }
+    /// Charge `cpu` for allocating `count` pages (2 MiB with huge, else 4 KiB). Returns cycles.
+    #[pyo3(signature = (cpu, count=1, *, huge=false))]
+    fn alloc_pages(&mut self, cpu: &Bound<'_, PyAny>, count: u64, huge: bool) -> PyResult<u64> {
+        let c = self.cpu(cpu, "cpu")?;
+        self.h.alloc_pages(c, huge, count).map_err(verr)
+    }
+    /// Zero [pa, pa + size) from `cpu`, bounded by core and socket memory bandwidth (shared by
+    /// every CPU's clears). Timing only. Returns cycles.
+    fn clear_pages(&mut self, cpu: &Bound<'_, PyAny>, pa: &Bound<'_, PyAny>, size: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let c = self.cpu(cpu, "cpu")?;
+        self.h.clear_pages(c, int_arg(pa, "pa", u64::MAX)?, size_arg(size, "size")?).map_err(verr)
+    }
+    /// Charge `cpu` a nested page fault round trip. Returns cycles.
+    fn npf_exit(&mut self, cpu: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let c = self.cpu(cpu, "cpu")?;
+        self.h.npf_exit(c).map_err(verr)
+    }
+
     /// Bytes of TLB state of all cores.
     #[getter]
     fn tlb_bytes(&self) -> usize {

@@ -1,0 +1,302 @@
+//! The SEV-SNP Reverse Map Table, stored by 2 MiB region: nothing for a region whose pages all
+//! belong to the hypervisor, one record for a region covered by a 2 MiB entry, 512 records only
+//! for a region that really has 4 KiB entries. An untouched 1.5 TiB host costs a 1.5 MiB count
+//! array; a host assigned at 2 MiB costs a record per region, never the 6 GiB of a dense table.
+//!
+//! Semantics: semantics.md 5.1-5.3 (APM vol. 2 15.36 via Linux arch/x86/virt/svm/sev.c).
+
+use std::collections::HashMap;
+
+use crate::util::FxBuild;
+
+/// Return codes of RMPUPDATE, PSMASH and PVALIDATE (APM; Linux's RMPUPDATE_FAIL_OVERLAP = 4,
+/// PVALIDATE_FAIL_SIZEMISMATCH = 6).
+pub const SUCCESS: u8 = 0;
+pub const FAIL_INPUT: u8 = 1;
+pub const FAIL_PERMISSION: u8 = 2;
+pub const FAIL_INUSE: u8 = 3;
+pub const FAIL_OVERLAP: u8 = 4;
+pub const FAIL_SIZEMISMATCH: u8 = 6;
+/// Not a return code: the instruction caused a #NPF with the RMP bit (and SIZEM where it says so),
+/// which exits to the hypervisor (PVALIDATE of a 4 KiB page inside a 2 MiB entry, or of a page the
+/// guest does not own).
+pub const NPF_RMP: u8 = 0x80;
+pub const NPF_RMP_SIZEM: u8 = 0x81;
+
+pub const MAX_ASID: u16 = 1023; // a 10-bit field in the RMP entry (semantics.md 2.1, 5.1)
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RmpEntry {
+    pub assigned: bool,
+    /// true: part of a 2 MiB entry
+    pub huge: bool,
+    pub asid: u16,
+    /// guest-physical address of this 4 KiB page
+    pub gpa: u64,
+    pub validated: bool,
+    pub immutable: bool,
+}
+
+#[derive(Clone)]
+enum Region {
+    /// one 2 MiB entry (`gpa` is the region's base GPA)
+    Huge(RmpEntry),
+    /// 512 entries of 4 KiB
+    Small(Box<[RmpEntry; 512]>),
+}
+
+pub struct Rmp {
+    regions: HashMap<u32, Region, FxBuild>,
+    /// assigned 4 KiB pages per 2 MiB region (512 for an assigned 2 MiB entry)
+    pub assigned_in_region: Vec<u16>,
+}
+
+/// The new state RMPUPDATE writes (rCX points to it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RmpState {
+    pub assigned: bool,
+    pub huge: bool,
+    pub asid: u16,
+    pub gpa: u64,
+    pub immutable: bool,
+}
+
+impl Rmp {
+    pub fn new(memory: u64) -> Self {
+        Rmp { regions: HashMap::default(), assigned_in_region: vec![0; memory.div_ceil(1 << 21) as usize] }
+    }
+
+    /// The entry of the 4 KiB page at `pa` (the size from the 2 MiB-aligned entry, 5.1).
+    #[inline]
+    pub fn entry(&self, pa: u64) -> RmpEntry {
+        let r = (pa >> 21) as u32;
+        if self.assigned_in_region[r as usize] == 0 && !self.regions.contains_key(&r) {
+            return RmpEntry::default();
+        }
+        match self.regions.get(&r) {
+            None => RmpEntry::default(),
+            Some(Region::Huge(e)) => RmpEntry { gpa: e.gpa + (pa & 0x1F_F000), ..*e },
+            Some(Region::Small(es)) => es[((pa >> 12) & 511) as usize],
+        }
+    }
+
+    #[inline]
+    pub fn region_has_assigned(&self, pa: u64) -> bool {
+        self.assigned_in_region[(pa >> 21) as usize] != 0
+    }
+
+    pub fn regions_stored(&self) -> usize {
+        self.regions.len()
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.assigned_in_region.len() * 2
+            + self
+                .regions
+                .values()
+                .map(|r| match r {
+                    Region::Huge(_) => 48,
+                    Region::Small(_) => 48 + 512 * std::mem::size_of::<RmpEntry>(),
+                })
+                .sum::<usize>()
+    }
+
+    fn recount(&mut self, r: u32) {
+        let n = match self.regions.get(&r) {
+            None => 0,
+            Some(Region::Huge(e)) => {
+                if e.assigned {
+                    512
+                } else {
+                    0
+                }
+            }
+            Some(Region::Small(es)) => es.iter().filter(|e| e.assigned).count() as u16,
+        };
+        self.assigned_in_region[r as usize] = n;
+        // all hypervisor-owned and nothing immutable: nothing left to store
+        let keep = match self.regions.get(&r) {
+            None => false,
+            Some(Region::Huge(e)) => e.assigned || e.immutable,
+            Some(Region::Small(es)) => es.iter().any(|e| e.assigned || e.immutable),
+        };
+        if !keep {
+            self.regions.remove(&r);
+        }
+    }
+
+    /// RMPUPDATE of the page (4 KiB) or region (2 MiB) at `pa` (aligned by the caller's checks
+    /// for API misuse; hardware-rejected inputs give FAIL_INPUT). Always clears Validated.
+    pub fn update(&mut self, pa: u64, new: RmpState) -> u8 {
+        let r = (pa >> 21) as u32;
+        let size = if new.huge { 1u64 << 21 } else { 4096 };
+        if pa % size != 0 || (new.assigned && new.gpa % size != 0) || new.asid > MAX_ASID {
+            return FAIL_INPUT;
+        }
+        let cur = self.regions.get(&r).cloned();
+        if new.huge {
+            match &cur {
+                Some(Region::Huge(e)) if e.immutable => return FAIL_PERMISSION,
+                Some(Region::Small(es)) => {
+                    if es.iter().any(|e| e.immutable) {
+                        return FAIL_PERMISSION;
+                    }
+                    // a 2 MiB entry needs the region's 4 KiB entries unassigned (5.2)
+                    if es.iter().any(|e| e.assigned) {
+                        return FAIL_OVERLAP;
+                    }
+                }
+                _ => {}
+            }
+            let e = RmpEntry { assigned: new.assigned, huge: true, asid: new.asid, gpa: new.gpa, validated: false, immutable: new.immutable };
+            if new.assigned || new.immutable {
+                self.regions.insert(r, Region::Huge(e));
+            } else {
+                self.regions.remove(&r);
+            }
+        } else {
+            let i = ((pa >> 12) & 511) as usize;
+            let mut es = match cur {
+                Some(Region::Huge(e)) => {
+                    if e.immutable {
+                        return FAIL_PERMISSION;
+                    }
+                    if e.assigned {
+                        // the 2 MiB entry covers this page: PSMASH it first
+                        return FAIL_OVERLAP;
+                    }
+                    Box::new([RmpEntry::default(); 512])
+                }
+                Some(Region::Small(es)) => {
+                    if es[i].immutable {
+                        return FAIL_PERMISSION;
+                    }
+                    es
+                }
+                None => Box::new([RmpEntry::default(); 512]),
+            };
+            es[i] = RmpEntry { assigned: new.assigned, huge: false, asid: new.asid, gpa: new.gpa, validated: false, immutable: new.immutable };
+            self.regions.insert(r, Region::Small(es));
+        }
+        self.recount(r);
+        SUCCESS
+    }
+
+    /// PSMASH: split the 2 MiB entry at `pa` into 512 4 KiB entries with the same ASID,
+    /// consecutive GPAs, immutable bit, and Validated kept (5.2).
+    pub fn psmash(&mut self, pa: u64) -> u8 {
+        if pa % (1 << 21) != 0 {
+            return FAIL_INPUT;
+        }
+        let r = (pa >> 21) as u32;
+        match self.regions.get(&r) {
+            Some(Region::Huge(e)) if e.assigned => {
+                let e = *e;
+                let mut es = Box::new([RmpEntry::default(); 512]);
+                for (k, x) in es.iter_mut().enumerate() {
+                    *x = RmpEntry { huge: false, gpa: e.gpa + ((k as u64) << 12), ..e };
+                }
+                self.regions.insert(r, Region::Small(es));
+                SUCCESS
+            }
+            _ => FAIL_INPUT,
+        }
+    }
+
+    /// PVALIDATE by guest `asid` of the page at `pa` mapped at guest-physical `gpa`, 4 KiB or
+    /// 2 MiB: (code, changed). A 2 MiB request on 4 KiB entries fails with FAIL_SIZEMISMATCH; a
+    /// 4 KiB request inside a 2 MiB entry, or a page the guest does not own at that GPA, is a #NPF.
+    pub fn pvalidate(&mut self, pa: u64, asid: u16, gpa: u64, huge: bool, validate: bool) -> (u8, bool) {
+        let size = if huge { 1u64 << 21 } else { 4096 };
+        if pa % size != 0 || gpa % size != 0 {
+            return (FAIL_INPUT, false);
+        }
+        let r = (pa >> 21) as u32;
+        let owned = |e: &RmpEntry, gpa: u64| e.assigned && e.asid == asid && e.gpa == gpa;
+        match self.regions.get_mut(&r) {
+            Some(Region::Huge(e)) => {
+                if !huge {
+                    return if owned(&RmpEntry { gpa: e.gpa + (pa & 0x1F_F000), ..*e }, gpa) { (NPF_RMP_SIZEM, false) } else { (NPF_RMP, false) };
+                }
+                if !owned(e, gpa) {
+                    return (NPF_RMP, false);
+                }
+                let changed = e.validated != validate;
+                e.validated = validate;
+                (SUCCESS, changed)
+            }
+            Some(Region::Small(es)) => {
+                if huge {
+                    return (FAIL_SIZEMISMATCH, false);
+                }
+                let e = &mut es[((pa >> 12) & 511) as usize];
+                if !owned(e, gpa) {
+                    return (NPF_RMP, false);
+                }
+                let changed = e.validated != validate;
+                e.validated = validate;
+                (SUCCESS, changed)
+            }
+            None => (if huge { FAIL_SIZEMISMATCH } else { NPF_RMP }, false),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assign(asid: u16, gpa: u64, huge: bool) -> RmpState {
+        RmpState { assigned: true, huge, asid, gpa, immutable: false }
+    }
+    const SHARED4K: RmpState = RmpState { assigned: false, huge: false, asid: 0, gpa: 0, immutable: false };
+
+    #[test]
+    fn update_codes() {
+        let mut r = Rmp::new(64 << 20);
+        assert_eq!(r.update(0x1000, assign(5, 0x1000, false)), SUCCESS);
+        assert_eq!(r.entry(0x1000).asid, 5);
+        assert!(r.region_has_assigned(0x1000));
+        // 2 MiB over a region with an assigned 4K entry
+        assert_eq!(r.update(0, assign(5, 0, true)), FAIL_OVERLAP);
+        assert_eq!(r.update(0x20_0000, assign(5, 0x20_1000, true)), FAIL_INPUT); // misaligned GPA
+        assert_eq!(r.update(0x20_1000, assign(5, 0x20_0000, true)), FAIL_INPUT); // misaligned SPA
+        assert_eq!(r.update(0x20_0000, assign(5, 0x20_0000, true)), SUCCESS);
+        assert_eq!(r.entry(0x20_3000).gpa, 0x20_3000);
+        assert_eq!(r.update(0x20_3000, SHARED4K), FAIL_OVERLAP); // inside a 2M entry
+        assert_eq!(r.update(0x40_0000, RmpState { immutable: true, ..assign(0, 0x40_0000, false) }), SUCCESS);
+        assert_eq!(r.update(0x40_0000, SHARED4K), FAIL_PERMISSION);
+        assert_eq!(r.update(0x40_0000, assign(1, 0, true)), FAIL_PERMISSION);
+        assert_eq!(r.update(0x1000, SHARED4K), SUCCESS);
+        assert_eq!(r.regions_stored(), 2, "the emptied region is dropped");
+    }
+
+    #[test]
+    fn psmash_then_partial_unassign() {
+        let mut r = Rmp::new(64 << 20);
+        assert_eq!(r.update(0x20_0000, assign(7, 0x8000_0000, true)), SUCCESS);
+        assert_eq!(r.pvalidate(0x20_0000, 7, 0x8000_0000, true, true), (SUCCESS, true));
+        assert_eq!(r.pvalidate(0x20_0000, 7, 0x8000_0000, true, true), (SUCCESS, false)); // no change
+        assert_eq!(r.pvalidate(0x20_1000, 7, 0x8000_1000, false, true), (NPF_RMP_SIZEM, false));
+        assert_eq!(r.psmash(0x20_0000), SUCCESS);
+        let e = r.entry(0x20_5000);
+        assert!(e.assigned && e.validated && !e.huge && e.gpa == 0x8000_5000);
+        assert_eq!(r.pvalidate(0x20_0000, 7, 0x8000_0000, true, false), (FAIL_SIZEMISMATCH, false));
+        assert_eq!(r.update(0x20_5000, SHARED4K), SUCCESS);
+        assert_eq!(r.assigned_in_region[1], 511);
+        assert_eq!(r.pvalidate(0x20_6000, 7, 0x8000_6000, false, false), (SUCCESS, true));
+        assert_eq!(r.pvalidate(0x20_6000, 8, 0x8000_6000, false, false), (NPF_RMP, false)); // another ASID
+        assert_eq!(r.psmash(0x20_0000), FAIL_INPUT); // not a 2M entry any more
+    }
+
+    #[test]
+    fn storage_is_sparse() {
+        let mut r = Rmp::new(1536 << 30);
+        let empty = r.heap_bytes();
+        assert!(empty < 2 << 20);
+        for i in 0..4096u64 {
+            r.update(i << 21, assign(1, i << 21, true));
+        }
+        assert!(r.heap_bytes() - empty < 512 << 10);
+    }
+}

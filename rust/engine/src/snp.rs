@@ -1,0 +1,249 @@
+//! SEV-SNP on the host: the RMP instructions with their return codes, the RMP checks on memory
+//! accesses, the host direct map with lookup_address()/set_memory_4k() under cpa_lock, and the
+//! primitives the SNP page-in path needs (page allocation, page clearing under memory-bandwidth
+//! contention, nested page faults). Semantics: semantics.md section 5.
+
+use crate::error::{EngineError, Result};
+use crate::host::Host;
+use crate::paging::{PageSize, Table, F_GLOBAL};
+use crate::rmp::{RmpEntry, RmpState, MAX_ASID};
+use crate::violation::Cause;
+
+/// Start of the direct map: Linux x86-64 with 4-level paging, __PAGE_OFFSET_BASE_L4
+/// (arch/x86/include/asm/page_64_types.h). KASLR moves it; the simulation does not.
+pub const PAGE_OFFSET: u64 = 0xffff_8880_0000_0000;
+
+/// The direct map over all memory in the host table, 1 GiB leaves where they fit (the kernel
+/// maps RAM with the largest pages it can), then 2 MiB, then 4 KiB for a ragged end.
+pub(crate) fn build_direct_map(t: &mut Table, bytes: u64) {
+    let mut pa = 0;
+    for size in [PageSize::G1, PageSize::M2, PageSize::K4] {
+        while pa + size.bytes() <= bytes {
+            t.map(PAGE_OFFSET + pa, pa, size, F_GLOBAL).expect("direct map");
+            pa += size.bytes();
+        }
+    }
+}
+
+impl Host {
+    /// The direct-map virtual address of physical address `pa` (__va()).
+    pub fn direct_map_va(&self, pa: u64) -> u64 {
+        PAGE_OFFSET + pa
+    }
+
+    /// lookup_address(): the size of the host-table leaf that maps `va`, if any.
+    pub fn lookup_address(&self, va: u64) -> Option<PageSize> {
+        self.tables[0].walk(va).map(|(l, _)| l.size)
+    }
+
+    #[inline]
+    fn direct_map_level(&self, pa: u64) -> PageSize {
+        self.tables[0].walk(PAGE_OFFSET + pa).map_or(PageSize::K4, |(l, _)| l.size)
+    }
+
+    /// set_memory_4k(va, 1) on `cpu` (arch/x86/mm/pat/set_memory.c): split the direct-map leaf
+    /// covering `va` down to 4 KiB, 1G -> 2M -> 4K, each split a page-table page allocation, a
+    /// 512-entry fill and flush_tlb_all() (IPIs to every CPU), all under the global cpa_lock: a CPU
+    /// that finds the lock held waits until it is free. A leaf already at 4 KiB costs nothing: splits
+    /// are never undone. Returns the cycles `cpu` spent, waiting included.
+    pub fn set_memory_4k(&mut self, cpu: usize, va: u64) -> Result<u64> {
+        self.check_cpu("cpu", cpu)?;
+        if va < PAGE_OFFSET || va - PAGE_OFFSET >= self.mem.bytes {
+            return Err(EngineError::invalid("va", format!("{va:#x} is not in the direct map")));
+        }
+        let t0 = self.cycles(cpu);
+        let mut level = match self.lookup_address(va) {
+            Some(l) => l,
+            None => return Err(EngineError::invalid("va", format!("{va:#x} is not mapped"))),
+        };
+        if level == PageSize::K4 {
+            return Ok(0);
+        }
+        // cpa_lock: a resource free at a given time
+        let start = t0.max(self.cpa_free_at);
+        let wait = start - t0;
+        self.clocks_add(cpu, wait);
+        self.ctr.cpa_wait_cycles[cpu] += wait;
+        let all: Vec<usize> = (0..self.topo.cpus).collect();
+        while level != PageSize::K4 {
+            let small = if level == PageSize::G1 { PageSize::M2 } else { PageSize::K4 };
+            let base = va & !(level.bytes() - 1);
+            let leaf = self.tables[0].unmap(base).expect("covering leaf");
+            for k in 0..512u64 {
+                let off = k * small.bytes();
+                self.tables[0].map(base + off, leaf.target + off, small, leaf.flags).expect("split leaf");
+            }
+            let c = self.cfg.snp.alloc_4k as u64 + self.cfg.snp.split_fill as u64;
+            self.clocks_add(cpu, c);
+            self.ctr.other_cycles[cpu] += c;
+            // __split_large_page(): flush_tlb_all() inside cpa_lock
+            self.flush_tlb_all_on_cpus(cpu, &all)?;
+            self.ctr.dm_splits[cpu] += 1;
+            level = small;
+        }
+        self.cpa_free_at = self.cycles(cpu);
+        Ok(self.cycles(cpu) - t0)
+    }
+
+    /// SYSCFG.SNPEn on every CPU (snp_rmptable_init()): RMP checks on memory accesses from now on.
+    /// The WBINVD that precedes it is the policy's to issue.
+    pub fn snp_enable(&mut self) {
+        self.snp_enabled = true;
+    }
+
+    pub fn snp_enabled(&self) -> bool {
+        self.snp_enabled
+    }
+
+    /// Declare that guest key `asid` is an SNP guest's: its private accesses get the RMP checks.
+    pub fn snp_set_asid(&mut self, asid: u16, snp: bool) -> Result<()> {
+        if asid == 0 || asid > MAX_ASID {
+            return Err(EngineError::invalid("asid", format!("asid = {asid} is out of range 1..={MAX_ASID}")));
+        }
+        self.snp_asids[asid as usize] = snp;
+        Ok(())
+    }
+
+    fn check_rmp_args(&self, pa: u64, asid: u16) -> Result<()> {
+        self.check_addr("pa", pa)?;
+        if asid > MAX_ASID {
+            return Err(EngineError::invalid("asid", format!("asid = {asid} is out of range 0..={MAX_ASID} (10-bit RMP field)")));
+        }
+        Ok(())
+    }
+
+    /// RMPUPDATE on `cpu`: returns the hardware's code (0 success, FAIL_INPUT, FAIL_PERMISSION,
+    /// FAIL_OVERLAP). A 2 MiB entry covers [pa, pa + 2 MiB), which must be in memory.
+    pub fn rmpupdate(&mut self, cpu: usize, pa: u64, new: RmpState) -> Result<u8> {
+        self.check_cpu("cpu", cpu)?;
+        self.check_rmp_args(pa, new.asid)?;
+        if new.huge && (pa & !((1 << 21) - 1)) + (1 << 21) > self.mem.bytes {
+            return Err(EngineError::invalid("pa", format!("a 2 MiB entry at {pa:#x} runs past the end of memory")));
+        }
+        let c = self.cfg.snp.rmpupdate as u64;
+        self.clocks_add(cpu, c);
+        self.ctr.other_cycles[cpu] += c;
+        self.ctr.rmp_updates[cpu] += 1;
+        Ok(self.rmp.update(pa, new))
+    }
+
+    /// PSMASH of the 2 MiB entry at `pa`.
+    pub fn psmash(&mut self, cpu: usize, pa: u64) -> Result<u8> {
+        self.check_cpu("cpu", cpu)?;
+        self.check_addr("pa", pa)?;
+        let c = self.cfg.snp.psmash as u64;
+        self.clocks_add(cpu, c);
+        self.ctr.other_cycles[cpu] += c;
+        self.ctr.psmashes[cpu] += 1;
+        Ok(self.rmp.psmash(pa))
+    }
+
+    /// PVALIDATE by guest `asid` (running on `cpu`) of the page at `pa` (its GPA `gpa`): (code,
+    /// changed). See Rmp::pvalidate for the codes; a #NPF code also charges a nested page fault.
+    pub fn pvalidate(&mut self, cpu: usize, asid: u16, pa: u64, gpa: u64, huge: bool, validate: bool) -> Result<(u8, bool)> {
+        self.check_cpu("cpu", cpu)?;
+        self.check_rmp_args(pa, asid)?;
+        let (code, changed) = self.rmp.pvalidate(pa, asid, gpa, huge, validate);
+        let mut c = if huge { self.cfg.snp.pvalidate_2m } else { self.cfg.snp.pvalidate_4k } as u64;
+        if code >= crate::rmp::NPF_RMP {
+            c += self.cfg.snp.npf_exit as u64;
+        }
+        self.clocks_add(cpu, c);
+        self.ctr.other_cycles[cpu] += c;
+        self.ctr.pvalidates[cpu] += 1;
+        Ok((code, changed))
+    }
+
+    pub fn rmp_entry(&self, pa: u64) -> Result<RmpEntry> {
+        self.check_addr("pa", pa)?;
+        Ok(self.rmp.entry(pa))
+    }
+
+    pub fn rmp_heap_bytes(&self) -> usize {
+        self.rmp.heap_bytes()
+    }
+
+    /// The RMP checks of one memory access (semantics.md 5.3), made only once SNP is enabled.
+    /// Key 0 is a hypervisor-domain access: a write to an assigned page faults, and so does a write
+    /// through a 2 MiB/1 GiB direct-map leaf into a 2 MiB region holding any assigned 4 KiB page
+    /// (checked as a 2 MiB access). A private access under an SNP guest's key needs a page assigned
+    /// to that ASID and validated. Returns whether the access may proceed; a refusal is recorded.
+    #[inline]
+    pub(crate) fn rmp_allows(&mut self, cpu: usize, pa: u64, write: bool, key: u16) -> bool {
+        if key == 0 {
+            if !write || !self.rmp.region_has_assigned(pa) {
+                return true;
+            }
+            let cause = if self.direct_map_level(pa) != PageSize::K4 {
+                Cause::RmpHostWriteLargeMapping
+            } else if self.rmp.entry(pa).assigned {
+                Cause::RmpHostWriteAssigned
+            } else {
+                return true;
+            };
+            self.rmp_fault(cause, cpu, pa, key);
+            false
+        } else if (key as usize) < self.snp_asids.len() && self.snp_asids[key as usize] {
+            let e = self.rmp.entry(pa);
+            if !e.assigned || e.asid != key {
+                self.rmp_fault(Cause::RmpGuestNotOwned, cpu, pa, key);
+                false
+            } else if !e.validated {
+                self.rmp_fault(Cause::RmpGuestNotValidated, cpu, pa, key);
+                false
+            } else {
+                true
+            }
+        } else {
+            true
+        }
+    }
+
+    fn rmp_fault(&mut self, cause: Cause, cpu: usize, pa: u64, key: u16) {
+        let e = self.rmp.entry(pa);
+        let owner = self.mem.owner(pa >> 6);
+        self.ctr.rmp_faults[cpu] += 1;
+        self.record(cause, cpu as i32, pa >> 6, key, e.asid, owner);
+    }
+
+    /// Charge `cpu` for allocating `count` backing pages of 4 KiB or 2 MiB.
+    pub fn alloc_pages(&mut self, cpu: usize, huge: bool, count: u64) -> Result<u64> {
+        self.check_cpu("cpu", cpu)?;
+        let c = count * if huge { self.cfg.snp.alloc_2m } else { self.cfg.snp.alloc_4k } as u64;
+        self.clocks_add(cpu, c);
+        self.ctr.other_cycles[cpu] += c;
+        Ok(c)
+    }
+
+    /// Zero [pa, pa + size) from `cpu` (clear_page()), bounded by the core's bandwidth and by its
+    /// socket's, which the clears of every CPU share in the order they are issued: many CPUs
+    /// clearing at once take turns on the socket. Timing only: caches and line contents are not
+    /// touched. Returns the cycles.
+    pub fn clear_pages(&mut self, cpu: usize, pa: u64, size: u64) -> Result<u64> {
+        self.check_cpu("cpu", cpu)?;
+        self.check_range("pa", pa, size, 4096)?;
+        let f = self.cfg.freq_ghz;
+        let core_bpc = self.cfg.snp.core_clear_gbps / f;
+        let sock_bpc = self.cfg.snp.socket_clear_gbps / f;
+        let s = self.topo.ccd_socket[self.topo.ccd_of_cpu(cpu)] as usize;
+        let start = self.cycles(cpu) as f64;
+        let sock_start = start.max(self.socket_free_at[s]);
+        let sock_end = sock_start + size as f64 / sock_bpc;
+        self.socket_free_at[s] = sock_end;
+        let end = (start + size as f64 / core_bpc).max(sock_end);
+        let c = (end - start).ceil() as u64;
+        self.clocks_add(cpu, c);
+        self.ctr.other_cycles[cpu] += c;
+        self.ctr.clear_bytes[cpu] += size;
+        Ok(c)
+    }
+
+    /// Charge `cpu` a nested page fault (#VMEXIT, KVM's handler, VMRUN).
+    pub fn npf_exit(&mut self, cpu: usize) -> Result<u64> {
+        self.check_cpu("cpu", cpu)?;
+        let c = self.cfg.snp.npf_exit as u64;
+        self.clocks_add(cpu, c);
+        self.ctr.other_cycles[cpu] += c;
+        Ok(c)
+    }
+}
