@@ -133,9 +133,8 @@ impl Rmp {
         if pa % size != 0 || (new.assigned && new.gpa % size != 0) || new.asid > MAX_ASID {
             return FAIL_INPUT;
         }
-        let cur = self.regions.get(&r).cloned();
         if new.huge {
-            match &cur {
+            match self.regions.get(&r) {
                 Some(Region::Huge(e)) if e.immutable => return FAIL_PERMISSION,
                 Some(Region::Small(es)) => {
                     if es.iter().any(|e| e.immutable) {
@@ -156,27 +155,46 @@ impl Rmp {
             }
         } else {
             let i = ((pa >> 12) & 511) as usize;
-            let mut es = match cur {
-                Some(Region::Huge(e)) => {
-                    if e.immutable {
+            let e = RmpEntry { assigned: new.assigned, huge: false, asid: new.asid, gpa: new.gpa, validated: false, immutable: new.immutable };
+            match self.regions.get_mut(&r) {
+                Some(Region::Huge(h)) => {
+                    if h.immutable {
                         return FAIL_PERMISSION;
                     }
-                    if e.assigned {
+                    if h.assigned {
                         // the 2 MiB entry covers this page: PSMASH it first
                         return FAIL_OVERLAP;
                     }
-                    Box::new([RmpEntry::default(); 512])
+                    let mut es = Box::new([RmpEntry::default(); 512]);
+                    es[i] = e;
+                    self.regions.insert(r, Region::Small(es));
                 }
                 Some(Region::Small(es)) => {
                     if es[i].immutable {
                         return FAIL_PERMISSION;
                     }
-                    es
+                    // incremental count: no need to recount the region
+                    let before = es[i].assigned;
+                    es[i] = e;
+                    if before != e.assigned {
+                        let c = &mut self.assigned_in_region[r as usize];
+                        if e.assigned {
+                            *c += 1;
+                        } else {
+                            *c -= 1;
+                        }
+                    }
+                    if self.assigned_in_region[r as usize] == 0 {
+                        self.recount(r); // possibly nothing left to store
+                    }
+                    return SUCCESS;
                 }
-                None => Box::new([RmpEntry::default(); 512]),
-            };
-            es[i] = RmpEntry { assigned: new.assigned, huge: false, asid: new.asid, gpa: new.gpa, validated: false, immutable: new.immutable };
-            self.regions.insert(r, Region::Small(es));
+                None => {
+                    let mut es = Box::new([RmpEntry::default(); 512]);
+                    es[i] = e;
+                    self.regions.insert(r, Region::Small(es));
+                }
+            }
         }
         self.recount(r);
         SUCCESS
