@@ -199,6 +199,26 @@ impl Host {
         }
     }
 
+    /// The guest-side checks of a translated private access by SNP guest `key`: the page assigned
+    /// to that ASID at that GPA and validated, and no 2 MiB nested mapping over 4 KiB RMP entries.
+    pub(crate) fn rmp_allows_guest(&mut self, cpu: usize, pa: u64, gpa: u64, nsize: u8, key: u16) -> bool {
+        if (key as usize) >= self.snp_asids.len() || !self.snp_asids[key as usize] {
+            return true;
+        }
+        let e = self.rmp.entry(pa);
+        let cause = if !e.assigned || e.asid != key || e.gpa != gpa & !0xFFF {
+            Cause::RmpGuestNotOwned
+        } else if nsize != PageSize::K4 as u8 && !e.huge {
+            Cause::RmpGuestSizeMismatch
+        } else if !e.validated {
+            Cause::RmpGuestNotValidated
+        } else {
+            return true;
+        };
+        self.rmp_fault(cause, cpu, pa, key);
+        false
+    }
+
     fn rmp_fault(&mut self, cause: Cause, cpu: usize, pa: u64, key: u16) {
         let e = self.rmp.entry(pa);
         let owner = self.mem.owner(pa >> 6);

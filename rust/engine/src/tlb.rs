@@ -78,6 +78,10 @@ pub struct Entry {
     pub gen_nested: u32,
     pub vm: u32,
     pub stamp: u32,
+    /// combined entries of guests: the guest-physical page the entry passes through, and the size
+    /// of the nested leaf (the RMP checks compare both, semantics.md 5.3)
+    pub gpa: u64,
+    pub nsize: u8,
 }
 
 /// Key of a slot: page number at the entry's size, size, category, valid bit.

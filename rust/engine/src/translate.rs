@@ -50,7 +50,10 @@ pub enum VmrunResult {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Translated {
     Ok { pa: u64, key: u16 },
+    /// no mapping (#PF / #NPF)
     Fault,
+    /// the SNP RMP checks refused the guest's translation (#NPF with the RMP bit, or #VC)
+    RmpFault,
 }
 
 const ALL_CATS: u8 = 0b111;
@@ -210,17 +213,18 @@ impl Host {
         } else {
             None
         };
-        let (target, flags) = match hit {
+        let (target, flags, gpa, nsize) = match hit {
             Some((lvl, i)) => {
                 let e = if lvl == 1 { self.tlb1[core].ents[i] } else { self.tlb2[core].ents[i] };
                 let size = size_of(e.size);
-                let pa = e.target + (va & (size.bytes() - 1));
+                let off = va & (size.bytes() - 1);
+                let pa = e.target + off;
                 if !self.entry_is_current(&e, &ctx) {
                     self.check_hit(cpu, cid, &ctx, va, pa, e, lvl, i);
                 } else if e.vm != ctx.vm {
                     self.translation_violation(Cause::ForeignVmTranslation, cpu, cid, &ctx, va, pa, pa);
                 }
-                (pa, e.flags)
+                (pa, e.flags, e.gpa + off, e.nsize)
             }
             None => match self.fill(cpu, core, &ctx, va, cat, dom, eptp) {
                 Some(t) => t,
@@ -231,6 +235,11 @@ impl Host {
             },
         };
         let key = if flags & F_CBIT != 0 { ctx.key } else { 0 };
+        // SNP: a private access checks the RMP entry's ASID, GPA and size against the nested
+        // mapping (semantics.md 5.3); a refusal is recorded and the access not made
+        if self.snp_enabled && ctx.mode == Mode::Svm && key != 0 && target < self.mem.bytes && !self.rmp_allows_guest(cpu, target, gpa, nsize, key) {
+            return Translated::RmpFault;
+        }
         if ctx.mode != Mode::Host && target < self.mem.bytes {
             // a guest reaching a page that belongs to another guest's key
             let owner = self.mem.owner(target >> 6);
@@ -297,7 +306,7 @@ impl Host {
     /// A TLB miss: walk, charge it, fill the entries the hardware caches (the final translation
     /// in both levels, and the guest-physical one of a nested walk). None: a fault.
     #[allow(clippy::too_many_arguments)]
-    fn fill(&mut self, cpu: usize, core: usize, ctx: &Context, va: u64, cat: u8, dom: u8, eptp: u32) -> Option<(u64, u8)> {
+    fn fill(&mut self, cpu: usize, core: usize, ctx: &Context, va: u64, cat: u8, dom: u8, eptp: u32) -> Option<(u64, u8, u64, u8)> {
         self.ctr.tlb_misses[cpu] += 1;
         let w = walk(&self.tables, ctx, va);
         let t = &self.cfg.tlb;
@@ -327,6 +336,8 @@ impl Host {
             gen_nested,
             vm: ctx.vm,
             stamp: 0,
+            gpa: w.gpa & !(w.size.bytes() - 1),
+            nsize: w.nested_size as u8,
         };
         if ctx.mode != Mode::Host {
             // the nested half: a cached guest-physical entry (tagged by ASID on SVM, by EP4TA on
@@ -354,7 +365,7 @@ impl Host {
         // the L2 DTLB holds no 1 GiB entries: a 1 GiB translation is kept as its 2 MiB piece
         let s2 = if w.size == PageSize::G1 { PageSize::M2 } else { w.size };
         self.tlb2[core].insert(va, s2, Entry { target: w.target - (va & (s2.bytes() - 1)), ..base });
-        Some((w.target, w.flags))
+        Some((w.target, w.flags, w.gpa, w.nested_size as u8))
     }
 
     /// Translated accesses: `va[i]` in the current context of `cpu[i]`, then the memory access
@@ -391,6 +402,7 @@ impl Host {
                 Translated::Ok { pa, key } if pa < self.mem.bytes => self.access(c, pa, write.at(i), key) as u8,
                 Translated::Ok { .. } => 7, // translated beyond memory: a machine check, not modelled
                 Translated::Fault => 7,
+                Translated::RmpFault => 6,
             };
             out[l as usize] += 1;
             if let Some(o) = levels.as_deref_mut() {

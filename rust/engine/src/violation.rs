@@ -49,9 +49,11 @@ pub enum Cause {
     RmpGuestNotValidated,
     /// RMP: a guest private access to a page not assigned to its ASID (#NPF with the RMP bit).
     RmpGuestNotOwned,
+    /// RMP: a guest access through a 2 MiB nested mapping over 4 KiB RMP entries (#NPF, SIZEM).
+    RmpGuestSizeMismatch,
 }
 
-pub const CAUSES: [Cause; 13] = [
+pub const CAUSES: [Cause; 14] = [
     Cause::WritebackForeignOwner,
     Cause::WritebackStaleKey,
     Cause::ReadForeignData,
@@ -65,6 +67,7 @@ pub const CAUSES: [Cause; 13] = [
     Cause::RmpHostWriteLargeMapping,
     Cause::RmpGuestNotValidated,
     Cause::RmpGuestNotOwned,
+    Cause::RmpGuestSizeMismatch,
 ];
 
 impl Cause {
@@ -77,7 +80,8 @@ impl Cause {
             Cause::RmpHostWriteAssigned
             | Cause::RmpHostWriteLargeMapping
             | Cause::RmpGuestNotValidated
-            | Cause::RmpGuestNotOwned => Kind::RmpFault,
+            | Cause::RmpGuestNotOwned
+            | Cause::RmpGuestSizeMismatch => Kind::RmpFault,
         }
     }
     pub fn name(self) -> &'static str {
@@ -95,6 +99,7 @@ impl Cause {
             Cause::RmpHostWriteLargeMapping => "rmp_host_write_large_mapping",
             Cause::RmpGuestNotValidated => "rmp_guest_not_validated",
             Cause::RmpGuestNotOwned => "rmp_guest_not_owned",
+            Cause::RmpGuestSizeMismatch => "rmp_guest_size_mismatch",
         }
     }
     pub fn index(self) -> usize {

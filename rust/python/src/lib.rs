@@ -872,7 +872,7 @@ impl PyHost {
         }
         Ok(match self.h.translate(c, va) {
             Translated::Ok { pa, key } => Some((pa, key)),
-            Translated::Fault => None,
+            Translated::Fault | Translated::RmpFault => None,
         })
     }
     /// Translated accesses, as `access` but with virtual addresses in each CPU's current context.
