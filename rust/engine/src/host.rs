@@ -492,7 +492,72 @@ impl Host {
         self.ctr.l2_misses[cpu] += 1;
         // does this core hold other keys' aliases of the line? (only an SME_COHERENT host cares)
         let own_alias = self.cfg.features.sme_coherent && self.l2.match_bits(b2, x | VALID, MATCH_ANY) != 0;
+        if !own_alias && self.solo(core) {
+            if let Some(l) = self.miss_solo(cpu, core, x, key, write) {
+                return l;
+            }
+        }
         self.miss(cpu, core, x, key, write, own_alias)
+    }
+
+    /// Is `core` the only agent that can hold lines: no directory, no other CCD and no other core
+    /// of its CCD with anything cached? Then a miss only has the CCD's L3 to look at.
+    #[inline]
+    fn solo(&self, core: usize) -> bool {
+        if self.dir_active {
+            return false;
+        }
+        let ccd = self.topo.core_ccd[core] as usize;
+        if self.sole_ccd != NONE && self.sole_ccd != ccd {
+            return false;
+        }
+        self.topo.ccd_cores(ccd).all(|c| c == core || self.l2.valid[c] == 0)
+    }
+
+    /// The private-cache miss of a solo core: the same outcome as `miss`, without the general
+    /// holder search. None if the L3 holds another key's alias that SME_COHERENT must evict.
+    #[inline]
+    fn miss_solo(&mut self, cpu: usize, core: usize, x: u64, key: u16, write: bool) -> Option<Level> {
+        let ccd = self.topo.core_ccd[core] as usize;
+        let want = tag(x, key);
+        let b3 = self.l3.base(ccd, x);
+        let any = if self.l3.valid[ccd] != 0 { self.l3.match_bits(b3, x | VALID, MATCH_ANY) } else { 0 };
+        let keyed = if any != 0 { self.l3.match_bits(b3, want, MATCH_KEYED) } else { 0 };
+        if self.cfg.features.sme_coherent && any & !keyed != 0 {
+            return None;
+        }
+        let (newv, level, lat) = if keyed != 0 {
+            let v = self.l3.remove(ccd, b3, keyed.trailing_zeros() as usize);
+            let stale = v & STALE;
+            if stale != 0 {
+                self.stale_hit(cpu, x, key);
+            }
+            self.ctr.l3_hits[cpu] += 1;
+            let newv = if write {
+                self.ctr.invalidations[cpu] += 1;
+                want | EXCL | (v & DIRTY) | stale
+            } else {
+                v
+            };
+            (newv, Level::L3, self.lat[Level::L3 as usize])
+        } else {
+            if !write {
+                let dk = self.mem.data_key(x);
+                if dk != key {
+                    let owner = self.mem.owner(x);
+                    self.record(Cause::ReadForeignData, cpu as i32, x, key, dk, owner);
+                }
+            }
+            self.ctr.l3_misses[cpu] += 1;
+            self.ctr.mem_reads[cpu] += 1;
+            (want | EXCL, Level::Memory, self.lat[Level::Memory as usize])
+        };
+        self.fill_l2(cpu, core, ccd, x, newv);
+        let l1v = (newv & !DIRTY) | if write { DIRTY } else { 0 };
+        self.fill_l1(core, x, l1v);
+        self.note_fill(ccd, x);
+        self.charge_access(cpu, lat);
+        Some(level)
     }
 
     #[inline(always)]
