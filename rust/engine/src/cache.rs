@@ -68,6 +68,19 @@ unsafe fn match_bits_avx2(set: &[u64], want: u64, mask: u64) -> u64 {
     let w = _mm256_set1_epi64x(want as i64);
     let m = _mm256_set1_epi64x(mask as i64);
     let n = set.len();
+    let p = set.as_ptr() as *const __m256i;
+    let eq = |k: usize| -> u64 {
+        // SAFETY: callers below only ask for quads inside the set
+        let v = _mm256_loadu_si256(p.add(k));
+        _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpeq_epi64(_mm256_and_si256(v, m), w))) as u32 as u64
+    };
+    // the common geometries, unrolled
+    if n == 16 {
+        return eq(0) | eq(1) << 4 | eq(2) << 8 | eq(3) << 12;
+    }
+    if n == 8 {
+        return eq(0) | eq(1) << 4;
+    }
     let mut bits = 0u64;
     let mut i = 0;
     while i + 4 <= n {
@@ -201,6 +214,10 @@ impl Caches {
     /// LRU line, 0 if none. One pass over the set.
     #[inline(always)]
     pub fn insert_or_merge(&mut self, inst: usize, base: usize, v: u64, merge: impl Fn(u64, u64) -> u64) -> u64 {
+        let dup = self.match_bits(base, v & MATCH_KEYED, MATCH_KEYED);
+        if dup == 0 {
+            return self.insert(inst, base, v);
+        }
         let set = &mut self.data[base..base + self.ways];
         let id = v & MATCH_KEYED;
         let mut carry = v;

@@ -1022,44 +1022,56 @@ impl Host {
         let mut levels = levels;
         let fast = !self.snp_enabled;
         let mut last = (u32::MAX, u64::MAX, 0u16);
-        for i in 0..n {
+        let mut i = 0;
+        while i < n {
             let (c, a, w, k) = (cpu.at(i), addr[i], write.at(i), key.at(i));
-            // the same CPU on the same line again (a stream's next word): the line is at the MRU
-            // way of its L1 set, where the previous access left it
-            let l = if fast && (c, a >> 6, k) == last && self.l1_mru_hit(c as usize, a >> 6, w, k) {
-                Level::L1
-            } else {
-                self.prefetch_ahead(&cpu, addr, i);
-                last = (c, a >> 6, k);
-                self.access(c as usize, a, w, k)
-            };
+            if fast && (c, a >> 6, k) == last {
+                // the same CPU on the same line again (a stream's next words): the line is at the
+                // MRU way of its L1 set, where the previous access left it; take the whole run
+                let mut j = i + 1;
+                while j < n && addr[j] >> 6 == a >> 6 && cpu.at(j) == c && key.at(j) == k && write.at(j) == w {
+                    j += 1;
+                }
+                if self.l1_mru_hits(c as usize, a >> 6, w, k, (j - i) as u64) {
+                    by_level[0] += (j - i) as u64;
+                    if let Some(out) = levels.as_deref_mut() {
+                        out[i..j].fill(Level::L1 as u8);
+                    }
+                    i = j;
+                    continue;
+                }
+            }
+            self.prefetch_ahead(&cpu, addr, i);
+            last = (c, a >> 6, k);
+            let l = self.access(c as usize, a, w, k);
             by_level[l as usize] += 1;
             if let Some(out) = levels.as_deref_mut() {
                 out[i] = l as u8;
             }
+            i += 1;
         }
         Ok(by_level)
     }
 
-    /// An access that hits the MRU way of its L1 set with nothing else to do (not stale, and a
+    /// `n` accesses that hit the MRU way of their L1 set with nothing else to do (not stale, and a
     /// write finds the line exclusive). Returns false, changing nothing, otherwise.
     #[inline(always)]
-    fn l1_mru_hit(&mut self, cpu: usize, x: u64, write: bool, key: u16) -> bool {
+    fn l1_mru_hits(&mut self, cpu: usize, x: u64, write: bool, key: u16, n: u64) -> bool {
         let core = self.topo.cpu_core[cpu] as usize;
         let b1 = self.l1.base(core, x);
         let v = self.l1.data[b1];
         if v & (MATCH_KEYED | STALE) != tag(x, key) || (write && v & EXCL == 0) {
             return false;
         }
-        self.ctr.accesses[cpu] += 1;
+        self.ctr.accesses[cpu] += n;
         if write {
             self.l1.data[b1] = v | DIRTY;
-            self.ctr.writes[cpu] += 1;
+            self.ctr.writes[cpu] += n;
         } else {
-            self.ctr.reads[cpu] += 1;
+            self.ctr.reads[cpu] += n;
         }
-        self.ctr.l1_hits[cpu] += 1;
-        self.charge_access(cpu, self.lat[0]);
+        self.ctr.l1_hits[cpu] += n;
+        self.charge_access(cpu, self.lat[0] * n);
         true
     }
 
