@@ -104,16 +104,13 @@ class ClflushoptHva(CacheStrategy):
             # else: no virtual address to flush through; the dirty lines stay (the thread's warning)
 
 
-class ClflushoptPfn(CacheStrategy):
+class ClflushoptPfn(ClflushoptHva):
+    """Unregistering flushes the region as ClflushoptHva does; a reclaim needs no mapping."""
+
     name = "clflushopt_pfn"
     summary = "CLFLUSHOPT each reclaimed page through the direct map, by PFN (guest_memfd gives PFNs)"
     models = ("the guest_memfd/UPM answer in the same thread; what sev_gmem_invalidate() does for SNP: "
               "clflush_cache_range(__va(pfn), ...) (arch/x86/kvm/svm/sev.c)")
-    needs_sme_coherent = True
-
-    def writeback_caches(self, kvm, vm, initiator):
-        for pa, size in vm.region_runs():
-            kvm.host.clflushopt_range(initiator, pa, size, key=0)
 
     def reclaim(self, kvm, vm, initiator, pages):
         for p in pages:
