@@ -186,3 +186,47 @@ def test_snp_private_memory_is_flushed_by_gmem_whatever_the_strategy():
     kvm.sev_vm_destroy(vm)
     assert h.audit() == {"dirty_foreign_owner": 0, "dirty_stale_key": 0}
     assert h.counters["clflush_lines"][7] >= (1 << 20) // 64
+
+
+def test_snp_guest_memory_goes_through_the_rmp_when_snp_is_enabled():
+    h = sevsim.Host.from_preset("tiny", sme_coherent=True)
+    h.snp_enable()
+    kvm = Kvm(h, "wbnoinvd_ran_cpus", initiator=7)
+    vm = kvm.sev_guest_init("a", "snp", 4 << 20, 1)
+    # 2 MiB-aligned backing and GPAs: 2 MiB RMP entries; only the 4 KiB VMSA split the direct map
+    e = h.rmp_entry(int(vm.pages[0]))
+    assert e["assigned"] and e["huge"] and e["asid"] == vm.asid and e["validated"]
+    assert int(h.counters["dm_splits"].sum()) == 1
+    assert h.lookup_address(h.direct_map_va(vm.vmsa[0])) == 4096
+    dirty(kvm, vm, 1)
+    assert h.violation_kinds()["rmp_fault"] == 0
+    # host writes next to private memory: the neighbour of the 4 KiB VMSA (split, so allowed) and
+    # the first page of the region after the guest's 2 MiB entries (no split needed, allowed)
+    vmsa = vm.vmsa[0]
+    nxt = (int(vm.pages.max()) // (2 << 20) + 1) * (2 << 20)
+    others = [p for p in (vmsa + 4096, nxt + (2 << 20)) if p != vmsa]
+    h.access(0, np.array(others, np.uint64), True)
+    assert h.violation_kinds()["rmp_fault"] == 0
+    h.access(0, np.array([vmsa], np.uint64), True)  # but the VMSA itself is the guest's
+    assert h.violation_counts()["rmp_host_write_assigned"] == 1
+    kvm.sev_vm_destroy(vm)
+    assert not h.rmp_entry(int(vm.pages[0]))["assigned"]
+    assert h.audit() == {"dirty_foreign_owner": 0, "dirty_stale_key": 0}
+    h.access(0, vm.pages[:64].astype(np.uint64), True)  # the host reuses the pages: no new RMP fault
+    h.access(0, np.array([vmsa], np.uint64), True)
+    assert h.violation_kinds()["rmp_fault"] == 1
+
+
+def test_snp_notifier_free_of_part_of_a_2m_entry_psmashes_and_splits():
+    h = sevsim.Host.from_preset("tiny", sme_coherent=True)
+    h.snp_enable()
+    kvm = Kvm(h, "clflushopt_pfn", initiator=7)
+    vm = kvm.sev_guest_init("a", "snp", 2 << 20, 1)
+    pa3 = int(vm.pages[3])
+    kvm.sev_gmem_invalidate(vm, np.array([3]), 7)
+    assert int(h.counters["psmashes"].sum()) == 1
+    assert not h.rmp_entry(pa3)["assigned"] and h.rmp_entry(pa3 + 4096)["assigned"]
+    # making it shared at 4 KiB split the direct map around it first
+    assert h.lookup_address(h.direct_map_va(pa3)) == 4096
+    h.access(0, np.array([pa3, pa3 + 8192], np.uint64), True)
+    assert h.violation_counts()["rmp_host_write_assigned"] == 1  # only the write into the private neighbour

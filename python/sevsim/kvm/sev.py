@@ -216,15 +216,25 @@ class Kvm:
         if vm_type is VmType.SNP:
             # SNP private memory comes from guest_memfd, not from pinned userspace regions
             self._give_to_guest(vm, vm.pages, cpu)
+            if self.host.snp_enabled:
+                self.host.snp_set_asid(vm.asid)
+                self.sev_gmem_prepare(vm, np.arange(len(vm.pages)), cpu)
         else:
             self.sev_mem_enc_register_region(vm, 0, len(vm.pages), cpu)
         if vm_type is not VmType.SEV:
             # __sev_launch_update_vmsa() flushes the VMSA before the firmware encrypts it in place,
             # always, SME_COHERENT or not (semantics.md 1.7 row 2)
             vm.vmsa = [int(pa) for pa in self.mem.alloc(vcpus)]
-            for pa in vm.vmsa:
+            for v, pa in enumerate(vm.vmsa):
                 self.host.clflushopt_range(cpu, pa, PAGE, key=0)
                 self.host.set_owner(pa, PAGE, vm.asid)
+                if vm_type is VmType.SNP and self.host.snp_enabled:
+                    # LAUNCH_UPDATE_VMSA makes the VMSA a private 4 KiB page: a direct-map split
+                    # where the region was not split yet. Its GPA here is synthetic, past the
+                    # guest's memory; the firmware's marking it usable is modelled as validated.
+                    gpa = vm.memory + v * PAGE
+                    self.rmpupdate(pa, cpu, assigned=True, huge=False, asid=vm.asid, gpa=gpa)
+                    self.host.pvalidate(cpu, vm.asid, pa, gpa)
         return vm
 
     def sev_mem_enc_register_region(self, vm: SevVm, first: int, count: int, initiator: int) -> None:
@@ -367,14 +377,67 @@ class Kvm:
     def sev_free_vcpu(self, vm: SevVm, vcpu: int, initiator: int) -> None:
         """Free an SEV-ES/SNP vCPU: its VMSA page is flushed, then goes back to the host."""
         pa = vm.vmsa[vcpu]
+        if vm.vm_type is VmType.SNP and self.host.snp_enabled:
+            # sev_free_vcpu(): rmp_make_shared(vmsa) first (the page is leaked if that fails)
+            self.rmpupdate(pa, initiator, assigned=False, huge=False)
         self.sev_flush_encrypted_page(vm, pa, initiator)
         self.host.set_owner(pa, PAGE, 0)
         self.mem.release([pa])
 
+    def adjust_direct_map(self, pa: int, huge: bool, initiator: int) -> None:
+        """Before every RMPUPDATE (arch/x86/virt/svm/sev.c, adjust_direct_map()): a 2 MiB RMP entry
+        needs no split, since even 1 GiB mappings are checked as 2 MiB accesses; a 4 KiB one splits the
+        direct map down to 4 KiB unless lookup_address() says it already is."""
+        if not huge:
+            self.host.set_memory_4k(initiator, self.host.direct_map_va(pa))
+
+    def rmpupdate(self, pa: int, initiator: int, *, assigned: bool, huge: bool, asid: int = 0, gpa: int = 0) -> None:
+        """rmpupdate(): adjust the direct map, then RMPUPDATE (Linux retries on FAIL_OVERLAP, which
+        only concurrency produces there; here any failure is a bug in the policy)."""
+        self.adjust_direct_map(pa, huge, initiator)
+        code = self.host.rmpupdate(initiator, pa, assigned=assigned, huge=huge, asid=asid, gpa=gpa)
+        if code:
+            raise SevsimError(f"RMPUPDATE of {pa:#x} failed with code {code}")
+
+    def sev_gmem_prepare(self, vm: SevVm, gpages: np.ndarray, initiator: int) -> None:
+        """First touch of private guest_memfd pages (sev_gmem_prepare()): 2 MiB entries where the
+        pfn and gfn are 2 MiB aligned and the whole 2 MiB is the guest's, else 4 KiB; then the
+        guest's PVALIDATE of what it accepts."""
+        pages = vm.pages[gpages]
+        i = 0
+        while i < len(pages):
+            pa, gpa = int(pages[i]), int(gpages[i]) * PAGE
+            run = pages[i:i + 512]
+            huge = (pa % HUGE == 0 and gpa % HUGE == 0 and len(run) == 512
+                    and bool(np.all(np.diff(run) == PAGE)) and int(gpages[i + 511]) * PAGE == gpa + HUGE - PAGE)
+            self.rmpupdate(pa, initiator, assigned=True, huge=huge, asid=vm.asid, gpa=gpa)
+            code, _ = self.host.pvalidate(initiator, vm.asid, pa, gpa, huge=huge)
+            if code:
+                raise SevsimError(f"PVALIDATE of {pa:#x} failed with code {code}")
+            i += 512 if huge else 1
+
     def sev_gmem_invalidate(self, vm: SevVm, gpages: np.ndarray, initiator: int) -> None:
         """guest_memfd frees SNP private folios (kvm_arch_gmem_invalidate): for each page, make it
-        shared again in the RMP, then clflush_cache_range(__va(pfn), size) through the direct map,
-        one CPU, no IPI (semantics.md 1.7.7). The RMP side is not modelled here yet."""
+        shared again in the RMP (PSMASH first when only part of a 2 MiB entry goes), then
+        clflush_cache_range(__va(pfn), size) through the direct map, one CPU, no IPI
+        (semantics.md 1.7.7)."""
+        if self.host.snp_enabled:
+            freeing = {int(p) for p in vm.pages[gpages]}
+            done_huge = set()
+            for pa in sorted(freeing):
+                e = self.host.rmp_entry(pa)
+                if not e["assigned"]:
+                    continue
+                base = pa - pa % HUGE
+                if e["huge"]:
+                    if base in done_huge:
+                        continue
+                    if all(base + k * PAGE in freeing for k in range(512)):
+                        self.rmpupdate(base, initiator, assigned=False, huge=True)
+                        done_huge.add(base)
+                        continue
+                    self.host.psmash(initiator, base)
+                self.rmpupdate(pa, initiator, assigned=False, huge=False)
         for pa, size in self._runs(vm.pages[gpages]):
             self.host.clflushopt_range(initiator, pa, size, key=0)
 
