@@ -91,6 +91,14 @@ def test_hardware_refusals_are_results():
     (lambda h: h.access_virtual(0, np.array([1 << 63], np.uint64)), ValueError, "canonical"),
     (lambda h: h.access_virtual(9, np.array([0], np.uint64)), ValueError, "cpu = 9"),
     (lambda h: h.mov_cr3(0, 5), ValueError, "table"),
+    # integers outside their field's width: ValueError naming the argument, not OverflowError
+    (lambda h: h.vmrun(0, 0, 300), ValueError, "tlb_control = 300"),
+    (lambda h: h.map(-1, 0, 0), ValueError, "table = -1"),
+    (lambda h: h.invpcid(0, 999), ValueError, "kind = 999"),
+    (lambda h: h.invlpga(0, 0, -2), ValueError, "asid = -2"),
+    (lambda h: h.create_context("svm", 1, nested=-1), ValueError, "nested = -1"),
+    (lambda h: h.rmpupdate(0, 0, assigned=True, asid=70000), ValueError, "asid = 70000"),
+    (lambda h: h.set_contents(300, 0, 0), ValueError, "level = 300"),
 ])
 def test_bad_tlb_calls(call, exc, pattern):
     h = sevsim.Host.from_preset("tiny")

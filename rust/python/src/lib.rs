@@ -719,11 +719,15 @@ impl PyHost {
             .collect()
     }
     /// The lines of one cache set, most recently used first: [(line address, key, dirty)].
-    fn set_contents(&self, level: u8, inst: usize, set: usize) -> PyResult<Vec<(u64, u16, bool)>> {
+    fn set_contents(&self, level: &Bound<'_, PyAny>, inst: &Bound<'_, PyAny>, set: &Bound<'_, PyAny>) -> PyResult<Vec<(u64, u16, bool)>> {
+        let level = int_arg(level, "level", 0xFF)? as u8;
+        let inst = int_arg(inst, "inst", u32::MAX as u64)? as usize;
+        let set = int_arg(set, "set", u32::MAX as u64)? as usize;
         self.h.set_contents(level, inst, set).map_err(verr)
     }
     /// (valid, dirty) line counts per instance of cache `level` (1, 2: per core; 3: per CCD).
-    fn occupancy<'py>(&self, py: Python<'py>, level: u8) -> PyResult<(Bound<'py, PyArray1<u64>>, Bound<'py, PyArray1<u64>>)> {
+    fn occupancy<'py>(&self, py: Python<'py>, level: &Bound<'_, PyAny>) -> PyResult<(Bound<'py, PyArray1<u64>>, Bound<'py, PyArray1<u64>>)> {
+        let level = int_arg(level, "level", 0xFF)? as u8;
         let (v, d) = self.h.occupancy(level).map_err(verr)?;
         Ok((PyArray1::from_vec(py, v), PyArray1::from_vec(py, d)))
     }
@@ -772,8 +776,9 @@ impl PyHost {
     /// Map [addr, addr + size) of `table` to `target`; size 4K, 2M or 1G; `cbit` selects the
     /// encrypted (C=1) view, `global_` the global bit. Overlapping leaves are refused.
     #[pyo3(signature = (table, addr, target, size=None, *, cbit=false, global_=false))]
-    fn map(&mut self, table: u32, addr: &Bound<'_, PyAny>, target: &Bound<'_, PyAny>, size: Option<&Bound<'_, PyAny>>,
+    fn map(&mut self, table: &Bound<'_, PyAny>, addr: &Bound<'_, PyAny>, target: &Bound<'_, PyAny>, size: Option<&Bound<'_, PyAny>>,
            cbit: bool, global_: bool) -> PyResult<()> {
+        let table = int_arg(table, "table", u32::MAX as u64)? as u32;
         let addr = int_arg(addr, "addr", u64::MAX)?;
         let target = int_arg(target, "target", u64::MAX)?;
         let size = match size { Some(s) if !s.is_none() => page_size_arg(s)?, _ => PageSize::K4 };
@@ -783,8 +788,9 @@ impl PyHost {
     /// Map many pages at once: addr[i] -> target[i] (uint64 arrays), all of one size and flags.
     /// Stops at the first bad one (ValueError naming its index); earlier ones stay mapped.
     #[pyo3(signature = (table, addr, target, size=None, *, cbit=false, global_=false))]
-    fn map_many(&mut self, table: u32, addr: PyReadonlyArray1<'_, u64>, target: PyReadonlyArray1<'_, u64>,
+    fn map_many(&mut self, table: &Bound<'_, PyAny>, addr: PyReadonlyArray1<'_, u64>, target: PyReadonlyArray1<'_, u64>,
                 size: Option<&Bound<'_, PyAny>>, cbit: bool, global_: bool) -> PyResult<()> {
+        let table = int_arg(table, "table", u32::MAX as u64)? as u32;
         let (a, t) = (addr.as_array(), target.as_array());
         if a.len() != t.len() {
             return Err(PyValueError::new_err(format!("addr has {} elements, target {}", a.len(), t.len())));
@@ -797,26 +803,34 @@ impl PyHost {
         Ok(())
     }
     /// Remove the leaf of `table` that maps `addr`; returns whether there was one.
-    fn unmap(&mut self, table: u32, addr: &Bound<'_, PyAny>) -> PyResult<bool> {
+    fn unmap(&mut self, table: &Bound<'_, PyAny>, addr: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let table = int_arg(table, "table", u32::MAX as u64)? as u32;
         let addr = int_arg(addr, "addr", u64::MAX)?;
         Ok(self.h.unmap(table, addr).map_err(verr)?.is_some())
     }
     /// Walk one table: (translated address, leaf size in bytes, cbit, global), or None.
-    fn walk(&self, table: u32, addr: &Bound<'_, PyAny>) -> PyResult<Option<(u64, u64, bool, bool)>> {
+    fn walk(&self, table: &Bound<'_, PyAny>, addr: &Bound<'_, PyAny>) -> PyResult<Option<(u64, u64, bool, bool)>> {
+        let table = int_arg(table, "table", u32::MAX as u64)? as u32;
         let addr = int_arg(addr, "addr", u64::MAX)?;
         Ok(self.h.table_walk(table, addr).map_err(verr)?.map(|(l, out)| (out, l.size.bytes(), l.flags & F_CBIT != 0, l.flags & F_GLOBAL != 0)))
     }
     /// A translation context. mode "host": cr3 is a host table. mode "svm"/"vmx": cr3 is the
     /// guest's table, `nested` its NPT/EPT, `tag` the ASID/VPID; `key` is used for C-bit pages;
     /// `vm` says which VM the context belongs to (for the isolation oracle). Returns its id.
-    #[pyo3(signature = (mode, cr3, *, nested=None, tag=0, pcid=0, key=0, vm=0))]
-    fn create_context(&mut self, mode: &str, cr3: u32, nested: Option<u32>, tag: u64, pcid: u64, key: u64, vm: u32) -> PyResult<u32> {
+    #[pyo3(signature = (mode, cr3, *, nested=None, tag=None, pcid=None, key=None, vm=None))]
+    fn create_context(&mut self, mode: &str, cr3: &Bound<'_, PyAny>, nested: Option<&Bound<'_, PyAny>>, tag: Option<&Bound<'_, PyAny>>, pcid: Option<&Bound<'_, PyAny>>, key: Option<&Bound<'_, PyAny>>, vm: Option<&Bound<'_, PyAny>>) -> PyResult<u32> {
+        let cr3 = int_arg(cr3, "cr3", u32::MAX as u64)? as u32;
+        let tag = opt_int(tag, "tag", u64::MAX)?.unwrap_or(0) as u64;
+        let pcid = opt_int(pcid, "pcid", u64::MAX)?.unwrap_or(0) as u64;
+        let key = opt_int(key, "key", u64::MAX)?.unwrap_or(0) as u64;
+        let vm = opt_int(vm, "vm", u32::MAX as u64)?.unwrap_or(0) as u32;
         let mode = match mode {
             "host" => Mode::Host,
             "svm" => Mode::Svm,
             "vmx" => Mode::Vmx,
             _ => return Err(PyValueError::new_err(format!("mode = {mode:?}: use 'host', 'svm' or 'vmx'"))),
         };
+        let nested = opt_int(nested, "nested", u32::MAX as u64)?.map(|n| n as u32);
         if mode != Mode::Host && nested.is_none() {
             return Err(PyValueError::new_err("a guest context needs its nested table (NPT/EPT): nested=..."));
         }
@@ -837,15 +851,18 @@ impl PyHost {
         Ok(self.h.current_context(self.cpu(cpu, "cpu")?))
     }
     /// Make host context `ctx` current on `cpu` (no flush).
-    fn set_host_context(&mut self, cpu: &Bound<'_, PyAny>, ctx: u32) -> PyResult<()> {
+    fn set_host_context(&mut self, cpu: &Bound<'_, PyAny>, ctx: &Bound<'_, PyAny>) -> PyResult<()> {
+        let ctx = int_arg(ctx, "ctx", u32::MAX as u64)? as u32;
         let c = self.cpu(cpu, "cpu")?;
         self.h.set_host_context(c, ctx).map_err(verr)
     }
     /// VMRUN of SVM context `ctx` with TLB_CONTROL 0 (nothing), 1 (FLUSH_ALL_ASID), 3 (FLUSH_ASID)
     /// or 7 (FLUSH_ASID_LOCAL): "entered", or "vmexit_invalid" (ASID 0, a bad TLB_CONTROL) as the
     /// hardware reports it.
-    #[pyo3(signature = (cpu, ctx, tlb_control=0))]
-    fn vmrun(&mut self, cpu: &Bound<'_, PyAny>, ctx: u32, tlb_control: u8) -> PyResult<&'static str> {
+    #[pyo3(signature = (cpu, ctx, tlb_control=None))]
+    fn vmrun(&mut self, cpu: &Bound<'_, PyAny>, ctx: &Bound<'_, PyAny>, tlb_control: Option<&Bound<'_, PyAny>>) -> PyResult<&'static str> {
+        let ctx = int_arg(ctx, "ctx", u32::MAX as u64)? as u32;
+        let tlb_control = opt_int(tlb_control, "tlb_control", 0xFF)?.unwrap_or(0) as u8;
         let c = self.cpu(cpu, "cpu")?;
         Ok(match self.h.vmrun(c, ctx, tlb_control).map_err(verr)? {
             VmrunResult::Entered => "entered",
@@ -853,7 +870,8 @@ impl PyHost {
         })
     }
     /// VM entry of VMX context `ctx` (VPID 0 flushes the VPID-0 mappings).
-    fn vmentry(&mut self, cpu: &Bound<'_, PyAny>, ctx: u32) -> PyResult<()> {
+    fn vmentry(&mut self, cpu: &Bound<'_, PyAny>, ctx: &Bound<'_, PyAny>) -> PyResult<()> {
+        let ctx = int_arg(ctx, "ctx", u32::MAX as u64)? as u32;
         let c = self.cpu(cpu, "cpu")?;
         self.h.vmentry(c, ctx).map_err(verr)
     }
@@ -910,30 +928,37 @@ impl PyHost {
         self.h.invlpg(c, int_arg(va, "va", u64::MAX)?).map_err(verr)
     }
     /// MOV to CR3 in the current context (noflush = CR3 bit 63 with PCIDs).
-    #[pyo3(signature = (cpu, table, pcid=0, noflush=false))]
-    fn mov_cr3(&mut self, cpu: &Bound<'_, PyAny>, table: u32, pcid: u16, noflush: bool) -> PyResult<u64> {
+    #[pyo3(signature = (cpu, table, pcid=None, noflush=false))]
+    fn mov_cr3(&mut self, cpu: &Bound<'_, PyAny>, table: &Bound<'_, PyAny>, pcid: Option<&Bound<'_, PyAny>>, noflush: bool) -> PyResult<u64> {
+        let table = int_arg(table, "table", u32::MAX as u64)? as u32;
+        let pcid = opt_int(pcid, "pcid", 0xFFFF)?.unwrap_or(0) as u16;
         let c = self.cpu(cpu, "cpu")?;
         self.h.mov_cr3(c, table, pcid, noflush).map_err(verr)
     }
     /// INVPCID type 0-3 in the current ASID/VPID; None for #GP (an undefined type, a
     /// non-canonical address).
-    #[pyo3(signature = (cpu, kind, pcid=0, va=0))]
-    fn invpcid<'py>(&mut self, py: Python<'py>, cpu: &Bound<'_, PyAny>, kind: u8, pcid: u16, va: u64) -> PyResult<Bound<'py, PyAny>> {
+    #[pyo3(signature = (cpu, kind, pcid=None, va=None))]
+    fn invpcid<'py>(&mut self, py: Python<'py>, cpu: &Bound<'_, PyAny>, kind: &Bound<'_, PyAny>, pcid: Option<&Bound<'_, PyAny>>, va: Option<&Bound<'_, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+        let kind = int_arg(kind, "kind", 0xFF)? as u8;
+        let pcid = opt_int(pcid, "pcid", 0xFFFF)?.unwrap_or(0) as u16;
+        let va = opt_int(va, "va", u64::MAX)?.unwrap_or(0) as u64;
         let c = self.cpu(cpu, "cpu")?;
         opt_result(py, self.h.invpcid(c, kind, pcid, va).map_err(verr)?)
     }
     /// INVLPGA(va, asid) on this CPU only.
-    fn invlpga(&mut self, cpu: &Bound<'_, PyAny>, va: &Bound<'_, PyAny>, asid: u16) -> PyResult<u64> {
+    fn invlpga(&mut self, cpu: &Bound<'_, PyAny>, va: &Bound<'_, PyAny>, asid: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let asid = int_arg(asid, "asid", 0xFFFF)? as u16;
         let c = self.cpu(cpu, "cpu")?;
         self.h.invlpga(c, int_arg(va, "va", u64::MAX)?, asid).map_err(verr)
     }
     /// INVLPGB: broadcast, asynchronous until this CPU's TLBSYNC. va None = all addresses.
-    #[pyo3(signature = (cpu, va=None, *, count=1, stride_2m=false, pcid=None, asid=None, include_global=false,
+    #[pyo3(signature = (cpu, va=None, *, count=None, stride_2m=false, pcid=None, asid=None, include_global=false,
                         final_only=false, include_nested=false))]
     #[allow(clippy::too_many_arguments)]
-    fn invlpgb(&mut self, cpu: &Bound<'_, PyAny>, va: Option<&Bound<'_, PyAny>>, count: u32, stride_2m: bool,
+    fn invlpgb(&mut self, cpu: &Bound<'_, PyAny>, va: Option<&Bound<'_, PyAny>>, count: Option<&Bound<'_, PyAny>>, stride_2m: bool,
                pcid: Option<&Bound<'_, PyAny>>, asid: Option<&Bound<'_, PyAny>>, include_global: bool, final_only: bool,
                include_nested: bool) -> PyResult<()> {
+        let count = opt_int(count, "count", u32::MAX as u64)?.unwrap_or(1) as u32;
         let c = self.cpu(cpu, "cpu")?;
         let op = Invlpgb {
             va: opt_int(va, "va", u64::MAX)?,
@@ -953,15 +978,20 @@ impl PyHost {
         self.h.tlbsync(c).map_err(verr)
     }
     /// INVEPT type 1 (single context: EPT table `eptp`) or 2 (all); None for VMfail.
-    #[pyo3(signature = (cpu, kind, eptp=0))]
-    fn invept<'py>(&mut self, py: Python<'py>, cpu: &Bound<'_, PyAny>, kind: u8, eptp: u32) -> PyResult<Bound<'py, PyAny>> {
+    #[pyo3(signature = (cpu, kind, eptp=None))]
+    fn invept<'py>(&mut self, py: Python<'py>, cpu: &Bound<'_, PyAny>, kind: &Bound<'_, PyAny>, eptp: Option<&Bound<'_, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+        let kind = int_arg(kind, "kind", 0xFF)? as u8;
+        let eptp = opt_int(eptp, "eptp", u32::MAX as u64)?.unwrap_or(0) as u32;
         let c = self.cpu(cpu, "cpu")?;
         opt_result(py, self.h.invept(c, kind, eptp).map_err(verr)?)
     }
     /// INVVPID type 0 (address), 1 (single), 2 (all but VPID 0), 3 (single, keeping globals);
     /// None for VMfail.
-    #[pyo3(signature = (cpu, kind, vpid=0, va=0))]
-    fn invvpid<'py>(&mut self, py: Python<'py>, cpu: &Bound<'_, PyAny>, kind: u8, vpid: u16, va: u64) -> PyResult<Bound<'py, PyAny>> {
+    #[pyo3(signature = (cpu, kind, vpid=None, va=None))]
+    fn invvpid<'py>(&mut self, py: Python<'py>, cpu: &Bound<'_, PyAny>, kind: &Bound<'_, PyAny>, vpid: Option<&Bound<'_, PyAny>>, va: Option<&Bound<'_, PyAny>>) -> PyResult<Bound<'py, PyAny>> {
+        let kind = int_arg(kind, "kind", 0xFF)? as u8;
+        let vpid = opt_int(vpid, "vpid", 0xFFFF)?.unwrap_or(0) as u16;
+        let va = opt_int(va, "va", u64::MAX)?.unwrap_or(0) as u64;
         let c = self.cpu(cpu, "cpu")?;
         opt_result(py, self.h.invvpid(c, kind, vpid, va).map_err(verr)?)
     }
@@ -1019,15 +1049,18 @@ impl PyHost {
     }
     /// Mark guest key `asid` as an SNP guest's (its private accesses get the RMP checks).
     #[pyo3(signature = (asid, snp=true))]
-    fn snp_set_asid(&mut self, asid: u16, snp: bool) -> PyResult<()> {
+    fn snp_set_asid(&mut self, asid: &Bound<'_, PyAny>, snp: bool) -> PyResult<()> {
+        let asid = int_arg(asid, "asid", 0xFFFF)? as u16;
         self.h.snp_set_asid(asid, snp).map_err(verr)
     }
     /// RMPUPDATE of the 4 KiB page (or, with huge, the 2 MiB region) at `pa`: the hardware's return
     /// code (0 success, 1 FAIL_INPUT, 2 FAIL_PERMISSION, 4 FAIL_OVERLAP). Clears Validated.
-    #[pyo3(signature = (cpu, pa, *, assigned, huge=false, asid=0, gpa=0, immutable=false))]
+    #[pyo3(signature = (cpu, pa, *, assigned, huge=false, asid=None, gpa=None, immutable=false))]
     #[allow(clippy::too_many_arguments)]
-    fn rmpupdate(&mut self, cpu: &Bound<'_, PyAny>, pa: &Bound<'_, PyAny>, assigned: bool, huge: bool, asid: u16, gpa: u64,
+    fn rmpupdate(&mut self, cpu: &Bound<'_, PyAny>, pa: &Bound<'_, PyAny>, assigned: bool, huge: bool, asid: Option<&Bound<'_, PyAny>>, gpa: Option<&Bound<'_, PyAny>>,
                  immutable: bool) -> PyResult<u8> {
+        let asid = opt_int(asid, "asid", 0xFFFF)?.unwrap_or(0) as u16;
+        let gpa = opt_int(gpa, "gpa", u64::MAX)?.unwrap_or(0) as u64;
         let c = self.cpu(cpu, "cpu")?;
         let pa = int_arg(pa, "pa", u64::MAX)?;
         self.h.rmpupdate(c, pa, RmpState { assigned, huge, asid, gpa, immutable }).map_err(verr)
@@ -1127,8 +1160,9 @@ impl PyHost {
         self.h.set_memory_4k(c, int_arg(va, "va", u64::MAX)?).map_err(verr)
     }
     /// Charge `cpu` for allocating `count` pages (2 MiB with huge, else 4 KiB). Returns cycles.
-    #[pyo3(signature = (cpu, count=1, *, huge=false))]
-    fn alloc_pages(&mut self, cpu: &Bound<'_, PyAny>, count: u64, huge: bool) -> PyResult<u64> {
+    #[pyo3(signature = (cpu, count=None, *, huge=false))]
+    fn alloc_pages(&mut self, cpu: &Bound<'_, PyAny>, count: Option<&Bound<'_, PyAny>>, huge: bool) -> PyResult<u64> {
+        let count = opt_int(count, "count", u64::MAX)?.unwrap_or(1) as u64;
         let c = self.cpu(cpu, "cpu")?;
         self.h.alloc_pages(c, huge, count).map_err(verr)
     }
