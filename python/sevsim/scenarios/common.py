@@ -50,9 +50,10 @@ def place(host: Host, vm_vcpus: list[int], neighbours: int) -> tuple[list[list[i
     if neighbours > len(rest):
         raise ConfigError(f"{neighbours} neighbours do not fit on the {len(rest)} cores left after the VMs")
     # spread the neighbours over CCDs round-robin
+    cpu_ccd = host.topology()["cpu_ccd"]
     by = {}
     for c in rest:
-        by.setdefault(int(host.topology()["cpu_ccd"][c]), []).append(c)
+        by.setdefault(int(cpu_ccd[c]), []).append(c)
     order = [cs[j] for j in range(max(len(v) for v in by.values())) for cs in by.values() if j < len(cs)] if by else []
     return vm_cpus, order[:neighbours]
 

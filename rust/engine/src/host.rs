@@ -377,9 +377,6 @@ impl Host {
     pub fn directory_active(&self) -> bool {
         self.dir_active
     }
-    pub fn memory(&self) -> &Memory {
-        &self.mem
-    }
     pub fn directory_entries(&self) -> usize {
         self.dir.len()
     }

@@ -130,19 +130,26 @@ impl TlbLevel {
         }
     }
 
-    /// Slots of the set for `key` whose key matches (bit i = slot base + i), at most 64 per scan.
+    /// The slots of `key`'s set holding that key, in slot order (the set is scanned 64 ways at a
+    /// time, so a fully associative level of any size works the same way).
     #[inline]
-    fn candidates(&self, key: u64) -> (usize, u64) {
+    fn candidates(&self, key: u64) -> impl Iterator<Item = usize> + '_ {
         let b = self.set_base(key);
-        let set = &self.keys[b..b + self.ways];
-        if self.ways <= 64 {
-            (b, match_slice(set, key, u64::MAX, self.avx2))
-        } else {
-            (b, 0)
-        }
+        (b..b + self.ways).step_by(64).flat_map(move |c| {
+            let end = (c + 64).min(b + self.ways);
+            let mut bits = match_slice(&self.keys[c..end], key, u64::MAX, self.avx2);
+            std::iter::from_fn(move || {
+                (bits != 0).then(|| {
+                    let i = c + bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    i
+                })
+            })
+        })
     }
 
     /// The slot holding a translation of `addr` of category `cat` that `ok` accepts.
+    /// (The hot path of every translation: the same scan as `candidates`, as plain loops.)
     #[inline]
     pub fn find(&self, addr: u64, cat: u8, ok: impl Fn(&Entry) -> bool) -> Option<usize> {
         for s in PageSize::ALL {
@@ -150,30 +157,19 @@ impl TlbLevel {
                 continue;
             }
             let key = key_of(addr, s, cat);
-            if self.ways > 64 {
-                // fully associative levels wider than one scan word
-                let mut base = 0;
-                while base < self.keys.len() {
-                    let end = (base + 64).min(self.keys.len());
-                    let mut bits = match_slice(&self.keys[base..end], key, u64::MAX, self.avx2);
-                    while bits != 0 {
-                        let i = base + bits.trailing_zeros() as usize;
-                        bits &= bits - 1;
-                        if ok(&self.ents[i]) {
-                            return Some(i);
-                        }
+            let b = self.set_base(key);
+            let mut c = b;
+            while c < b + self.ways {
+                let end = (c + 64).min(b + self.ways);
+                let mut bits = match_slice(&self.keys[c..end], key, u64::MAX, self.avx2);
+                while bits != 0 {
+                    let i = c + bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    if ok(&self.ents[i]) {
+                        return Some(i);
                     }
-                    base = end;
                 }
-                continue;
-            }
-            let (b, mut bits) = self.candidates(key);
-            while bits != 0 {
-                let i = b + bits.trailing_zeros() as usize;
-                bits &= bits - 1;
-                if ok(&self.ents[i]) {
-                    return Some(i);
-                }
+                c = end;
             }
         }
         None
@@ -249,24 +245,10 @@ impl TlbLevel {
                 if cats & (1 << cat) == 0 {
                     continue;
                 }
-                let key = key_of(addr, s, cat);
-                if self.ways > 64 {
-                    for i in 0..self.keys.len() {
-                        if self.keys[i] == key && pred(&self.ents[i]) {
-                            self.invalidate(i);
-                            n += 1;
-                        }
-                    }
-                } else {
-                    let (b, mut bits) = self.candidates(key);
-                    while bits != 0 {
-                        let i = b + bits.trailing_zeros() as usize;
-                        bits &= bits - 1;
-                        if pred(&self.ents[i]) {
-                            self.invalidate(i);
-                            n += 1;
-                        }
-                    }
+                let hits: Vec<usize> = self.candidates(key_of(addr, s, cat)).filter(|&i| pred(&self.ents[i])).collect();
+                for i in hits {
+                    self.invalidate(i);
+                    n += 1;
                 }
             }
         }
@@ -345,7 +327,8 @@ pub fn invlpgb_hits(op: &Invlpgb, e: &Entry) -> bool {
             return false;
         }
     }
-    // the ASID field: 0 from the host; only SVM and host domains use ASIDs
+    // the ASID field: 0 from the host; only SVM and host domains use ASIDs (INVLPGB is AMD's and
+    // names ASIDs, semantics.md 3.7), so VMX-tagged entries are out of its reach
     let asid = op.asid.unwrap_or(0);
     match e.dom {
         DOM_HOST => asid == 0,

@@ -103,11 +103,6 @@ impl Host {
         self.table_checked("table", id)
     }
 
-    pub fn table_mut(&mut self, id: u32) -> Result<&mut Table> {
-        self.table_checked("table", id)?;
-        Ok(&mut self.tables[id as usize])
-    }
-
     /// Register a translation context. Host contexts translate through a host table; SVM and VMX
     /// guest contexts through a guest table and a nested table (NPT/EPT).
     pub fn create_context(&mut self, ctx: Context) -> Result<u32> {
@@ -362,7 +357,8 @@ impl Host {
         self.ctr.walk_cycles[cpu] += cost;
         let frame = w.target - (va & (w.size.bytes() - 1));
         self.tlb1[core].insert(va, w.size, Entry { target: frame, ..base });
-        // the L2 DTLB holds no 1 GiB entries: a 1 GiB translation is kept as its 2 MiB piece
+        // the L2 DTLB holds no 1 GiB entries ("all page sizes but 1G", Hot Chips 2024 Zen 5 via
+        // semantics.md section 7): a 1 GiB translation is kept as its 2 MiB piece
         let s2 = if w.size == PageSize::G1 { PageSize::M2 } else { w.size };
         self.tlb2[core].insert(va, s2, Entry { target: w.target - (va & (s2.bytes() - 1)), ..base });
         Some((w.target, w.flags, w.gpa, w.nested_size as u8))
