@@ -92,6 +92,28 @@ fn col_arg<'py, T: numpy::Element + Copy>(
     Ok(ColArg::One(scalar(obj)?))
 }
 
+impl<'py, T: numpy::Element + Copy> ColArg<'py, T> {
+    /// The engine's view: the array in place (copied only if not contiguous), or the scalar.
+    fn col<'a>(&'a self, owned: &'a mut Vec<T>) -> Col<'a, T> {
+        match self {
+            ColArg::Each(a) => Col::Each(contiguous(a, owned)),
+            ColArg::One(v) => Col::One(*v),
+        }
+    }
+}
+
+/// The `write` column of a batch: a bool (default False) or a numpy bool array.
+fn write_arg<'py>(py: Python<'py>, write: Option<&Bound<'py, PyAny>>) -> PyResult<ColArg<'py, bool>> {
+    let false_ = PyBool::new(py, false).to_owned().into_any();
+    col_arg::<bool>(write.unwrap_or(&false_), "write", "bool", |o| {
+        if o.is_instance_of::<PyBool>() || o.hasattr("dtype").unwrap_or(false) {
+            o.extract::<bool>().map_err(|_| PyTypeError::new_err("write must be a bool or a numpy bool array"))
+        } else {
+            Err(PyTypeError::new_err(format!("write must be a bool or a numpy bool array, got {}", o.get_type().name()?)))
+        }
+    })
+}
+
 fn contiguous<'a, T: numpy::Element + Copy>(a: &'a PyReadonlyArray1<'_, T>, owned: &'a mut Vec<T>) -> &'a [T] {
     match a.as_slice() {
         Ok(s) => s,
@@ -432,19 +454,8 @@ impl PyHost {
     ) -> PyResult<Bound<'py, PyDict>> {
         let cpu_c = col_arg::<u32>(cpu, "cpu", "uint32", |o| Ok(self.cpu(o, "cpu")? as u32))?;
         let addr_c = col_arg::<u64>(addr, "addr", "uint64", |o| int_arg(o, "addr", u64::MAX))?;
-        let false_ = PyBool::new(py, false).to_owned().into_any();
         let zero = 0i64.into_pyobject(py)?.into_any();
-        let write_c = col_arg::<bool>(write.unwrap_or(&false_), "write", "bool", |o| {
-            if o.is_instance_of::<PyBool>() || o.hasattr("dtype").unwrap_or(false) {
-                o.extract::<bool>()
-                    .map_err(|_| PyTypeError::new_err("write must be a bool or a numpy bool array"))
-            } else {
-                Err(PyTypeError::new_err(format!(
-                    "write must be a bool or a numpy bool array, got {}",
-                    o.get_type().name()?
-                )))
-            }
-        })?;
+        let write_c = write_arg(py, write)?;
         let key_c = col_arg::<u16>(key.unwrap_or(&zero), "key", "uint16", |o| Self::key(o, "key"))?;
         let (mut o1, mut o2, mut o3, mut o4) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let single_addr;
@@ -455,18 +466,7 @@ impl PyHost {
                 &single_addr
             }
         };
-        let cpu_s = match &cpu_c {
-            ColArg::Each(a) => Col::Each(contiguous(a, &mut o1)),
-            ColArg::One(v) => Col::One(*v),
-        };
-        let write_s = match &write_c {
-            ColArg::Each(a) => Col::Each(contiguous(a, &mut o3)),
-            ColArg::One(v) => Col::One(*v),
-        };
-        let key_s = match &key_c {
-            ColArg::Each(a) => Col::Each(contiguous(a, &mut o4)),
-            ColArg::One(v) => Col::One(*v),
-        };
+        let (cpu_s, write_s, key_s) = (cpu_c.col(&mut o1), write_c.col(&mut o3), key_c.col(&mut o4));
         let mut levels = if return_levels { vec![0u8; addr_s.len()] } else { Vec::new() };
         let h = &mut self.h;
         let by_level = py
@@ -899,14 +899,10 @@ impl PyHost {
     fn access_virtual<'py>(&mut self, py: Python<'py>, cpu: &Bound<'py, PyAny>, va: PyReadonlyArray1<'py, u64>,
                            write: Option<&Bound<'py, PyAny>>, return_levels: bool) -> PyResult<Bound<'py, PyDict>> {
         let cpu_c = col_arg::<u32>(cpu, "cpu", "uint32", |o| Ok(self.cpu(o, "cpu")? as u32))?;
-        let false_ = PyBool::new(py, false).to_owned().into_any();
-        let write_c = col_arg::<bool>(write.unwrap_or(&false_), "write", "bool", |o| {
-            o.extract::<bool>().map_err(|_| PyTypeError::new_err("write must be a bool or a numpy bool array"))
-        })?;
+        let write_c = write_arg(py, write)?;
         let (mut o1, mut o2, mut o3) = (Vec::new(), Vec::new(), Vec::new());
         let va_s = contiguous(&va, &mut o2);
-        let cpu_s = match &cpu_c { ColArg::Each(a) => Col::Each(contiguous(a, &mut o1)), ColArg::One(v) => Col::One(*v) };
-        let write_s = match &write_c { ColArg::Each(a) => Col::Each(contiguous(a, &mut o3)), ColArg::One(v) => Col::One(*v) };
+        let (cpu_s, write_s) = (cpu_c.col(&mut o1), write_c.col(&mut o3));
         let mut levels = if return_levels { vec![0u8; va_s.len()] } else { Vec::new() };
         let h = &mut self.h;
         let by = py
