@@ -51,6 +51,17 @@ def test_stale_translation_after_a_remap_without_invlpg():
     assert stats["invlpg"][0] == 1 and stats["invlpg"][1] >= 1
 
 
+def test_map_many_is_all_or_nothing():
+    h = sevsim.Host.from_preset("tiny")
+    gt = h.create_table("guest")
+    addr = np.array([0x1000, 0x2000, 0x2000], np.uint64)  # the third overlaps the second
+    with pytest.raises(ValueError, match=r"\[2\].*nothing was mapped"):
+        h.map_many(gt, addr, np.array([0x1000, 0x2000, 0x3000], np.uint64))
+    assert h.walk(gt, 0x1000) is None and h.walk(gt, 0x2000) is None
+    h.map_many(gt, addr[:2], np.array([0x5000, 0x6000], np.uint64))
+    assert h.walk(gt, 0x2000)[0] == 0x6000
+
+
 def test_unmapped_address_is_a_fault_not_an_exception():
     h = sevsim.Host.from_preset("tiny")
     assert h.translate(0, 0x1234000) is None

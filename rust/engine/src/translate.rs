@@ -90,6 +90,23 @@ impl Host {
         self.tables[table as usize].map(addr, target, size, flags)
     }
 
+    /// Map addr[i] -> target[i], all of one size and flags, or nothing at all: on the first bad
+    /// one the leaves already added are removed again and the error names its index.
+    pub fn map_many(&mut self, table: u32, addr: &[u64], target: &[u64], size: PageSize, flags: u8) -> Result<()> {
+        if addr.len() != target.len() {
+            return Err(EngineError::invalid("target", format!("addr has {} elements, target {}", addr.len(), target.len())));
+        }
+        for i in 0..addr.len() {
+            if let Err(e) = self.map(table, addr[i], target[i], size, flags) {
+                for &a in &addr[..i] {
+                    self.tables[table as usize].unmap(a);
+                }
+                return Err(EngineError::invalid(e.arg(), format!("[{i}]: {e}; nothing was mapped")));
+            }
+        }
+        Ok(())
+    }
+
     pub fn unmap(&mut self, table: u32, addr: u64) -> Result<Option<Leaf>> {
         self.table_checked("table", table)?;
         Ok(self.tables[table as usize].unmap(addr))

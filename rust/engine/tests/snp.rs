@@ -132,14 +132,11 @@ fn clearing_pages_contends_for_socket_bandwidth() {
     assert_eq!(h.clear_pages(128, 0x4000_0000, 2 << 20).unwrap(), alone);
 }
 
-/// Through the translated path the guest-side checks also compare the GPA and the nested mapping's
-/// size: a 2 MiB NPT leaf over 4 KiB RMP entries is a #NPF with SIZEM (KVM caps the NPT level at
-/// the RMP level, sev_gmem_max_mapping_level()).
-#[test]
-fn guest_translation_checks_gpa_and_nested_size() {
+/// An SNP guest (ASID 5) whose GVA 0x40_0000 maps GPA 0x20_0000 (2 MiB, C-bit), backed by a
+/// 2 MiB nested leaf at HPA 0x60_0000.
+fn snp_guest() -> (Host, u32) {
     use sevsim_engine::paging::{TableKind, F_CBIT};
     use sevsim_engine::tlb::{Context, Mode};
-    use sevsim_engine::translate::Translated;
     let mut h = host();
     h.snp_set_asid(5, true).unwrap();
     let gt = h.create_table(TableKind::Guest);
@@ -147,6 +144,16 @@ fn guest_translation_checks_gpa_and_nested_size() {
     let nt = h.create_table(TableKind::Nested);
     h.map(nt, 0x20_0000, 0x60_0000, PageSize::M2, 0).unwrap();
     let ctx = h.create_context(Context { mode: Mode::Svm, tag: 5, pcid: 0, cr3: gt, nested: nt, key: 5, vm: 1 }).unwrap();
+    (h, ctx)
+}
+
+/// Through the translated path the guest-side checks also compare the GPA and the nested mapping's
+/// size: a 2 MiB NPT leaf over 4 KiB RMP entries is a #NPF with SIZEM (KVM caps the NPT level at
+/// the RMP level, sev_gmem_max_mapping_level()).
+#[test]
+fn guest_translation_checks_gpa_and_nested_size() {
+    use sevsim_engine::translate::Translated;
+    let (mut h, ctx) = snp_guest();
     // 4 KiB RMP entries under a 2 MiB nested leaf
     for k in 0..512u64 {
         h.rmpupdate(0, 0x60_0000 + k * 4096, private(5, 0x20_0000 + k * 4096, false)).unwrap();
@@ -156,13 +163,7 @@ fn guest_translation_checks_gpa_and_nested_size() {
     assert_eq!(h.translate(1, 0x40_1000), Translated::RmpFault);
     assert_eq!(count(&h, Cause::RmpGuestSizeMismatch), 1);
     // a 2 MiB RMP entry at the wrong GPA: not the guest's page
-    let mut h = host();
-    h.snp_set_asid(5, true).unwrap();
-    let gt = h.create_table(TableKind::Guest);
-    h.map(gt, 0x40_0000, 0x20_0000, PageSize::M2, F_CBIT).unwrap();
-    let nt = h.create_table(TableKind::Nested);
-    h.map(nt, 0x20_0000, 0x60_0000, PageSize::M2, 0).unwrap();
-    let ctx = h.create_context(Context { mode: Mode::Svm, tag: 5, pcid: 0, cr3: gt, nested: nt, key: 5, vm: 1 }).unwrap();
+    let (mut h, ctx) = snp_guest();
     h.rmpupdate(0, 0x60_0000, private(5, 0x80_0000, true)).unwrap();
     h.vmrun(1, ctx, 0).unwrap();
     assert_eq!(h.translate(1, 0x40_1000), Translated::RmpFault);

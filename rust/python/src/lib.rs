@@ -786,21 +786,16 @@ impl PyHost {
         self.h.map(table, addr, target, size, flags).map_err(verr)
     }
     /// Map many pages at once: addr[i] -> target[i] (uint64 arrays), all of one size and flags.
-    /// Stops at the first bad one (ValueError naming its index); earlier ones stay mapped.
+    /// All or nothing: a bad one (ValueError naming its index) leaves the table as it was.
     #[pyo3(signature = (table, addr, target, size=None, *, cbit=false, global_=false))]
     fn map_many(&mut self, table: &Bound<'_, PyAny>, addr: PyReadonlyArray1<'_, u64>, target: PyReadonlyArray1<'_, u64>,
                 size: Option<&Bound<'_, PyAny>>, cbit: bool, global_: bool) -> PyResult<()> {
         let table = int_arg(table, "table", u32::MAX as u64)? as u32;
-        let (a, t) = (addr.as_array(), target.as_array());
-        if a.len() != t.len() {
-            return Err(PyValueError::new_err(format!("addr has {} elements, target {}", a.len(), t.len())));
-        }
+        let (mut o1, mut o2) = (Vec::new(), Vec::new());
+        let (a, t) = (contiguous(&addr, &mut o1), contiguous(&target, &mut o2));
         let size = match size { Some(s) if !s.is_none() => page_size_arg(s)?, _ => PageSize::K4 };
         let flags = if cbit { F_CBIT } else { 0 } | if global_ { F_GLOBAL } else { 0 };
-        for i in 0..a.len() {
-            self.h.map(table, a[i], t[i], size, flags).map_err(|e| PyValueError::new_err(format!("[{i}]: {e}")))?;
-        }
-        Ok(())
+        self.h.map_many(table, a, t, size, flags).map_err(verr)
     }
     /// Remove the leaf of `table` that maps `addr`; returns whether there was one.
     fn unmap(&mut self, table: &Bound<'_, PyAny>, addr: &Bound<'_, PyAny>) -> PyResult<bool> {
@@ -1073,12 +1068,14 @@ impl PyHost {
         if p.len() != g.len() {
             return Err(PyValueError::new_err(format!("pa has {} elements, gpa {}", p.len(), g.len())));
         }
+        let mem = self.h.memory_bytes();
         for (i, &a) in p.iter().enumerate() {
-            if a >= self.h.memory_bytes() {
+            // every argument is checked before any update: a bad batch changes nothing
+            if a >= mem || (huge && (a & !((1 << 21) - 1)) + (1 << 21) > mem) {
                 return Err(PyValueError::new_err(format!("pa[{i}] = {a:#x} is past the end of memory")));
             }
         }
-        let mut out = Vec::with_capacity(p.len());
+        let mut out = Vec::with_capacity(p.len()); // (a bad asid fails on the first, before any change)
         for i in 0..p.len() {
             out.push(self.h.rmpupdate(c, p[i], RmpState { assigned, huge, asid, gpa: g[i], immutable }).map_err(verr)?);
         }
