@@ -168,10 +168,7 @@ impl Caches {
             // vec![0; n] is calloc: pages are only committed when a set is first written.
             data: LineArray::zeroed(insts * sets * ways),
             valid: vec![0u32; insts],
-            #[cfg(target_arch = "x86_64")]
-            avx2: std::arch::is_x86_feature_detected!("avx2"),
-            #[cfg(not(target_arch = "x86_64"))]
-            avx2: false,
+            avx2: has_avx2(),
         }
     }
 
@@ -189,13 +186,7 @@ impl Caches {
     /// the whole set (vectorisable): cheaper than an early-exit loop for the 8-16 ways of real caches.
     #[inline(always)]
     pub fn match_bits(&self, base: usize, want: u64, mask: u64) -> u64 {
-        let set = &self.data[base..base + self.ways];
-        #[cfg(target_arch = "x86_64")]
-        if self.avx2 {
-            // SAFETY: the CPU has AVX2 (checked just above; the check is a cached bit test).
-            return unsafe { match_bits_avx2(set, want, mask) };
-        }
-        match_bits_scalar(set, want, mask)
+        match_slice(&self.data[base..base + self.ways], want, mask, self.avx2)
     }
 
     /// Way of the first line at `base` with `v & mask == want`.

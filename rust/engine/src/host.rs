@@ -177,7 +177,7 @@ pub enum FlushOp {
 
 /// Cached copies of a line, for tests and inspection: (level 1/2/3, cache instance, key, state).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Copy_ {
+pub struct CachedCopy {
     pub level: u8,
     pub inst: u32,
     pub key: u16,
@@ -1427,7 +1427,7 @@ impl Host {
     // inspection
 
     /// Every cached copy of the line holding `pa`, in any cache, under any key.
-    pub fn copies(&self, pa: u64) -> Result<Vec<Copy_>> {
+    pub fn copies(&self, pa: u64) -> Result<Vec<CachedCopy>> {
         self.check_addr("addr", pa)?;
         let x = pa / LINE;
         let mut out = Vec::new();
@@ -1437,7 +1437,7 @@ impl Host {
                 for w in 0..cache.ways {
                     let v = cache.data[b + w];
                     if v != 0 && line_of(v) == x {
-                        out.push(Copy_ {
+                        out.push(CachedCopy {
                             level,
                             inst: inst as u32,
                             key: key_of(v),
