@@ -29,6 +29,7 @@ class Workload:
     alpha: float = 1.1
     trace: tuple[np.ndarray, np.ndarray] | None = None
     _pos: int = 0
+    _cdf: np.ndarray | None = None
 
     def next(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """The next n accesses: (offsets uint64, write bool)."""
@@ -43,9 +44,10 @@ class Workload:
         elif self.kind == "random":
             idx = rng.integers(0, lines, n, dtype=np.uint64)
         elif self.kind == "zipf":
-            ranks = np.arange(1, lines + 1, dtype=np.float64)
-            p = ranks ** -self.alpha
-            idx = rng.choice(lines, size=n, p=p / p.sum()).astype(np.uint64)
+            if self._cdf is None:  # computed once per workload, not per batch
+                cdf = np.cumsum(np.arange(1, lines + 1, dtype=np.float64) ** -self.alpha)
+                self._cdf = cdf / cdf[-1]
+            idx = np.minimum(np.searchsorted(self._cdf, rng.random(n)), lines - 1).astype(np.uint64)
         elif self.kind == "trace":
             addr, write = self.trace
             sel = (np.arange(self._pos, self._pos + n) % len(addr))
