@@ -285,7 +285,8 @@ class Kvm:
         vm.vcpu_cpu[vcpu] = cpu
         st = self.host.access(cpu, vm.pa_of(gpa), write, vm.asid)
         if vm.vmsa:
-            # the #VMEXIT saves guest state into the encrypted VMSA: its first lines, under the guest key
+            # the #VMEXIT saves guest state into the encrypted VMSA (APM 15.35, via semantics.md 1.5):
+            # [assumed] 4 lines of it are written each time, under the guest key
             self.host.access(cpu, np.arange(vm.vmsa[vcpu], vm.vmsa[vcpu] + 4 * 64, 64, dtype=np.uint64), True, vm.asid)
         return st
 
@@ -300,7 +301,9 @@ class Kvm:
         self.strategy.reclaim(self, vm, initiator, pages)
 
     def kvm_flush_remote_tlbs(self, vm: SevVm, initiator: int) -> None:
-        """IPIs to the CPUs running the VM's vCPUs, which exit and flush at the next VMRUN."""
+        """IPIs to the CPUs running the VM's vCPUs, which exit and flush at the next VMRUN
+        (kvm_make_all_cpus_request(KVM_REQ_TLB_FLUSH) kicks only vCPUs in guest mode,
+        virt/kvm/kvm_main.c; semantics.md 4.5)."""
         cpus = vm.running_cpus()
         if cpus:
             self.host.ipi_call(initiator, cpus)
