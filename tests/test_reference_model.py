@@ -25,10 +25,11 @@ pages = st.sampled_from(PAGES)
 
 class EngineVsModel(RuleBasedStateMachine):
     coherent = False
+    overrides = None
 
     @initialize()
     def build(self):
-        self.h = sevsim.Host.from_preset("tiny", sme_coherent=self.coherent)
+        self.h = sevsim.Host.from_preset("tiny", sme_coherent=self.coherent, overrides=self.overrides)
         self.m = RefHost(config_of(self.h), self.h.memory)
 
     @rule(cpu=cpus, pa=lines, write=st.booleans(), key=keys)
@@ -117,6 +118,25 @@ class CoherentEngineVsModel(EngineVsModel):
     coherent = True
 
 
+# The engine compiles its set operations separately for 8-, 12- and 16-way sets (tiny's L3 is
+# 8-way, its L1 and L2 4-way: the run-time path). Real geometries' associativities, with one or two
+# sets per cache so that the few lines above collide.
+WIDE = {
+    "l1d": {"size": "768B", "ways": 12},
+    "l2": {"size": "2KiB", "ways": 16},
+    "l3": {"size": "2KiB", "ways": 16},
+}
+
+
+class WideEngineVsModel(EngineVsModel):
+    overrides = WIDE
+
+
+class WideCoherentEngineVsModel(EngineVsModel):
+    coherent = True
+    overrides = WIDE
+
+
 SETTINGS = settings(
     max_examples=150,
     stateful_step_count=50,
@@ -128,6 +148,10 @@ TestNonCoherent = EngineVsModel.TestCase
 TestNonCoherent.settings = SETTINGS
 TestCoherent = CoherentEngineVsModel.TestCase
 TestCoherent.settings = SETTINGS
+TestWide = WideEngineVsModel.TestCase
+TestWide.settings = settings(SETTINGS, max_examples=80)
+TestWideCoherent = WideCoherentEngineVsModel.TestCase
+TestWideCoherent.settings = settings(SETTINGS, max_examples=80)
 
 
 def test_model_reads_the_same_config():

@@ -19,7 +19,7 @@ fn main() {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            (x % (4 << 30)) & !7
+            (x % std::env::var("RANGE").map(|r| r.parse::<u64>().unwrap()).unwrap_or(4 << 30)) & !7
         })
         .collect();
     let addr: Vec<u64> = if std::env::var("STREAM").is_ok() { (0..n as u64).map(|i| i * 8).collect() } else { addr };

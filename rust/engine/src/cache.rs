@@ -63,6 +63,7 @@ fn match_bits_scalar(set: &[u64], want: u64, mask: u64) -> u64 {
 /// `match_bits_scalar` four ways at a time. Set scans dominate the simulator's miss path.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
+#[inline]
 unsafe fn match_bits_avx2(set: &[u64], want: u64, mask: u64) -> u64 {
     use std::arch::x86_64::*;
     let w = _mm256_set1_epi64x(want as i64);
@@ -102,16 +103,23 @@ unsafe fn match_bits_avx2(set: &[u64], want: u64, mask: u64) -> u64 {
 /// lookups over tens of MiB otherwise pay host TLB misses.
 /// Not Clone: a copy would have its own alignment offset.
 pub struct LineArray {
+    /// owns the memory `ptr` points into
+    #[allow(dead_code)]
     raw: Vec<u64>,
-    off: usize,
+    /// `raw`'s element at the 64-byte boundary (`raw` is never resized, so this stays valid)
+    ptr: *mut u64,
     len: usize,
 }
+
+// SAFETY: `ptr` points into `raw`, which the LineArray owns; access follows &/&mut self.
+unsafe impl Send for LineArray {}
+unsafe impl Sync for LineArray {}
 
 impl LineArray {
     pub fn zeroed(n: usize) -> Self {
         // vec![0u64; n] is calloc, so pages are committed only when first written (an aligned
         // zeroed allocation would be memset up front); over-allocate and start at a 64-byte boundary
-        let raw = vec![0u64; n + 8];
+        let mut raw = vec![0u64; n + 8];
         let off = ((64 - (raw.as_ptr() as usize % 64)) % 64) / 8;
         #[cfg(target_os = "linux")]
         if n * 8 >= 4 << 20 {
@@ -125,7 +133,8 @@ impl LineArray {
                 }
             }
         }
-        LineArray { raw, off, len: n }
+        let ptr = raw[off..].as_mut_ptr();
+        LineArray { raw, ptr, len: n }
     }
 }
 
@@ -133,15 +142,31 @@ impl std::ops::Deref for LineArray {
     type Target = [u64];
     #[inline(always)]
     fn deref(&self) -> &[u64] {
-        &self.raw[self.off..self.off + self.len]
+        // SAFETY: ptr..ptr+len lies inside `raw` (off + len <= raw.len()), which lives as long as self.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 }
 
 impl std::ops::DerefMut for LineArray {
     #[inline(always)]
     fn deref_mut(&mut self) -> &mut [u64] {
-        &mut self.raw[self.off..self.off + self.len]
+        // SAFETY: as in deref; &mut self makes this the only live reference.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
+}
+
+/// Call `self.$f::<N>(...)` with N the set's associativity for the common geometries (8, 12 and
+/// 16 ways: the set scans and shifts then compile to a few fixed vector operations), else with
+/// N = 0 (ways read at run time).
+macro_rules! ways {
+    ($self:ident . $f:ident ( $($a:expr),* )) => {
+        match $self.ways {
+            16 => $self.$f::<16>($($a),*),
+            8 => $self.$f::<8>($($a),*),
+            12 => $self.$f::<12>($($a),*),
+            _ => $self.$f::<0>($($a),*),
+        }
+    };
 }
 
 /// All instances of one cache level.
@@ -154,7 +179,7 @@ pub struct Caches {
     /// valid lines per instance
     pub valid: Vec<u32>,
     /// the host CPU has AVX2 (detected once)
-    avx2: bool,
+    pub avx2: bool,
 }
 
 impl Caches {
@@ -186,7 +211,13 @@ impl Caches {
     /// the whole set (vectorisable): cheaper than an early-exit loop for the 8-16 ways of real caches.
     #[inline(always)]
     pub fn match_bits(&self, base: usize, want: u64, mask: u64) -> u64 {
-        match_slice(&self.data[base..base + self.ways], want, mask, self.avx2)
+        ways!(self.match_bits_w(base, want, mask))
+    }
+
+    #[inline(always)]
+    fn match_bits_w<const N: usize>(&self, base: usize, want: u64, mask: u64) -> u64 {
+        let ways = if N == 0 { self.ways } else { N };
+        match_slice(&self.data[base..base + ways], want, mask, self.avx2)
     }
 
     /// Way of the first line at `base` with `v & mask == want`.
@@ -233,7 +264,8 @@ impl Caches {
     #[inline(always)]
     pub fn touch(&mut self, base: usize, i: usize) {
         if i != 0 {
-            // carry the line to the front; a swap loop (not rotate/memmove) is fastest for <= 64 ways
+            // carry the line to the front (a block move measured faster here than branch-free
+            // selects over the set or a scalar loop)
             let set = &mut self.data[base..=base + i];
             let v = set[i];
             set.copy_within(0..i, 1);
@@ -245,45 +277,42 @@ impl Caches {
     /// free way).
     #[inline(always)]
     pub fn insert(&mut self, inst: usize, base: usize, v: u64) -> u64 {
-        let ways = self.ways;
+        ways!(self.insert_w(inst, base, v))
+    }
+
+    #[inline(always)]
+    fn insert_w<const N: usize>(&mut self, inst: usize, base: usize, v: u64) -> u64 {
+        let ways = if N == 0 { self.ways } else { N };
         let set = &mut self.data[base..base + ways];
+        // valid lines come first, so shifting every way down by one drops either the LRU line or
+        // (in a set with a free way) an empty way
         let victim = set[ways - 1];
-        if victim != 0 {
-            // a full set (the common case): one block move
-            set.copy_within(0..ways - 1, 1);
-            set[0] = v;
-            return victim;
-        }
-        let mut carry = v;
-        for slot in set.iter_mut() {
-            std::mem::swap(slot, &mut carry);
-            if carry == 0 {
-                // the set had a free way: nothing is evicted
-                self.valid[inst] += 1;
-                return 0;
-            }
-        }
-        carry
+        set.copy_within(0..ways - 1, 1);
+        set[0] = v;
+        self.valid[inst] += (victim == 0) as u32;
+        victim
     }
 
     /// Remove way `i`, keeping the order of the others; returns the removed line.
     #[inline(always)]
     pub fn remove(&mut self, inst: usize, base: usize, i: usize) -> u64 {
-        let ways = self.ways;
+        ways!(self.remove_w(inst, base, i))
+    }
+
+    #[inline(always)]
+    fn remove_w<const N: usize>(&mut self, inst: usize, base: usize, i: usize) -> u64 {
+        let ways = if N == 0 { self.ways } else { N };
         let set = &mut self.data[base..base + ways];
         let v = set[i];
-        let mut w = i;
-        while w + 1 < ways && set[w + 1] != 0 {
-            set[w] = set[w + 1];
-            w += 1;
-        }
-        set[w] = 0;
+        // valid lines come first: empty ways shift along with the rest
+        set.copy_within(i + 1..ways, i);
+        set[ways - 1] = 0;
         self.valid[inst] -= 1;
         v
     }
 
     /// Find and remove the copy matching `want` under `mask`.
-    #[inline]
+    #[inline(always)]
     pub fn take(&mut self, inst: usize, line: u64, want: u64, mask: u64) -> Option<u64> {
         let b = self.base(inst, line);
         self.find(b, want, mask).map(|i| self.remove(inst, b, i))

@@ -427,8 +427,12 @@ impl Host {
 
     /// One memory access of `cpu` to physical address `pa` under `key`. Arguments must be valid
     /// (the batch API checks them); returns where it was served.
-    #[inline]
     pub fn access(&mut self, cpu: usize, pa: u64, write: bool, key: u16) -> Level {
+        self.access_inline(cpu, pa, write, key)
+    }
+
+    #[inline(always)]
+    fn access_inline(&mut self, cpu: usize, pa: u64, write: bool, key: u16) -> Level {
         if self.snp_enabled && !self.rmp_allows(cpu, pa, write, key) {
             return Level::Fault;
         }
@@ -499,7 +503,7 @@ impl Host {
 
     /// Is `core` the only agent that can hold lines: no directory, no other CCD and no other core
     /// of its CCD with anything cached? Then a miss only has the CCD's L3 to look at.
-    #[inline]
+    #[inline(always)]
     fn solo(&self, core: usize) -> bool {
         if self.dir_active {
             return false;
@@ -513,7 +517,7 @@ impl Host {
 
     /// The private-cache miss of a solo core: the same outcome as `miss`, without the general
     /// holder search. None if the L3 holds another key's alias that SME_COHERENT must evict.
-    #[inline]
+    #[inline(always)]
     fn miss_solo(&mut self, cpu: usize, core: usize, x: u64, key: u16, write: bool) -> Option<Level> {
         let ccd = self.topo.core_ccd[core] as usize;
         let want = tag(x, key);
@@ -809,6 +813,7 @@ impl Host {
         level
     }
 
+    #[inline(always)]
     fn fill_l2(&mut self, cpu: usize, core: usize, ccd: usize, x: u64, v: u64) {
         let b2 = self.l2.base(core, x);
         let mut victim = self.l2.insert(core, b2, v);
@@ -822,6 +827,7 @@ impl Host {
     }
 
     /// An L2 victim goes to its CCD's L3 (victim cache); the L3's victim leaves the CCD.
+    #[inline(always)]
     fn castout(&mut self, cpu: usize, ccd: usize, v: u64) {
         let x = line_of(v);
         let b3 = self.l3.base(ccd, x);
@@ -833,6 +839,7 @@ impl Host {
         }
     }
 
+    #[inline(always)]
     fn fill_l1(&mut self, core: usize, x: u64, v: u64) {
         let b1 = self.l1.base(core, x);
         let victim = self.l1.insert(core, b1, v);
@@ -875,7 +882,7 @@ impl Host {
     }
 
     /// CCD `ccd` now holds line `x`.
-    #[inline]
+    #[inline(always)]
     fn note_fill(&mut self, ccd: usize, x: u64) {
         if self.dir_active {
             self.dir.add(x, 1u64 << ccd);
@@ -1015,6 +1022,51 @@ impl Host {
                 }
             }
         }
+        #[cfg(target_arch = "x86_64")]
+        if self.l1.avx2 {
+            // SAFETY: the host CPU has AVX2 (detected at run time).
+            return Ok(unsafe { self.run_batch_avx2(cpu, addr, write, key, levels) });
+        }
+        Ok(self.run_batch_plain(cpu, addr, write, key, levels))
+    }
+
+    /// The batch loop compiled for AVX2: the access path is inlined into it, so its set scans
+    /// become a few inline vector instructions instead of calls.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn run_batch_avx2(
+        &mut self,
+        cpu: Col<u32>,
+        addr: &[u64],
+        write: Col<bool>,
+        key: Col<u16>,
+        levels: Option<&mut [u8]>,
+    ) -> [u64; 7] {
+        self.run_batch(cpu, addr, write, key, levels)
+    }
+
+    fn run_batch_plain(
+        &mut self,
+        cpu: Col<u32>,
+        addr: &[u64],
+        write: Col<bool>,
+        key: Col<u16>,
+        levels: Option<&mut [u8]>,
+    ) -> [u64; 7] {
+        self.run_batch(cpu, addr, write, key, levels)
+    }
+
+    /// The batch loop over checked arguments.
+    #[inline(always)]
+    fn run_batch(
+        &mut self,
+        cpu: Col<u32>,
+        addr: &[u64],
+        write: Col<bool>,
+        key: Col<u16>,
+        levels: Option<&mut [u8]>,
+    ) -> [u64; 7] {
+        let n = addr.len();
         let mut by_level = [0u64; 7];
         let mut levels = levels;
         let fast = !self.snp_enabled;
@@ -1040,14 +1092,14 @@ impl Host {
             }
             self.prefetch_ahead(&cpu, addr, i);
             last = (c, a >> 6, k);
-            let l = self.access(c as usize, a, w, k);
+            let l = self.access_inline(c as usize, a, w, k);
             by_level[l as usize] += 1;
             if let Some(out) = levels.as_deref_mut() {
                 out[i] = l as u8;
             }
             i += 1;
         }
-        Ok(by_level)
+        by_level
     }
 
     /// `n` accesses that hit the MRU way of their L1 set with nothing else to do (not stale, and a
