@@ -127,3 +127,42 @@ def test_host_reading_a_guest_page_reads_foreign_data():
     h.wbnoinvd(1)  # the guest's data reaches memory
     h.access(2, P, False, 0)  # another CCD reads it under the host key
     assert h.violation_counts()["read_foreign_data"] == 1
+
+
+def test_vm_page_flush_pages_is_one_wrmsr_per_page():
+    """The batch form flushes like the single-page WRMSR, page for page, and charges the same."""
+    a, b = host(False), host(False)
+    two = np.arange(P, P + 2 * PAGE, 64, dtype=np.uint64)
+    for h in (a, b):
+        h.set_owner(P, 2 * PAGE, GUEST)
+        h.access(1, two, True, GUEST)
+    assert a.vm_page_flush(3, P, GUEST) and a.vm_page_flush(3, P + PAGE, GUEST)
+    assert b.vm_page_flush_pages(3, np.array([P, P + PAGE], np.uint64), GUEST) is True
+    assert a.counters["vm_page_flush"].tolist() == b.counters["vm_page_flush"].tolist()
+    assert a.clocks.tolist() == b.clocks.tolist()
+    assert a.cached_lines(GUEST) == b.cached_lines(GUEST) == 0
+    for h in (a, b):
+        h.set_owner(P, 2 * PAGE, 0)
+        h.access(0, two, True, 0)
+        h.wbinvd_on_cpus(0, range(h.cpu_count))
+        assert not caught(h)
+
+
+def test_vm_page_flush_pages_without_the_feature_faults_once_and_changes_nothing():
+    h = sevsim.Host.from_preset("tiny", sme_coherent=False, overrides={"features": {"vm_page_flush": False}})
+    guest_writes_page(h)
+    before = h.cached_lines(GUEST)
+    assert h.vm_page_flush_pages(3, np.array([P, P + PAGE], np.uint64), GUEST) is False
+    assert h.counters["faults"][3] == 1
+    assert h.cached_lines(GUEST) == before
+
+
+def test_vm_page_flush_pages_rejects_bad_input_before_flushing():
+    h = host(False)
+    guest_writes_page(h)
+    before = h.cached_lines(GUEST)
+    with pytest.raises(ValueError, match=r"pa\[1\]"):
+        h.vm_page_flush_pages(3, np.array([P, h.memory], np.uint64), GUEST)
+    with pytest.raises(TypeError):
+        h.vm_page_flush_pages(3, np.array([P], np.int32), GUEST)
+    assert h.cached_lines(GUEST) == before

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
+import numpy as np
+
 if TYPE_CHECKING:  # pragma: no cover
     from .sev import Kvm, SevVm
 
@@ -124,18 +126,20 @@ class VmPageFlush(CacheStrategy):
               "applied here to every reclaimed page")
 
     def writeback_caches(self, kvm, vm, initiator):
-        for pa, size in vm.region_runs():
-            for p in range(pa, pa + size, PAGE):
-                if not kvm.host.vm_page_flush(initiator, p, vm.asid):
-                    # wrmsrq_safe() failed: WARN_ONCE and fall back (sev_flush_encrypted_page)
-                    WbnoinvdRanCpus().writeback_caches(kvm, vm, initiator)
-                    return
+        runs = vm.region_runs()
+        pas = np.concatenate([np.arange(pa, pa + size, PAGE, dtype=np.uint64) for pa, size in runs]
+                             or [np.empty(0, np.uint64)])
+        self._flush(kvm, vm, initiator, pas)
 
     def reclaim(self, kvm, vm, initiator, pages):
-        for p in pages:
-            if not kvm.host.vm_page_flush(initiator, p.pa, vm.asid):
-                WbnoinvdRanCpus().writeback_caches(kvm, vm, initiator)
-                return
+        self._flush(kvm, vm, initiator, np.fromiter((p.pa for p in pages), np.uint64))
+
+    @staticmethod
+    def _flush(kvm, vm, initiator, pas):
+        # one WRMSR per page, in one call into the engine
+        if not kvm.host.vm_page_flush_pages(initiator, pas, vm.asid):
+            # wrmsrq_safe() failed: WARN_ONCE and fall back (sev_flush_encrypted_page)
+            WbnoinvdRanCpus().writeback_caches(kvm, vm, initiator)
 
 
 class NoFlush(CacheStrategy):

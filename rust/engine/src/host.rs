@@ -1379,13 +1379,39 @@ impl Host {
     /// lines cached under guest key `asid`, everywhere (semantics.md 1.5). Without the feature the
     /// WRMSR raises #GP: returns Ok(false) and counts a fault, as wrmsrq_safe() would see it.
     pub fn vm_page_flush(&mut self, cpu: usize, pa: u64, asid: u16) -> Result<bool> {
+        self.vm_page_flush_many(cpu, &[pa], asid)
+    }
+
+    /// One VM_PAGE_FLUSH WRMSR per page of `pas`, in order, as a loop over sev_flush_encrypted_page()
+    /// would issue them (each charged as `vm_page_flush`). Every argument is checked first, so bad
+    /// input changes nothing. Without the feature the first WRMSR raises #GP: one fault is counted,
+    /// nothing is flushed, and it returns Ok(false), where the caller falls back.
+    pub fn vm_page_flush_many(&mut self, cpu: usize, pas: &[u64], asid: u16) -> Result<bool> {
         self.check_cpu("cpu", cpu)?;
-        self.check_addr("addr", pa)?;
+        for (i, &pa) in pas.iter().enumerate() {
+            if pa >= self.mem.bytes {
+                return Err(EngineError::invalid(
+                    "pa",
+                    format!("pa[{i}] = {pa:#x} is past the end of memory ({:#x} bytes)", self.mem.bytes),
+                ));
+            }
+        }
         let asid = self.check_key("asid", asid as u64)?;
+        if pas.is_empty() {
+            return Ok(true);
+        }
         if !self.cfg.features.vm_page_flush {
             self.ctr.faults[cpu] += 1;
             return Ok(false);
         }
+        for &pa in pas {
+            self.vm_page_flush_one(cpu, pa, asid);
+        }
+        self.after_bulk();
+        Ok(true)
+    }
+
+    fn vm_page_flush_one(&mut self, cpu: usize, pa: u64, asid: u16) {
         let first = (pa & !(PAGE - 1)) / LINE;
         let mut dirty = 0;
         for x in first..first + PAGE / LINE {
@@ -1396,8 +1422,6 @@ impl Host {
         self.ctr.vm_page_flush[cpu] += 1;
         self.ctr.flush_cycles[cpu] += cycles;
         self.clocks[cpu] += cycles;
-        self.after_bulk();
-        Ok(true)
     }
 
     /// A device access of [pa, pa + size) with `key` (0: plaintext DMA). Copies under the same key

@@ -587,6 +587,17 @@ impl PyHost {
         let asid = Self::key(asid, "asid")?;
         self.h.vm_page_flush(c, pa, asid).map_err(verr)
     }
+    /// One VM_PAGE_FLUSH per page address in `pa` (a uint64 array), with guest ASID `asid`, in one
+    /// call. Returns False (one fault counted, nothing flushed) where the CPU lacks the feature.
+    fn vm_page_flush_pages(&mut self, py: Python<'_>, cpu: &Bound<'_, PyAny>, pa: PyReadonlyArray1<'_, u64>,
+                           asid: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let c = self.cpu(cpu, "cpu")?;
+        let asid = Self::key(asid, "asid")?;
+        let mut owned = Vec::new();
+        let pas = contiguous(&pa, &mut owned);
+        let h = &mut self.h;
+        py.allow_threads(|| h.vm_page_flush_many(c, pas, asid)).map_err(verr)
+    }
     /// A device reads [pa, pa + size) with `key` (0 = plaintext).
     #[pyo3(signature = (pa, size, key=None))]
     fn dma_read(&mut self, pa: &Bound<'_, PyAny>, size: &Bound<'_, PyAny>, key: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
