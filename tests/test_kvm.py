@@ -230,3 +230,23 @@ def test_snp_notifier_free_of_part_of_a_2m_entry_psmashes_and_splits():
     assert h.lookup_address(h.direct_map_va(pa3)) == 4096
     h.access(0, np.array([pa3, pa3 + 8192], np.uint64), True)
     assert h.violation_counts()["rmp_host_write_assigned"] == 1  # only the write into the private neighbour
+
+
+def test_notifier_rejects_bad_input_and_a_full_host_before_changing_anything():
+    h = sevsim.Host.from_preset("tiny", memory="80MiB")
+    kvm = Kvm(h, "wbinvd_all", initiator=7, reserved_memory=64 << 20)  # 16 MiB free
+    vm = kvm.sev_guest_init("a", "sev", 12 << 20, 1)
+    kvm.vcpu_run(vm, 0, 1, np.zeros(1, np.uint64))
+    pages, clocks, stats = vm.pages.copy(), h.clocks.copy(), dict(kvm.stats)
+    with pytest.raises(ValueError, match="guest page numbers"):
+        kvm.mmu_notifier_invalidate(vm, [0, len(vm.pages)])
+    with pytest.raises(ValueError, match="hva_mapped"):
+        kvm.mmu_notifier_invalidate(vm, [0, 1], hva_mapped=[True])
+    with pytest.raises(ConfigError, match="out of host memory"):
+        kvm.mmu_notifier_invalidate(vm, np.arange(len(vm.pages)))  # 3072 pages, 1024 free
+    np.testing.assert_array_equal(pages, vm.pages)
+    np.testing.assert_array_equal(clocks, h.clocks)
+    assert kvm.stats == stats
+    assert h.owner(int(vm.pages[0])) == vm.asid
+    # within what is free it goes through
+    assert len(kvm.mmu_notifier_invalidate(vm, np.arange(16))) == 16

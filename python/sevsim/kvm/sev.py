@@ -319,10 +319,21 @@ class Kvm:
         pages freed (empty without `free`)."""
         cpu = self.initiator if initiator is None else initiator
         gpages = np.asarray(gpages, dtype=np.int64)
+        # every argument is checked before anything changes
+        if gpages.ndim != 1:
+            raise ValueError(f"gpages must be a sequence of guest page numbers, got shape {gpages.shape}")
+        if gpages.size and (int(gpages.min()) < 0 or int(gpages.max()) >= len(vm.pages)):
+            raise ValueError(f"VM {vm.name}: guest page numbers must be in 0..{len(vm.pages) - 1}, "
+                             f"got {int(gpages.min())}..{int(gpages.max())}")
+        mapped = [True] * len(gpages) if hva_mapped is None else [bool(m) for m in hva_mapped]
+        if len(mapped) != len(gpages):
+            raise ValueError(f"hva_mapped has {len(mapped)} entries for {len(gpages)} pages")
+        if free and len(gpages) > self.mem.top:
+            # the guest's replacement pages are allocated before its old ones are released
+            raise ConfigError(f"out of host memory: {len(gpages)} replacement pages asked, {self.mem.top} free")
         self.stats["notifier_calls"] += 1
         self.kvm_flush_remote_tlbs(vm, cpu)
         old = vm.pages[gpages].copy()
-        mapped = [True] * len(old) if hva_mapped is None else list(hva_mapped)
         self.sev_guest_memory_reclaimed(vm, cpu, [Page(int(pa), m) for pa, m in zip(old, mapped)])
         if not free:
             return np.zeros(0, dtype=np.uint64)
