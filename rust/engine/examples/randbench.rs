@@ -13,13 +13,14 @@ fn main() {
     .unwrap();
     let cfg = HostConfig::from_profile(sevsim_engine::config::DEFAULT_PROFILE, "epyc-9755-2s", Some(&o)).unwrap();
     let mut h = Host::new(cfg, Some(64 << 30)).unwrap();
+    let range: u64 = std::env::var("RANGE").map(|r| r.parse::<u64>().unwrap()).unwrap_or(4 << 30);
     let mut x: u64 = 88172645463325252;
     let addr: Vec<u64> = (0..n)
         .map(|_| {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            (x % std::env::var("RANGE").map(|r| r.parse::<u64>().unwrap()).unwrap_or(4 << 30)) & !7
+            (x % range) & !7
         })
         .collect();
     let addr: Vec<u64> = if std::env::var("STREAM").is_ok() { (0..n as u64).map(|i| i * 8).collect() } else { addr };

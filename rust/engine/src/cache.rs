@@ -98,6 +98,69 @@ unsafe fn match_bits_avx2(set: &[u64], want: u64, mask: u64) -> u64 {
     bits
 }
 
+/// A set of N ways (N a multiple of 4) at `p` becomes: way 0 = `v`, ways 1..=i = the old ways
+/// 0..i, the rest unchanged (a touch of way i, with `v` its line).
+/// Branch-free: which way hits is data, and a mispredicted copy length costs more than the move.
+///
+/// SAFETY: AVX2; p - 1 .. p + N readable and p .. p + N writable (LineArray keeps a spare element
+/// before and after every set it holds).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn move_to_front_avx2<const N: usize>(p: *mut u64, i: usize, v: u64) {
+    use std::arch::x86_64::*;
+    let q = p as *mut __m256i;
+    let lim = _mm256_set1_epi64x(i as i64 + 1);
+    let mut old = [_mm256_setzero_si256(); 4];
+    let mut sh = [_mm256_setzero_si256(); 4];
+    // every load before any store: the shifted loads overlap the ways stored
+    for k in 0..N / 4 {
+        old[k] = _mm256_loadu_si256(q.add(k));
+        sh[k] = _mm256_loadu_si256(p.add(4 * k).sub(1) as *const __m256i);
+    }
+    for k in 0..N / 4 {
+        let w = 4 * k as i64;
+        let idx = _mm256_setr_epi64x(w, w + 1, w + 2, w + 3);
+        // way index <= i: take the left neighbour
+        let take = _mm256_cmpgt_epi64(lim, idx);
+        let mut nv = _mm256_blendv_epi8(old[k], sh[k], take);
+        if k == 0 {
+            nv = _mm256_blend_epi32::<0b0000_0011>(nv, _mm256_set1_epi64x(v as i64));
+        }
+        _mm256_storeu_si256(q.add(k), nv);
+    }
+}
+
+/// A set of N ways (N a multiple of 4) at `p` loses way `i`: ways i..N-1 take their right
+/// neighbour and way N - 1 becomes empty. Branch-free, as `move_to_front_avx2`.
+///
+/// SAFETY: as `move_to_front_avx2`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn remove_at_avx2<const N: usize>(p: *mut u64, i: usize) {
+    use std::arch::x86_64::*;
+    let q = p as *mut __m256i;
+    let below = _mm256_set1_epi64x(i as i64 - 1);
+    let mut old = [_mm256_setzero_si256(); 4];
+    let mut sh = [_mm256_setzero_si256(); 4];
+    for k in 0..N / 4 {
+        old[k] = _mm256_loadu_si256(q.add(k));
+        sh[k] = _mm256_loadu_si256(p.add(4 * k + 1) as *const __m256i);
+    }
+    for k in 0..N / 4 {
+        let w = 4 * k as i64;
+        let idx = _mm256_setr_epi64x(w, w + 1, w + 2, w + 3);
+        // way index >= i: take the right neighbour
+        let take = _mm256_cmpgt_epi64(idx, below);
+        let mut nv = _mm256_blendv_epi8(old[k], sh[k], take);
+        if k == N / 4 - 1 {
+            nv = _mm256_blend_epi32::<0b1100_0000>(nv, _mm256_setzero_si256());
+        }
+        _mm256_storeu_si256(q.add(k), nv);
+    }
+}
+
 /// A zeroed array of u64 aligned to 64 bytes (a set of 8 or 16 ways then spans exactly one or
 /// two host cache lines), whose pages the kernel may back with transparent huge pages: random set
 /// lookups over tens of MiB otherwise pay host TLB misses.
@@ -106,7 +169,8 @@ pub struct LineArray {
     /// owns the memory `ptr` points into
     #[allow(dead_code)]
     raw: Vec<u64>,
-    /// `raw`'s element at the 64-byte boundary (`raw` is never resized, so this stays valid)
+    /// `raw`'s element at the 64-byte boundary (`raw` is never resized, so this stays valid), with
+    /// at least one element of `raw` before it and one after `ptr + len`
     ptr: *mut u64,
     len: usize,
 }
@@ -118,16 +182,26 @@ unsafe impl Sync for LineArray {}
 impl LineArray {
     pub fn zeroed(n: usize) -> Self {
         // vec![0u64; n] is calloc, so pages are committed only when first written (an aligned
-        // zeroed allocation would be memset up front); over-allocate and start at a 64-byte boundary
-        let mut raw = vec![0u64; n + 8];
-        let off = ((64 - (raw.as_ptr() as usize % 64)) % 64) / 8;
+        // zeroed allocation would be memset up front). Over-allocate and start at a 64-byte
+        // boundary with 8..16 spare elements before the first set and at least 1 after the last:
+        // the AVX2 set shifts load one element past either end of a set (and discard it). Arrays
+        // of 4 MiB or more start at a 2 MiB boundary instead, so that all of them can be backed by
+        // transparent huge pages (random set lookups over tens of MiB otherwise pay host TLB misses).
+        const HUGE: usize = 2 << 20;
+        let big = n * 8 >= 4 << 20;
+        let extra = if big { HUGE / 8 + 16 } else { 16 };
+        let mut raw = vec![0u64; n + extra];
+        let start = raw.as_ptr() as usize + 64;
+        let align = if big { HUGE } else { 64 };
+        let off = (start.div_ceil(align) * align - raw.as_ptr() as usize) / 8;
+        debug_assert!(off >= 8 && off + n < raw.len());
         #[cfg(target_os = "linux")]
-        if n * 8 >= 4 << 20 {
+        if big {
             // SAFETY: advice on memory this vector owns; it changes no contents.
             unsafe {
-                let start = raw.as_ptr() as usize;
-                let aligned = (start + 4095) & !4095;
-                let end = start + raw.len() * 8;
+                let first = raw.as_ptr() as usize;
+                let aligned = (first + 4095) & !4095;
+                let end = first + raw.len() * 8;
                 if end > aligned {
                     libc::madvise(aligned as *mut libc::c_void, end - aligned, libc::MADV_HUGEPAGE);
                 }
@@ -263,11 +337,22 @@ impl Caches {
     /// Make way `i` the most recently used.
     #[inline(always)]
     pub fn touch(&mut self, base: usize, i: usize) {
+        ways!(self.touch_w(base, i))
+    }
+
+    #[inline(always)]
+    fn touch_w<const N: usize>(&mut self, base: usize, i: usize) {
+        let ways = if N == 0 { self.ways } else { N };
+        let set = &mut self.data[base..base + ways];
+        let v = set[i];
+        #[cfg(target_arch = "x86_64")]
+        if N != 0 && N % 4 == 0 && self.avx2 {
+            // SAFETY: AVX2 detected; a LineArray set has a spare readable element on each side.
+            unsafe { move_to_front_avx2::<N>(set.as_mut_ptr(), i, v) };
+            return;
+        }
         if i != 0 {
-            // carry the line to the front (a block move measured faster here than branch-free
-            // selects over the set or a scalar loop)
-            let set = &mut self.data[base..=base + i];
-            let v = set[i];
+            // carry the line to the front
             set.copy_within(0..i, 1);
             set[0] = v;
         }
@@ -287,6 +372,7 @@ impl Caches {
         // valid lines come first, so shifting every way down by one drops either the LRU line or
         // (in a set with a free way) an empty way
         let victim = set[ways - 1];
+        // a fixed-size block move (measured faster than the AVX2 blend of `move_to_front_avx2`)
         set.copy_within(0..ways - 1, 1);
         set[0] = v;
         self.valid[inst] += (victim == 0) as u32;
@@ -304,10 +390,16 @@ impl Caches {
         let ways = if N == 0 { self.ways } else { N };
         let set = &mut self.data[base..base + ways];
         let v = set[i];
+        self.valid[inst] -= 1;
+        #[cfg(target_arch = "x86_64")]
+        if N != 0 && N % 4 == 0 && self.avx2 {
+            // SAFETY: AVX2 detected; a LineArray set has a spare readable element on each side.
+            unsafe { remove_at_avx2::<N>(set.as_mut_ptr(), i) };
+            return v;
+        }
         // valid lines come first: empty ways shift along with the rest
         set.copy_within(i + 1..ways, i);
         set[ways - 1] = 0;
-        self.valid[inst] -= 1;
         v
     }
 
@@ -366,6 +458,55 @@ mod tests {
         assert_eq!(c.inst_slice(0), &[tag(4, 0), tag(3, 0), 0]);
         assert_eq!(c.valid[0], 2);
         assert!(c.find(b, tag(1, 0), MATCH_KEYED).is_none());
+    }
+
+    /// touch, insert and remove on every specialised associativity, with and without the AVX2
+    /// shifts, against a plain Vec model of LRU order; neighbouring sets must not change.
+    #[test]
+    fn set_operations_match_a_plain_lru_list() {
+        for ways in [3usize, 4, 8, 12, 16] {
+            for avx2 in [false, has_avx2()] {
+                let mut c = Caches::new(2, 4, ways);
+                c.avx2 = avx2;
+                let mut model: Vec<Vec<u64>> = vec![Vec::new(); 8];
+                let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ ways as u64;
+                for step in 0..4000u64 {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    let (inst, set) = ((seed % 2) as usize, ((seed >> 8) % 4) as usize);
+                    let b = (inst * 4 + set) * ways;
+                    let m = &mut model[inst * 4 + set];
+                    match (seed >> 16) % 3 {
+                        0 => {
+                            let v = tag(step * 4 + set as u64, 0);
+                            let victim = c.insert(inst, b, v);
+                            m.insert(0, v);
+                            let want = if m.len() > ways { m.pop().unwrap() } else { 0 };
+                            assert_eq!(victim, want);
+                        }
+                        1 if !m.is_empty() => {
+                            let i = ((seed >> 24) as usize) % m.len();
+                            c.touch(b, i);
+                            let v = m.remove(i);
+                            m.insert(0, v);
+                        }
+                        2 if !m.is_empty() => {
+                            let i = ((seed >> 24) as usize) % m.len();
+                            assert_eq!(c.remove(inst, b, i), m.remove(i));
+                        }
+                        _ => {}
+                    }
+                    for (k, m) in model.iter().enumerate() {
+                        let mut want = m.clone();
+                        want.resize(ways, 0);
+                        assert_eq!(&c.data[k * ways..(k + 1) * ways], &want[..], "ways {ways} avx2 {avx2} step {step}");
+                    }
+                    let valid: Vec<u32> = (0..2).map(|i| model[i * 4..i * 4 + 4].iter().map(|m| m.len() as u32).sum()).collect();
+                    assert_eq!(c.valid, valid);
+                }
+            }
+        }
     }
 
     #[test]
