@@ -4,13 +4,14 @@
 //! The mask is a superset: a bit is set whenever a CCD gains a copy, and cleared lazily, when a
 //! lookup scans the CCD and finds nothing. The table is rebuilt from the caches when it grows much
 //! larger than the number of cached lines. An open-addressing table with linear probing and
-//! backward-shift deletion: two flat arrays, no allocation per operation.
+//! backward-shift deletion: one flat array of (key, mask) slots, so that a lookup touches one host
+//! cache line, and no allocation per operation.
 
 const EMPTY: u64 = 0;
 
 pub struct Directory {
-    keys: Vec<u64>, // line + 1; 0 = empty
-    vals: Vec<u64>,
+    /// (line + 1, CCD mask); line + 1 = 0 marks an empty slot
+    slots: Vec<[u64; 2]>,
     len: usize,
     shift: u32,
 }
@@ -33,7 +34,7 @@ impl Directory {
 
     fn with_capacity_pow2(bits: u32) -> Self {
         let n = 1usize << bits;
-        Directory { keys: vec![EMPTY; n], vals: vec![0; n], len: 0, shift: 64 - bits }
+        Directory { slots: vec![[EMPTY, 0]; n], len: 0, shift: 64 - bits }
     }
 
     pub fn len(&self) -> usize {
@@ -43,7 +44,19 @@ impl Directory {
         self.len == 0
     }
     pub fn bytes(&self) -> usize {
-        self.keys.len() * 16
+        self.slots.len() * 16
+    }
+
+    /// Ask the host CPU to start loading the slot where a lookup of `line` begins (a hint only).
+    #[inline(always)]
+    pub fn prefetch(&self, line: u64) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(p) = self.slots.get(hash(line + 1, self.shift)) {
+            // SAFETY: a prefetch is a hint; the pointer is in bounds and nothing is read.
+            unsafe { std::arch::x86_64::_mm_prefetch(p.as_ptr() as *const i8, std::arch::x86_64::_MM_HINT_T0) };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = line;
     }
 
     pub fn clear(&mut self) {
@@ -53,10 +66,10 @@ impl Directory {
     #[inline(always)]
     fn slot(&self, line: u64) -> (usize, bool) {
         let k = line + 1;
-        let m = self.keys.len() - 1;
+        let m = self.slots.len() - 1;
         let mut i = hash(k, self.shift);
         loop {
-            let s = self.keys[i];
+            let s = self.slots[i][0];
             if s == k {
                 return (i, true);
             }
@@ -72,7 +85,7 @@ impl Directory {
     pub fn get(&self, line: u64) -> u64 {
         let (i, found) = self.slot(line);
         if found {
-            self.vals[i]
+            self.slots[i][1]
         } else {
             0
         }
@@ -83,15 +96,14 @@ impl Directory {
     pub fn add(&mut self, line: u64, bits: u64) {
         let (i, found) = self.slot(line);
         if found {
-            self.vals[i] |= bits;
+            self.slots[i][1] |= bits;
             return;
         }
-        self.keys[i] = line + 1;
-        self.vals[i] = bits;
+        self.slots[i] = [line + 1, bits];
         self.len += 1;
         // grow past 3/4 full: linear probing stays short, and a full 512-CPU host's ~21 M cached
         // lines fit 2^25 slots (512 MiB) rather than 2^26
-        if self.len * 4 > self.keys.len() * 3 {
+        if self.len * 4 > self.slots.len() * 3 {
             self.grow();
         }
     }
@@ -104,7 +116,7 @@ impl Directory {
         } else {
             let (i, found) = self.slot(line);
             if found {
-                self.vals[i] = mask;
+                self.slots[i][1] = mask;
             } else {
                 self.add(line, mask);
             }
@@ -116,12 +128,12 @@ impl Directory {
         if !found {
             return;
         }
-        let m = self.keys.len() - 1;
+        let m = self.slots.len() - 1;
         // backward-shift deletion keeps every probe chain unbroken without tombstones
         let mut j = i;
         loop {
             j = (j + 1) & m;
-            let k = self.keys[j];
+            let k = self.slots[j][0];
             if k == EMPTY {
                 break;
             }
@@ -129,22 +141,19 @@ impl Directory {
             // move k back to i if its home is not in the cyclic range (i, j]
             let in_range = if i <= j { home > i && home <= j } else { home > i || home <= j };
             if !in_range {
-                self.keys[i] = k;
-                self.vals[i] = self.vals[j];
+                self.slots[i] = self.slots[j];
                 i = j;
             }
         }
-        self.keys[i] = EMPTY;
-        self.vals[i] = 0;
+        self.slots[i] = [EMPTY, 0];
         self.len -= 1;
     }
 
     fn grow(&mut self) {
         let bits = 64 - self.shift + 1;
-        let old_k = std::mem::take(&mut self.keys);
-        let old_v = std::mem::take(&mut self.vals);
+        let old = std::mem::take(&mut self.slots);
         *self = Self::with_capacity_pow2(bits);
-        for (k, v) in old_k.into_iter().zip(old_v) {
+        for [k, v] in old {
             if k != EMPTY {
                 self.add(k - 1, v);
             }

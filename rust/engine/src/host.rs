@@ -1134,7 +1134,13 @@ impl Host {
             let x = addr[j] >> 6;
             let core = self.topo.cpu_core[cpu.at(j) as usize] as usize;
             let ccd = self.topo.core_ccd[core] as usize;
-            let (b2, b3) = (self.l2.base(core, x), self.l3.base(ccd, x));
+            let (b1, b2, b3) = (self.l1.base(core, x), self.l2.base(core, x), self.l3.base(ccd, x));
+            // many CPUs' L1 sets do not stay in the host's caches
+            prefetch(&self.l1.data, b1);
+            if self.dir_active {
+                // the miss will look the line up in the directory
+                self.dir.prefetch(x);
+            }
             prefetch(&self.l2.data, b2);
             prefetch(&self.l2.data, b2 + self.l2.ways - 1);
             prefetch(&self.l3.data, b3);
