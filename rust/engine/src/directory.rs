@@ -7,11 +7,16 @@
 //! backward-shift deletion: one flat array of (key, mask) slots, so that a lookup touches one host
 //! cache line, and no allocation per operation.
 
+use crate::cache::LineArray;
+
 const EMPTY: u64 = 0;
 
 pub struct Directory {
-    /// (line + 1, CCD mask); line + 1 = 0 marks an empty slot
-    slots: Vec<[u64; 2]>,
+    /// slot i is (line + 1, CCD mask) at 2i, 2i + 1; line + 1 = 0 marks an empty slot. A LineArray:
+    /// 64-byte aligned and, when large, backed by transparent huge pages (random lookups over
+    /// hundreds of MiB otherwise pay a host TLB miss each).
+    slots: LineArray,
+    n: usize,
     len: usize,
     shift: u32,
 }
@@ -34,7 +39,7 @@ impl Directory {
 
     fn with_capacity_pow2(bits: u32) -> Self {
         let n = 1usize << bits;
-        Directory { slots: vec![[EMPTY, 0]; n], len: 0, shift: 64 - bits }
+        Directory { slots: LineArray::zeroed(2 * n), n, len: 0, shift: 64 - bits }
     }
 
     pub fn len(&self) -> usize {
@@ -44,16 +49,16 @@ impl Directory {
         self.len == 0
     }
     pub fn bytes(&self) -> usize {
-        self.slots.len() * 16
+        self.n * 16
     }
 
     /// Ask the host CPU to start loading the slot where a lookup of `line` begins (a hint only).
     #[inline(always)]
     pub fn prefetch(&self, line: u64) {
         #[cfg(target_arch = "x86_64")]
-        if let Some(p) = self.slots.get(hash(line + 1, self.shift)) {
+        if let Some(p) = self.slots.get(2 * hash(line + 1, self.shift)) {
             // SAFETY: a prefetch is a hint; the pointer is in bounds and nothing is read.
-            unsafe { std::arch::x86_64::_mm_prefetch(p.as_ptr() as *const i8, std::arch::x86_64::_MM_HINT_T0) };
+            unsafe { std::arch::x86_64::_mm_prefetch(p as *const u64 as *const i8, std::arch::x86_64::_MM_HINT_T0) };
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = line;
@@ -66,10 +71,10 @@ impl Directory {
     #[inline(always)]
     fn slot(&self, line: u64) -> (usize, bool) {
         let k = line + 1;
-        let m = self.slots.len() - 1;
+        let m = self.n - 1;
         let mut i = hash(k, self.shift);
         loop {
-            let s = self.slots[i][0];
+            let s = self.slots[2 * i];
             if s == k {
                 return (i, true);
             }
@@ -85,7 +90,7 @@ impl Directory {
     pub fn get(&self, line: u64) -> u64 {
         let (i, found) = self.slot(line);
         if found {
-            self.slots[i][1]
+            self.slots[2 * i + 1]
         } else {
             0
         }
@@ -96,14 +101,15 @@ impl Directory {
     pub fn add(&mut self, line: u64, bits: u64) {
         let (i, found) = self.slot(line);
         if found {
-            self.slots[i][1] |= bits;
+            self.slots[2 * i + 1] |= bits;
             return;
         }
-        self.slots[i] = [line + 1, bits];
+        self.slots[2 * i] = line + 1;
+        self.slots[2 * i + 1] = bits;
         self.len += 1;
         // grow past 3/4 full: linear probing stays short, and a full 512-CPU host's ~21 M cached
         // lines fit 2^25 slots (512 MiB) rather than 2^26
-        if self.len * 4 > self.slots.len() * 3 {
+        if self.len * 4 > self.n * 3 {
             self.grow();
         }
     }
@@ -116,7 +122,7 @@ impl Directory {
         } else {
             let (i, found) = self.slot(line);
             if found {
-                self.slots[i][1] = mask;
+                self.slots[2 * i + 1] = mask;
             } else {
                 self.add(line, mask);
             }
@@ -128,12 +134,12 @@ impl Directory {
         if !found {
             return;
         }
-        let m = self.slots.len() - 1;
+        let m = self.n - 1;
         // backward-shift deletion keeps every probe chain unbroken without tombstones
         let mut j = i;
         loop {
             j = (j + 1) & m;
-            let k = self.slots[j][0];
+            let k = self.slots[2 * j];
             if k == EMPTY {
                 break;
             }
@@ -141,19 +147,21 @@ impl Directory {
             // move k back to i if its home is not in the cyclic range (i, j]
             let in_range = if i <= j { home > i && home <= j } else { home > i || home <= j };
             if !in_range {
-                self.slots[i] = self.slots[j];
+                self.slots[2 * i] = k;
+                self.slots[2 * i + 1] = self.slots[2 * j + 1];
                 i = j;
             }
         }
-        self.slots[i] = [EMPTY, 0];
+        self.slots[2 * i] = EMPTY;
+        self.slots[2 * i + 1] = 0;
         self.len -= 1;
     }
 
     fn grow(&mut self) {
         let bits = 64 - self.shift + 1;
-        let old = std::mem::take(&mut self.slots);
-        *self = Self::with_capacity_pow2(bits);
-        for [k, v] in old {
+        let old = std::mem::replace(self, Self::with_capacity_pow2(bits));
+        for pair in old.slots.chunks_exact(2) {
+            let (k, v) = (pair[0], pair[1]);
             if k != EMPTY {
                 self.add(k - 1, v);
             }
