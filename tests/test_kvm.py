@@ -250,3 +250,63 @@ def test_notifier_rejects_bad_input_and_a_full_host_before_changing_anything():
     assert h.owner(int(vm.pages[0])) == vm.asid
     # within what is free it goes through
     assert len(kvm.mmu_notifier_invalidate(vm, np.arange(16))) == 16
+
+
+def snp_host_and_vm(strategy="wbinvd_all", memory=4 << 20):
+    h = sevsim.Host.from_preset("tiny", sme_coherent=True)
+    h.snp_enable()
+    kvm = Kvm(h, strategy, initiator=7)
+    return h, kvm, kvm.sev_guest_init("a", "snp", memory, 1)
+
+
+def test_hva_notifiers_cannot_reach_guest_memfd_memory():
+    """SNP + guest_memfd: the notifier zaps and flushes TLBs but runs no reclaim hook (even a WBINVD
+    strategy's) and frees no private page (sev_guest_memory_reclaimed() returns early for SNP)."""
+    h, kvm, vm = snp_host_and_vm("wbinvd_all")
+    kvm.vcpu_run(vm, 0, 1, np.arange(0, 8 * 4096, 64, dtype=np.uint64), True)
+    pages = vm.pages.copy()
+    wb = int(h.counters["wbinvd"].sum())
+    assert len(kvm.mmu_notifier_invalidate(vm, [0, 1, 2])) == 0
+    np.testing.assert_array_equal(pages, vm.pages)
+    assert int(h.counters["wbinvd"].sum()) == wb
+    assert kvm.stats["notifier_calls"] == 1 and h.rmp_entry(int(vm.pages[0]))["assigned"]
+    # the same event against an SEV-ES guest of the same host runs the hook
+    es = kvm.sev_guest_init("b", "sev-es", 1 << 20, 1)
+    kvm.vcpu_run(es, 0, 2, np.zeros(1, np.uint64))
+    assert len(kvm.mmu_notifier_invalidate(es, [0])) == 1
+    assert int(h.counters["wbinvd"].sum()) == wb + h.cpu_count
+
+
+def test_gmem_punch_hole_frees_private_pages_safely_and_the_guest_gets_new_ones():
+    h, kvm, vm = snp_host_and_vm()
+    kvm.vcpu_run(vm, 0, 1, np.arange(0, 16 * 4096, 64, dtype=np.uint64), True)  # dirty guest lines
+    gp = np.array([1, 5, 600])  # inside the first 2 MiB entry (PSMASH) and the second
+    freed = kvm.kvm_gmem_punch_hole(vm, gp)
+    assert len(freed) == 3 and not set(freed.tolist()) & set(vm.pages.tolist())
+    for pa in freed.tolist():
+        assert not h.rmp_entry(pa)["assigned"] and h.owner(pa) == 0
+    for pa in vm.pages[gp].tolist():
+        e = h.rmp_entry(pa)
+        assert e["assigned"] and e["validated"] and e["asid"] == vm.asid
+    assert int(h.counters["psmashes"].sum()) == 2
+    # the host reuses the freed pages: no RMP fault, no corruption; the guest runs on its new pages
+    h.access(0, freed.astype(np.uint64), True)
+    kvm.vcpu_run(vm, 0, 1, (gp * 4096).astype(np.uint64), True)
+    h.wbinvd_on_cpus(0, range(h.cpu_count))
+    assert h.violation_kinds()["rmp_fault"] == 0
+    assert h.violation_counts()["writeback_foreign_owner"] == 0
+    assert kvm.stats["gmem_punches"] == 1
+
+
+def test_gmem_punch_hole_rejects_what_it_cannot_do_before_changing_anything():
+    h, kvm, vm = snp_host_and_vm()
+    es = kvm.sev_guest_init("b", "sev-es", 1 << 20, 1)
+    clocks = h.clocks.copy()
+    with pytest.raises(ValueError, match="guest_memfd"):
+        kvm.kvm_gmem_punch_hole(es, [0])
+    with pytest.raises(ValueError, match="guest page numbers"):
+        kvm.kvm_gmem_punch_hole(vm, [len(vm.pages)])
+    with pytest.raises(ValueError, match="repeat"):
+        kvm.kvm_gmem_punch_hole(vm, [3, 3])
+    np.testing.assert_array_equal(clocks, h.clocks)
+    assert kvm.stats["gmem_punches"] == 0

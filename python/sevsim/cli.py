@@ -131,7 +131,7 @@ def cmd_run(args) -> int:
     print(table.format(SUMMARY_COLUMNS.get(sc.NAME)))
     unsafe = [r["strategy"] for r in table.rows if r.get("verdict") == "UNSAFE"]
     if unsafe:
-        print(f"\nUNSAFE: {', '.join(dict.fromkeys(unsafe))} (violations = corruption/DMA/isolation events "
+        print(f"\nUNSAFE: {', '.join(dict.fromkeys(unsafe))} (violations = corruption/DMA/isolation/RMP events "
               f"recorded + dirty stale lines left in the caches)")
     if args.json:
         write_atomic(args.json, table.to_json())

@@ -145,7 +145,8 @@ class Kvm:
         self.asid_used: set[int] = set()
         self.asid_reclaim: set[int] = set()
         self.vms: list[SevVm] = []
-        self.stats = {"asid_recycles": 0, "df_flush": 0, "notifier_calls": 0, "pages_reclaimed": 0}
+        self.stats = {"asid_recycles": 0, "df_flush": 0, "notifier_calls": 0, "pages_reclaimed": 0,
+                      "gmem_punches": 0}
 
     # ---------------------------------------------------------------------------------------
     # ASIDs (sev_asid_new, sev_asid_free, __sev_recycle_asids, sev_flush_asids)
@@ -294,10 +295,20 @@ class Kvm:
         """The vCPU stops running (the CPU stays in have_run_cpus: bits are never cleared)."""
         vm.vcpu_cpu[vcpu] = None
 
+    def gmem_backed(self, vm: SevVm) -> bool:
+        """Is the VM's private memory in guest_memfd (an SNP VM on a host with SNP enabled)? Then
+        HVA-based MMU notifiers cannot reach it: only `kvm_gmem_punch_hole` frees it."""
+        return vm.vm_type is VmType.SNP and self.host.snp_enabled
+
     def sev_guest_memory_reclaimed(self, vm: SevVm, initiator: int, pages: Sequence[Page]) -> None:
-        """kvm_arch_guest_memory_reclaimed() on SVM. Newest kernels return early for SNP, whose
-        private memory is freed through guest_memfd (sev_gmem_invalidate); the 2023 thread's SNP
-        hosts still paid this hook, which is what sevsim models for every SEV-family VM."""
+        """kvm_arch_guest_memory_reclaimed() on SVM: the strategy's reclaim. It returns early for
+        SNP guests backed by guest_memfd, whose private memory HVA-based notifiers cannot reach
+        ("KVM: SEV: Avoid WBINVD for HVA-based MMU notifications for SNP", M. Roth, May 2024;
+        sev_guest_memory_reclaimed() in arch/x86/kvm/svm/sev.c). The 2023 thread's SNP hosts,
+        before guest_memfd, still paid the hook: sevsim models that when SNP is not enabled on the
+        host."""
+        if self.gmem_backed(vm):
+            return
         self.strategy.reclaim(self, vm, initiator, pages)
 
     def kvm_flush_remote_tlbs(self, vm: SevVm, initiator: int) -> None:
@@ -316,7 +327,9 @@ class Kvm:
         go back to the host (mm frees them after the callback returns: munmap, MADV_DONTNEED, a
         balloon) and the guest faults in fresh ones; without, the mapping is only changed (a NUMA
         hinting fault's PROT_NONE, a KSM scan) and the guest keeps its pages. Returns the physical
-        pages freed (empty without `free`)."""
+        pages freed (empty without `free`). For an SNP VM on an SNP-enabled host the private
+        memory lives in guest_memfd, out of the notifiers' reach: the event only zaps and flushes
+        TLBs, and frees nothing (free private memory with `kvm_gmem_punch_hole`)."""
         cpu = self.initiator if initiator is None else initiator
         gpages = np.asarray(gpages, dtype=np.int64)
         # every argument is checked before anything changes
@@ -328,11 +341,17 @@ class Kvm:
         mapped = [True] * len(gpages) if hva_mapped is None else [bool(m) for m in hva_mapped]
         if len(mapped) != len(gpages):
             raise ValueError(f"hva_mapped has {len(mapped)} entries for {len(gpages)} pages")
-        if free and len(gpages) > self.mem.top:
+        gmem = self.gmem_backed(vm)
+        if free and not gmem and len(gpages) > self.mem.top:
             # the guest's replacement pages are allocated before its old ones are released
             raise ConfigError(f"out of host memory: {len(gpages)} replacement pages asked, {self.mem.top} free")
         self.stats["notifier_calls"] += 1
         self.kvm_flush_remote_tlbs(vm, cpu)
+        if gmem:
+            # guest_memfd memory is not in the HVA space: the event concerns the guest's shared
+            # pages only, which sevsim does not model; the zap and TLB flush are paid, the reclaim
+            # hook returns early and no private page changes hands
+            return np.zeros(0, dtype=np.uint64)
         old = vm.pages[gpages].copy()
         self.sev_guest_memory_reclaimed(vm, cpu, [Page(int(pa), m) for pa, m in zip(old, mapped)])
         if not free:
@@ -344,6 +363,40 @@ class Kvm:
         self.mem.release(old)
         self._give_to_guest(vm, new, cpu)
         vm.pages[gpages] = new
+        return old
+
+    def kvm_gmem_punch_hole(self, vm: SevVm, gpages: Sequence[int], initiator: int | None = None) -> np.ndarray:
+        """fallocate(PUNCH_HOLE) on an SNP guest's guest_memfd for guest pages `gpages` (a discard,
+        or the private half of a private->shared conversion), in KVM's order
+        (virt/kvm/guest_memfd.c, kvm_gmem_punch_hole()): kvm_gmem_invalidate_begin() zaps the
+        mappings and flushes remote TLBs; truncating the folios frees them, which runs
+        kvm_arch_gmem_invalidate() -> sev_gmem_invalidate() (RMP back to shared, PSMASH for part of
+        a 2 MiB entry, CLFLUSH through the direct map); the pages go back to the host. The guest
+        later faults in fresh private pages (kvm_gmem_get_pfn() -> sev_gmem_prepare(), and the
+        guest's PVALIDATE). No cache strategy is involved: this path always flushes by PFN.
+        Returns the physical pages freed."""
+        cpu = self.initiator if initiator is None else initiator
+        if not self.gmem_backed(vm):
+            raise ValueError(f"VM {vm.name}: only SNP guests on an SNP-enabled host have guest_memfd memory")
+        gpages = np.asarray(gpages, dtype=np.int64)
+        if gpages.ndim != 1 or (gpages.size and (int(gpages.min()) < 0 or int(gpages.max()) >= len(vm.pages))):
+            raise ValueError(f"VM {vm.name}: gpages must be guest page numbers in 0..{len(vm.pages) - 1}")
+        if len(np.unique(gpages)) != len(gpages):
+            raise ValueError("gpages must not repeat a page")
+        if len(gpages) > self.mem.top:
+            raise ConfigError(f"out of host memory: {len(gpages)} replacement pages asked, {self.mem.top} free")
+        self.stats["gmem_punches"] += 1
+        self.stats["pages_reclaimed"] += len(gpages)
+        self.kvm_flush_remote_tlbs(vm, cpu)
+        self.sev_gmem_invalidate(vm, gpages, cpu)
+        old = vm.pages[gpages].copy()
+        for pa, size in self._runs(old):
+            self.host.set_owner(pa, size, 0)
+        new = self.mem.alloc(len(old))
+        self.mem.release(old)
+        vm.pages[gpages] = new
+        self._give_to_guest(vm, new, cpu)
+        self.sev_gmem_prepare(vm, gpages, cpu)
         return old
 
     def sev_vm_destroy(self, vm: SevVm, initiator: int | None = None) -> None:

@@ -124,7 +124,8 @@ def cycles_to_us(host: Host, cycles: float) -> float:
 
 
 def safety(host: Host) -> dict[str, int]:
-    """Recorded violations plus the hazards still latent in the caches at the end."""
+    """Recorded violations (RMP faults included: with SNP on, a host access the RMP refuses is a
+    policy bug) plus the hazards still latent in the caches at the end."""
     kinds = host.violation_kinds()
     a = host.audit()
     latent = a["dirty_foreign_owner"] + a["dirty_stale_key"]
@@ -132,8 +133,9 @@ def safety(host: Host) -> dict[str, int]:
         "corruption": kinds["corruption"],
         "dma": kinds["dma"],
         "isolation": kinds["isolation"],
+        "rmp": kinds["rmp_fault"],
         "latent": latent,
-        "violations": kinds["corruption"] + kinds["dma"] + kinds["isolation"] + latent,
+        "violations": kinds["corruption"] + kinds["dma"] + kinds["isolation"] + kinds["rmp_fault"] + latent,
     }
 
 

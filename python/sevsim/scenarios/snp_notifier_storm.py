@@ -12,6 +12,13 @@ and gives the guest new ones (a migration). A fraction of the invalidations race
 the userspace mapping is already gone when the hook runs.
 Per strategy: the notifier's cost (per event, on the CPU running it), the guests' and neighbours'
 throughput and hit rate during the storm against a quiet phase, and the safety verdict.
+
+By default the host does not enable SNP and SNP guests are treated as the 2023 thread's hosts
+treated them: their pages are HVA-mapped and pay the reclaim hook. With `snp=True` the host enables
+SNP and an SNP guest's private memory lives in guest_memfd, where the notifiers cannot reach it:
+its events only zap and flush TLBs, the hook returns early (sev_guest_memory_reclaimed(),
+arch/x86/kvm/svm/sev.c), and private pages are freed only by guest_memfd hole punches
+(`gmem_discards_per_epoch`), which run sev_gmem_invalidate(): RMP back to shared, CLFLUSH by PFN.
 """
 
 from __future__ import annotations
@@ -47,6 +54,10 @@ PARAMS = {
     "free_fraction": (0.5, "fraction of invalidations that free the pages (the rest only change the mapping, "
                             "like a NUMA hinting scan)"),
     "unmapped_fraction": (0.25, "fraction of freeing invalidations whose userspace mapping is already gone"),
+    "snp": (False, "enable SNP on the host: SNP guests' private memory then lives in guest_memfd, out of "
+                   "the HVA notifiers' reach (their events only zap and flush TLBs), and goes through the RMP"),
+    "gmem_discards_per_epoch": (0, "with snp: guest_memfd hole punches of pages_per_event private pages of "
+                                   "an SNP guest per storm epoch (sev_gmem_invalidate: RMP, CLFLUSH by PFN)"),
 }
 DEFAULT_STRATEGIES = ["wbinvd_all", "wbnoinvd_ran_cpus", "clflushopt_hva", "clflushopt_pfn", "none"]
 
@@ -59,7 +70,8 @@ def run(*, strategies, seed, reps, progress=None, **p) -> ResultTable:
 
 def run_one(strategy: str, seed: int, rep: int, *, preset, memory, sme_coherent, vm_types, vcpus, vm_memory,
             guest_workload, neighbours, neighbour_workload, neighbour_memory, epochs, epoch_accesses,
-            events_per_epoch, pages_per_event, free_fraction, unmapped_fraction) -> dict:
+            events_per_epoch, pages_per_event, free_fraction, unmapped_fraction, snp=False,
+            gmem_discards_per_epoch=0) -> dict:
     rng = np.random.default_rng(seed)
     types = [VmType(t.strip()) for t in str(vm_types).split(",") if t.strip()]
     if not types:
@@ -69,7 +81,13 @@ def run_one(strategy: str, seed: int, rep: int, *, preset, memory, sme_coherent,
             raise ValueError(f"parameter {name} must be in [0, 1], got {v}")
     if epochs < 1 or epoch_accesses < 1 or events_per_epoch < 0 or pages_per_event < 1:
         raise ValueError("epochs, epoch_accesses and pages_per_event must be positive, events_per_epoch >= 0")
+    if gmem_discards_per_epoch < 0:
+        raise ValueError(f"parameter gmem_discards_per_epoch must be >= 0, got {gmem_discards_per_epoch}")
+    if gmem_discards_per_epoch and not (snp and VmType.SNP in types):
+        raise ValueError("parameter gmem_discards_per_epoch needs snp=True and an snp guest in vm_types")
     host = Host.from_preset(preset, memory=memory, sme_coherent=sme_coherent)
+    if snp:
+        host.snp_enable()
     vm_mem = size(vm_memory, "vm_memory")
     nb_mem = size(neighbour_memory, "neighbour_memory")
     if pages_per_event > vm_mem // 4096:
@@ -99,6 +117,9 @@ def run_one(strategy: str, seed: int, rep: int, *, preset, memory, sme_coherent,
                 for _ in range(events_per_epoch):
                     invalidate()
                     events += 1
+                for _ in range(gmem_discards_per_epoch):
+                    discard()
+                    events += 1
         g1, n1 = common.snapshot(host, all_vcpu_cpus), common.snapshot(host, nb_cpus)
         return (common.neighbour_stats(host, g0, g1), common.neighbour_stats(host, n0, n1),
                 int(host.clocks[kvm.initiator]) - i0, events, g0, g1)
@@ -112,6 +133,13 @@ def run_one(strategy: str, seed: int, rep: int, *, preset, memory, sme_coherent,
         # the host reuses freed pages at once: a line of each is written under the host key
         if len(freed):
             host.access(kvm.initiator, freed.astype(np.uint64), True, 0)
+
+    def discard():
+        snp_guests = [vm for vm in guests if kvm.gmem_backed(vm)]
+        vm = snp_guests[int(rng.integers(0, len(snp_guests)))]
+        gpages = rng.choice(len(vm.pages), size=pages_per_event, replace=False)
+        freed = kvm.kvm_gmem_punch_hole(vm, gpages)
+        host.access(kvm.initiator, freed.astype(np.uint64), True, 0)
 
     # warm-up: long enough for every neighbour to touch its whole footprint
     for _ in range(max(1, -(-nb_mem // 64 // epoch_accesses))):
@@ -127,6 +155,7 @@ def run_one(strategy: str, seed: int, rep: int, *, preset, memory, sme_coherent,
         "strategy": strategy,
         "preset": preset,
         "sme_coherent": bool(host.features["sme_coherent"]),
+        "snp": bool(snp),
         "rep": rep,
         "seed": seed,
         "events": events,
@@ -146,6 +175,7 @@ def run_one(strategy: str, seed: int, rep: int, *, preset, memory, sme_coherent,
         "nb_hit_quiet": q_nb["hit_rate"],
         "nb_hit_storm": s_nb["hit_rate"],
         "corruption": safe["corruption"],
+        "rmp": safe["rmp"],
         "latent": safe["latent"],
         "violations": safe["violations"],
         "verdict": "SAFE" if safe["violations"] == 0 else "UNSAFE",
