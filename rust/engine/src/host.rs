@@ -471,7 +471,19 @@ impl Host {
         self.ctr.l1_misses[cpu] += 1;
         // L2
         let b2 = self.l2.base(core, x);
-        let same = self.l2.match_bits(b2, want, MATCH_KEYED);
+        // one scan for the line under any key; the (rare) aliases found are then told apart by key
+        let mut any2 = self.l2.match_bits(b2, x | VALID, MATCH_ANY);
+        let mut same = 0u64;
+        let mut bits = any2;
+        while bits != 0 {
+            let w = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            if self.l2.data[b2 + w] & MATCH_KEYED == want {
+                same = 1 << w;
+                any2 &= !(1 << w);
+                break;
+            }
+        }
         if same != 0 {
             let i = same.trailing_zeros() as usize;
             let mut lat = self.lat[1];
@@ -492,7 +504,7 @@ impl Host {
         }
         self.ctr.l2_misses[cpu] += 1;
         // does this core hold other keys' aliases of the line? (only an SME_COHERENT host cares)
-        let own_alias = self.cfg.features.sme_coherent && self.l2.match_bits(b2, x | VALID, MATCH_ANY) != 0;
+        let own_alias = self.cfg.features.sme_coherent && any2 != 0;
         if !own_alias && self.solo(core) {
             if let Some(l) = self.miss_solo(cpu, core, x, key, write) {
                 return l;
