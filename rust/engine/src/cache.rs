@@ -167,8 +167,9 @@ unsafe fn remove_at_avx2<const N: usize>(p: *mut u64, i: usize) {
 /// Not Clone: a copy would have its own alignment offset.
 pub struct LineArray {
     /// owns the memory `ptr` points into
-    #[allow(dead_code)]
     raw: Vec<u64>,
+    /// index in `raw` of element 0
+    off: usize,
     /// `raw`'s element at the 64-byte boundary (`raw` is never resized, so this stays valid), with
     /// at least one element of `raw` before it and one after `ptr + len`
     ptr: *mut u64,
@@ -208,7 +209,16 @@ impl LineArray {
             }
         }
         let ptr = raw[off..].as_mut_ptr();
-        LineArray { raw, ptr, len: n }
+        LineArray { raw, off, ptr, len: n }
+    }
+
+    /// A pointer to element `i` whose provenance covers the whole allocation, the spare elements
+    /// on both sides included (for the AVX2 set shifts, which load one element past a set).
+    #[inline(always)]
+    pub fn padded_ptr(&mut self, i: usize) -> *mut u64 {
+        assert!(i <= self.len);
+        // SAFETY: off + i <= off + len < raw.len()
+        unsafe { self.raw.as_mut_ptr().add(self.off + i) }
     }
 }
 
@@ -252,8 +262,9 @@ pub struct Caches {
     pub data: LineArray,
     /// valid lines per instance
     pub valid: Vec<u32>,
-    /// the host CPU has AVX2 (detected once)
-    pub avx2: bool,
+    /// the host CPU has AVX2 (detected once). Private: the AVX2 paths are only sound where the
+    /// CPU has it, so it can be turned off (`use_avx2`) but never forced on.
+    avx2: bool,
 }
 
 impl Caches {
@@ -269,6 +280,16 @@ impl Caches {
             valid: vec![0u32; insts],
             avx2: has_avx2(),
         }
+    }
+
+    /// Are the AVX2 set operations in use?
+    pub fn avx2(&self) -> bool {
+        self.avx2
+    }
+
+    /// Use the AVX2 set operations if `on` and the CPU has AVX2 (for tests of the scalar paths).
+    pub fn use_avx2(&mut self, on: bool) {
+        self.avx2 = on && has_avx2();
     }
 
     pub fn lines_per_inst(&self) -> usize {
@@ -343,14 +364,15 @@ impl Caches {
     #[inline(always)]
     fn touch_w<const N: usize>(&mut self, base: usize, i: usize) {
         let ways = if N == 0 { self.ways } else { N };
-        let set = &mut self.data[base..base + ways];
-        let v = set[i];
+        let v = self.data[base..base + ways][i];
         #[cfg(target_arch = "x86_64")]
         if N != 0 && N % 4 == 0 && self.avx2 {
-            // SAFETY: AVX2 detected; a LineArray set has a spare readable element on each side.
-            unsafe { move_to_front_avx2::<N>(set.as_mut_ptr(), i, v) };
+            // SAFETY: AVX2 detected; the set lies inside the array (checked above) and a LineArray
+            // has a spare readable element on each side of every set.
+            unsafe { move_to_front_avx2::<N>(self.data.padded_ptr(base), i, v) };
             return;
         }
+        let set = &mut self.data[base..base + ways];
         if i != 0 {
             // carry the line to the front
             set.copy_within(0..i, 1);
@@ -388,15 +410,16 @@ impl Caches {
     #[inline(always)]
     fn remove_w<const N: usize>(&mut self, inst: usize, base: usize, i: usize) -> u64 {
         let ways = if N == 0 { self.ways } else { N };
-        let set = &mut self.data[base..base + ways];
-        let v = set[i];
+        let v = self.data[base..base + ways][i];
         self.valid[inst] -= 1;
         #[cfg(target_arch = "x86_64")]
         if N != 0 && N % 4 == 0 && self.avx2 {
-            // SAFETY: AVX2 detected; a LineArray set has a spare readable element on each side.
-            unsafe { remove_at_avx2::<N>(set.as_mut_ptr(), i) };
+            // SAFETY: AVX2 detected; the set lies inside the array (checked above) and a LineArray
+            // has a spare readable element on each side of every set.
+            unsafe { remove_at_avx2::<N>(self.data.padded_ptr(base), i) };
             return v;
         }
+        let set = &mut self.data[base..base + ways];
         // valid lines come first: empty ways shift along with the rest
         set.copy_within(i + 1..ways, i);
         set[ways - 1] = 0;
@@ -467,7 +490,7 @@ mod tests {
         for ways in [3usize, 4, 8, 12, 16] {
             for avx2 in [false, has_avx2()] {
                 let mut c = Caches::new(2, 4, ways);
-                c.avx2 = avx2;
+                c.use_avx2(avx2);
                 let mut model: Vec<Vec<u64>> = vec![Vec::new(); 8];
                 let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ ways as u64;
                 for step in 0..4000u64 {

@@ -1035,7 +1035,7 @@ impl Host {
             }
         }
         #[cfg(target_arch = "x86_64")]
-        if self.l1.avx2 {
+        if self.l1.avx2() {
             // SAFETY: the host CPU has AVX2 (detected at run time).
             return Ok(unsafe { self.run_batch_avx2(cpu, addr, write, key, levels) });
         }
