@@ -590,7 +590,7 @@ impl Host {
     }
 
     /// The CCDs that may hold line `x`.
-    #[inline]
+    #[inline(always)]
     fn candidate_ccds(&self, x: u64) -> u64 {
         if self.dir_active {
             self.dir.get(x)
@@ -603,6 +603,7 @@ impl Host {
 
     /// Collect every cached copy of line `x` (any key) into `self.scratch`. `skip_core` is a core
     /// whose private caches need not be searched. Clears directory bits of CCDs found empty.
+    #[inline(always)]
     fn collect(&mut self, x: u64, skip_core: usize) {
         self.scratch.clear();
         let mut mask = self.candidate_ccds(x);
@@ -648,7 +649,7 @@ impl Host {
     }
 
     /// Latency of getting a line from holder `h` for a requester in `ccd`.
-    #[inline]
+    #[inline(always)]
     fn holder_latency(&self, h: &Holder, ccd: usize) -> (u64, Level) {
         if h.ccd as usize == ccd {
             if h.l3 {
@@ -664,6 +665,7 @@ impl Host {
     }
 
     /// Remove holder `h`'s copy (and a core's L1 copy); returns it with DIRTY merged from L1.
+    #[inline(always)]
     fn remove_holder(&mut self, h: &Holder) -> u64 {
         let x = line_of(h.v);
         let want = h.v & MATCH_KEYED;
@@ -680,6 +682,7 @@ impl Host {
     }
 
     /// Write back (if dirty) and invalidate holder `h`, on behalf of `cpu`. Returns dirty lines written.
+    #[inline(always)]
     fn evict_holder(&mut self, cpu: usize, h: &Holder) -> u64 {
         let v = self.remove_holder(h);
         self.ctr.invalidations[cpu] += 1;
@@ -692,6 +695,7 @@ impl Host {
     }
 
     /// Clear EXCL on holder `h` (M->O, E->S), folding a dirty L1 copy into the L2 copy.
+    #[inline(always)]
     fn downgrade_holder(&mut self, h: &Holder) {
         let x = line_of(h.v);
         let want = h.v & MATCH_KEYED;
@@ -738,6 +742,7 @@ impl Host {
     }
 
     /// A miss in the core's private caches.
+    #[inline(always)]
     fn miss(&mut self, cpu: usize, core: usize, x: u64, key: u16, write: bool, own_alias: bool) -> Level {
         let ccd = self.topo.core_ccd[core] as usize;
         let want = tag(x, key);
