@@ -119,7 +119,7 @@ class CoherentEngineVsModel(EngineVsModel):
 
 
 # The engine compiles its set operations separately for 8-, 12- and 16-way sets (tiny's L3 is
-# 8-way, its L1 and L2 4-way: the run-time path). Real geometries' associativities, with one or two
+# 8-way, its L1 and L2 4-way: the run-time path), and its batch loop for 8/16/16 and 12/16/16. Real geometries' associativities, with one or two
 # sets per cache so that the few lines above collide.
 WIDE = {
     "l1d": {"size": "768B", "ways": 12},
@@ -128,8 +128,17 @@ WIDE = {
 }
 
 
+# the batch loop is also compiled for exactly 8/16/16 and 12/16/16 geometries
+WIDE8 = {**WIDE, "l1d": {"size": "512B", "ways": 8}}
+
+
 class WideEngineVsModel(EngineVsModel):
     overrides = WIDE
+
+
+class Wide8CoherentEngineVsModel(EngineVsModel):
+    coherent = True
+    overrides = WIDE8
 
 
 class WideCoherentEngineVsModel(EngineVsModel):
@@ -152,6 +161,8 @@ TestWide = WideEngineVsModel.TestCase
 TestWide.settings = settings(SETTINGS, max_examples=80)
 TestWideCoherent = WideCoherentEngineVsModel.TestCase
 TestWideCoherent.settings = settings(SETTINGS, max_examples=80)
+TestWide8Coherent = Wide8CoherentEngineVsModel.TestCase
+TestWide8Coherent.settings = settings(SETTINGS, max_examples=80)
 
 
 def test_model_reads_the_same_config():

@@ -302,6 +302,31 @@ impl Caches {
         (inst * self.sets + (line & self.set_mask) as usize) * self.ways
     }
 
+    // The `_w` forms take the associativity as a constant N (0: read at run time), for callers
+    // that dispatch on it once per batch rather than once per operation. N must be 0 or `ways`.
+
+    #[inline(always)]
+    pub fn base_w<const N: usize>(&self, inst: usize, line: u64) -> usize {
+        debug_assert!(N == 0 || N == self.ways);
+        (inst * self.sets + (line & self.set_mask) as usize) * if N == 0 { self.ways } else { N }
+    }
+
+    #[inline(always)]
+    pub fn find_w<const N: usize>(&self, base: usize, want: u64, mask: u64) -> Option<usize> {
+        let bits = self.match_bits_w::<N>(base, want, mask);
+        if bits == 0 {
+            None
+        } else {
+            Some(bits.trailing_zeros() as usize)
+        }
+    }
+
+    #[inline(always)]
+    pub fn take_w<const N: usize>(&mut self, inst: usize, line: u64, want: u64, mask: u64) -> Option<u64> {
+        let b = self.base_w::<N>(inst, line);
+        self.find_w::<N>(b, want, mask).map(|i| self.remove_w::<N>(inst, b, i))
+    }
+
     /// Bit w set for each way w of the set at `base` with `v & mask == want`. Branch-free over
     /// the whole set (vectorisable): cheaper than an early-exit loop for the 8-16 ways of real caches.
     #[inline(always)]
@@ -310,7 +335,7 @@ impl Caches {
     }
 
     #[inline(always)]
-    fn match_bits_w<const N: usize>(&self, base: usize, want: u64, mask: u64) -> u64 {
+    pub fn match_bits_w<const N: usize>(&self, base: usize, want: u64, mask: u64) -> u64 {
         let ways = if N == 0 { self.ways } else { N };
         match_slice(&self.data[base..base + ways], want, mask, self.avx2)
     }
@@ -331,9 +356,14 @@ impl Caches {
     /// LRU line, 0 if none. One pass over the set.
     #[inline(always)]
     pub fn insert_or_merge(&mut self, inst: usize, base: usize, v: u64, merge: impl Fn(u64, u64) -> u64) -> u64 {
-        let dup = self.match_bits(base, v & MATCH_KEYED, MATCH_KEYED);
+        self.insert_or_merge_w::<0>(inst, base, v, merge)
+    }
+
+    #[inline(always)]
+    pub fn insert_or_merge_w<const N: usize>(&mut self, inst: usize, base: usize, v: u64, merge: impl Fn(u64, u64) -> u64) -> u64 {
+        let dup = self.match_bits_w::<N>(base, v & MATCH_KEYED, MATCH_KEYED);
         if dup == 0 {
-            return self.insert(inst, base, v);
+            return self.insert_w::<N>(inst, base, v);
         }
         let set = &mut self.data[base..base + self.ways];
         let id = v & MATCH_KEYED;
@@ -362,7 +392,7 @@ impl Caches {
     }
 
     #[inline(always)]
-    fn touch_w<const N: usize>(&mut self, base: usize, i: usize) {
+    pub fn touch_w<const N: usize>(&mut self, base: usize, i: usize) {
         let ways = if N == 0 { self.ways } else { N };
         let v = self.data[base..base + ways][i];
         #[cfg(target_arch = "x86_64")]
@@ -388,7 +418,7 @@ impl Caches {
     }
 
     #[inline(always)]
-    fn insert_w<const N: usize>(&mut self, inst: usize, base: usize, v: u64) -> u64 {
+    pub fn insert_w<const N: usize>(&mut self, inst: usize, base: usize, v: u64) -> u64 {
         let ways = if N == 0 { self.ways } else { N };
         let set = &mut self.data[base..base + ways];
         // valid lines come first, so shifting every way down by one drops either the LRU line or
@@ -408,7 +438,7 @@ impl Caches {
     }
 
     #[inline(always)]
-    fn remove_w<const N: usize>(&mut self, inst: usize, base: usize, i: usize) -> u64 {
+    pub fn remove_w<const N: usize>(&mut self, inst: usize, base: usize, i: usize) -> u64 {
         let ways = if N == 0 { self.ways } else { N };
         let v = self.data[base..base + ways][i];
         self.valid[inst] -= 1;

@@ -428,11 +428,11 @@ impl Host {
     /// One memory access of `cpu` to physical address `pa` under `key`. Arguments must be valid
     /// (the batch API checks them); returns where it was served.
     pub fn access(&mut self, cpu: usize, pa: u64, write: bool, key: u16) -> Level {
-        self.access_inline(cpu, pa, write, key)
+        self.access_inline::<0, 0, 0>(cpu, pa, write, key)
     }
 
     #[inline(always)]
-    fn access_inline(&mut self, cpu: usize, pa: u64, write: bool, key: u16) -> Level {
+    fn access_inline<const W1: usize, const W2: usize, const W3: usize>(&mut self, cpu: usize, pa: u64, write: bool, key: u16) -> Level {
         if self.snp_enabled && !self.rmp_allows(cpu, pa, write, key) {
             return Level::Fault;
         }
@@ -446,9 +446,9 @@ impl Host {
             self.ctr.reads[cpu] += 1;
         }
         // L1
-        let b1 = self.l1.base(core, x);
+        let b1 = self.l1.base_w::<W1>(core, x);
         // the most recently used way first: streams hit it 7 times in 8
-        let i1 = if self.l1.data[b1] & MATCH_KEYED == want { Some(0) } else { self.l1.find(b1, want, MATCH_KEYED) };
+        let i1 = if self.l1.data[b1] & MATCH_KEYED == want { Some(0) } else { self.l1.find_w::<W1>(b1, want, MATCH_KEYED) };
         if let Some(i) = i1 {
             let mut v = self.l1.data[b1 + i];
             if v & STALE != 0 {
@@ -463,16 +463,16 @@ impl Host {
                 v |= DIRTY;
             }
             self.l1.data[b1 + i] = v;
-            self.l1.touch(b1, i);
+            self.l1.touch_w::<W1>(b1, i);
             self.ctr.l1_hits[cpu] += 1;
             self.charge_access(cpu, lat);
             return Level::L1;
         }
         self.ctr.l1_misses[cpu] += 1;
         // L2
-        let b2 = self.l2.base(core, x);
+        let b2 = self.l2.base_w::<W2>(core, x);
         // one scan for the line under any key; the (rare) aliases found are then told apart by key
-        let mut any2 = self.l2.match_bits(b2, x | VALID, MATCH_ANY);
+        let mut any2 = self.l2.match_bits_w::<W2>(b2, x | VALID, MATCH_ANY);
         let mut same = 0u64;
         let mut bits = any2;
         while bits != 0 {
@@ -495,9 +495,9 @@ impl Host {
                 lat += self.upgrade(cpu, core, x, key);
             }
             let v = self.l2.data[b2 + i];
-            self.l2.touch(b2, i);
+            self.l2.touch_w::<W2>(b2, i);
             let l1v = (v & !DIRTY) | if write { DIRTY } else { 0 };
-            self.fill_l1(core, x, l1v);
+            self.fill_l1::<W1, W2, W3>(core, x, l1v);
             self.ctr.l2_hits[cpu] += 1;
             self.charge_access(cpu, lat);
             return Level::L2;
@@ -506,11 +506,11 @@ impl Host {
         // does this core hold other keys' aliases of the line? (only an SME_COHERENT host cares)
         let own_alias = self.cfg.features.sme_coherent && any2 != 0;
         if !own_alias && self.solo(core) {
-            if let Some(l) = self.miss_solo(cpu, core, x, key, write) {
+            if let Some(l) = self.miss_solo::<W1, W2, W3>(cpu, core, x, key, write) {
                 return l;
             }
         }
-        self.miss(cpu, core, x, key, write, own_alias)
+        self.miss::<W1, W2, W3>(cpu, core, x, key, write, own_alias)
     }
 
     /// Is `core` the only agent that can hold lines: no directory, no other CCD and no other core
@@ -530,17 +530,17 @@ impl Host {
     /// The private-cache miss of a solo core: the same outcome as `miss`, without the general
     /// holder search. None if the L3 holds another key's alias that SME_COHERENT must evict.
     #[inline(always)]
-    fn miss_solo(&mut self, cpu: usize, core: usize, x: u64, key: u16, write: bool) -> Option<Level> {
+    fn miss_solo<const W1: usize, const W2: usize, const W3: usize>(&mut self, cpu: usize, core: usize, x: u64, key: u16, write: bool) -> Option<Level> {
         let ccd = self.topo.core_ccd[core] as usize;
         let want = tag(x, key);
-        let b3 = self.l3.base(ccd, x);
-        let any = if self.l3.valid[ccd] != 0 { self.l3.match_bits(b3, x | VALID, MATCH_ANY) } else { 0 };
-        let keyed = if any != 0 { self.l3.match_bits(b3, want, MATCH_KEYED) } else { 0 };
+        let b3 = self.l3.base_w::<W3>(ccd, x);
+        let any = if self.l3.valid[ccd] != 0 { self.l3.match_bits_w::<W3>(b3, x | VALID, MATCH_ANY) } else { 0 };
+        let keyed = if any != 0 { self.l3.match_bits_w::<W3>(b3, want, MATCH_KEYED) } else { 0 };
         if self.cfg.features.sme_coherent && any & !keyed != 0 {
             return None;
         }
         let (newv, level, lat) = if keyed != 0 {
-            let v = self.l3.remove(ccd, b3, keyed.trailing_zeros() as usize);
+            let v = self.l3.remove_w::<W3>(ccd, b3, keyed.trailing_zeros() as usize);
             let stale = v & STALE;
             if stale != 0 {
                 self.stale_hit(cpu, x, key);
@@ -565,9 +565,9 @@ impl Host {
             self.ctr.mem_reads[cpu] += 1;
             (want | EXCL, Level::Memory, self.lat[Level::Memory as usize])
         };
-        self.fill_l2(cpu, core, ccd, x, newv);
+        self.fill_l2::<W1, W2, W3>(cpu, core, ccd, x, newv);
         let l1v = (newv & !DIRTY) | if write { DIRTY } else { 0 };
-        self.fill_l1(core, x, l1v);
+        self.fill_l1::<W1, W2, W3>(core, x, l1v);
         self.note_fill(ccd, x);
         self.charge_access(cpu, lat);
         Some(level)
@@ -743,7 +743,7 @@ impl Host {
 
     /// A miss in the core's private caches.
     #[inline(always)]
-    fn miss(&mut self, cpu: usize, core: usize, x: u64, key: u16, write: bool, own_alias: bool) -> Level {
+    fn miss<const W1: usize, const W2: usize, const W3: usize>(&mut self, cpu: usize, core: usize, x: u64, key: u16, write: bool, own_alias: bool) -> Level {
         let ccd = self.topo.core_ccd[core] as usize;
         let want = tag(x, key);
         // own core: its L2 missed (x, key) but may hold other keys' aliases, which only matter to
@@ -791,7 +791,7 @@ impl Host {
             want | EXCL
         } else if own_l3 {
             // the victim cache hands its copy over
-            let v = self.l3.take(ccd, x, want, MATCH_KEYED).unwrap_or(want);
+            let v = self.l3.take_w::<W3>(ccd, x, want, MATCH_KEYED).unwrap_or(want);
             if n_same == 1 {
                 v | stale
             } else {
@@ -822,48 +822,48 @@ impl Host {
                 self.ctr.mem_reads[cpu] += 1
             }
         }
-        self.fill_l2(cpu, core, ccd, x, newv);
+        self.fill_l2::<W1, W2, W3>(cpu, core, ccd, x, newv);
         let l1v = (newv & !DIRTY) | if write { DIRTY } else { 0 };
-        self.fill_l1(core, x, l1v);
+        self.fill_l1::<W1, W2, W3>(core, x, l1v);
         self.note_fill(ccd, x);
         self.charge_access(cpu, lat);
         level
     }
 
     #[inline(always)]
-    fn fill_l2(&mut self, cpu: usize, core: usize, ccd: usize, x: u64, v: u64) {
-        let b2 = self.l2.base(core, x);
-        let mut victim = self.l2.insert(core, b2, v);
+    fn fill_l2<const W1: usize, const W2: usize, const W3: usize>(&mut self, cpu: usize, core: usize, ccd: usize, x: u64, v: u64) {
+        let b2 = self.l2.base_w::<W2>(core, x);
+        let mut victim = self.l2.insert_w::<W2>(core, b2, v);
         if victim != 0 {
             // inclusion: the L1 copy goes with it
-            if let Some(l1v) = self.l1.take(core, line_of(victim), victim & MATCH_KEYED, MATCH_KEYED) {
+            if let Some(l1v) = self.l1.take_w::<W1>(core, line_of(victim), victim & MATCH_KEYED, MATCH_KEYED) {
                 victim |= l1v & DIRTY;
             }
-            self.castout(cpu, ccd, victim);
+            self.castout::<W1, W2, W3>(cpu, ccd, victim);
         }
     }
 
     /// An L2 victim goes to its CCD's L3 (victim cache); the L3's victim leaves the CCD.
     #[inline(always)]
-    fn castout(&mut self, cpu: usize, ccd: usize, v: u64) {
+    fn castout<const W1: usize, const W2: usize, const W3: usize>(&mut self, cpu: usize, ccd: usize, v: u64) {
         let x = line_of(v);
-        let b3 = self.l3.base(ccd, x);
+        let b3 = self.l3.base_w::<W3>(ccd, x);
         // another core's castout of the same line may be there already: then the two merge, and
         // neither was the only copy
-        let victim = self.l3.insert_or_merge(ccd, b3, v, |old, new| (old | (new & (DIRTY | STALE))) & !EXCL);
+        let victim = self.l3.insert_or_merge_w::<W3>(ccd, b3, v, |old, new| (old | (new & (DIRTY | STALE))) & !EXCL);
         if victim & DIRTY != 0 {
             self.writeback(cpu, victim);
         }
     }
 
     #[inline(always)]
-    fn fill_l1(&mut self, core: usize, x: u64, v: u64) {
-        let b1 = self.l1.base(core, x);
-        let victim = self.l1.insert(core, b1, v);
+    fn fill_l1<const W1: usize, const W2: usize, const W3: usize>(&mut self, core: usize, x: u64, v: u64) {
+        let b1 = self.l1.base_w::<W1>(core, x);
+        let victim = self.l1.insert_w::<W1>(core, b1, v);
         if victim & DIRTY != 0 {
             let vx = line_of(victim);
-            let b2 = self.l2.base(core, vx);
-            if let Some(i) = self.l2.find(b2, victim & MATCH_KEYED, MATCH_KEYED) {
+            let b2 = self.l2.base_w::<W2>(core, vx);
+            if let Some(i) = self.l2.find_w::<W2>(b2, victim & MATCH_KEYED, MATCH_KEYED) {
                 self.l2.data[b2 + i] |= DIRTY;
             } else {
                 debug_assert!(false, "L1 line without its L2 copy");
@@ -1059,7 +1059,13 @@ impl Host {
         key: Col<u16>,
         levels: Option<&mut [u8]>,
     ) -> [u64; 7] {
-        self.run_batch(cpu, addr, write, key, levels)
+        // the common geometries get their associativities as constants (set operations without
+        // a dispatch, set indices without a multiply); any other runs with them read at run time
+        match (self.l1.ways, self.l2.ways, self.l3.ways) {
+            (8, 16, 16) => self.run_batch::<8, 16, 16>(cpu, addr, write, key, levels),
+            (12, 16, 16) => self.run_batch::<12, 16, 16>(cpu, addr, write, key, levels),
+            _ => self.run_batch::<0, 0, 0>(cpu, addr, write, key, levels),
+        }
     }
 
     fn run_batch_plain(
@@ -1070,12 +1076,12 @@ impl Host {
         key: Col<u16>,
         levels: Option<&mut [u8]>,
     ) -> [u64; 7] {
-        self.run_batch(cpu, addr, write, key, levels)
+        self.run_batch::<0, 0, 0>(cpu, addr, write, key, levels)
     }
 
     /// The batch loop over checked arguments.
     #[inline(always)]
-    fn run_batch(
+    fn run_batch<const W1: usize, const W2: usize, const W3: usize>(
         &mut self,
         cpu: Col<u32>,
         addr: &[u64],
@@ -1098,7 +1104,7 @@ impl Host {
                 while j < n && addr[j] >> 6 == a >> 6 && cpu.at(j) == c && key.at(j) == k && write.at(j) == w {
                     j += 1;
                 }
-                if self.l1_mru_hits(c as usize, a >> 6, w, k, (j - i) as u64) {
+                if self.l1_mru_hits::<W1, W2, W3>(c as usize, a >> 6, w, k, (j - i) as u64) {
                     by_level[0] += (j - i) as u64;
                     if let Some(out) = levels.as_deref_mut() {
                         out[i..j].fill(Level::L1 as u8);
@@ -1107,9 +1113,9 @@ impl Host {
                     continue;
                 }
             }
-            self.prefetch_ahead(&cpu, addr, i);
+            self.prefetch_ahead::<W1, W2, W3>(&cpu, addr, i);
             last = (c, a >> 6, k);
-            let l = self.access_inline(c as usize, a, w, k);
+            let l = self.access_inline::<W1, W2, W3>(c as usize, a, w, k);
             by_level[l as usize] += 1;
             if let Some(out) = levels.as_deref_mut() {
                 out[i] = l as u8;
@@ -1122,9 +1128,9 @@ impl Host {
     /// `n` accesses that hit the MRU way of their L1 set with nothing else to do (not stale, and a
     /// write finds the line exclusive). Returns false, changing nothing, otherwise.
     #[inline(always)]
-    fn l1_mru_hits(&mut self, cpu: usize, x: u64, write: bool, key: u16, n: u64) -> bool {
+    fn l1_mru_hits<const W1: usize, const W2: usize, const W3: usize>(&mut self, cpu: usize, x: u64, write: bool, key: u16, n: u64) -> bool {
         let core = self.topo.cpu_core[cpu] as usize;
-        let b1 = self.l1.base(core, x);
+        let b1 = self.l1.base_w::<W1>(core, x);
         let v = self.l1.data[b1];
         if v & (MATCH_KEYED | STALE) != tag(x, key) || (write && v & EXCL == 0) {
             return false;
@@ -1144,14 +1150,14 @@ impl Host {
     /// Ask the host CPU to start loading the cache sets a later access of the batch will search,
     /// so the simulator's own cache misses overlap (a hint only: no effect on results).
     #[inline(always)]
-    fn prefetch_ahead(&self, cpu: &Col<u32>, addr: &[u64], i: usize) {
+    fn prefetch_ahead<const W1: usize, const W2: usize, const W3: usize>(&self, cpu: &Col<u32>, addr: &[u64], i: usize) {
         const AHEAD: usize = 12;
         let j = i + AHEAD;
         if j < addr.len() && addr[j] >> 6 != addr[j - 1] >> 6 {
             let x = addr[j] >> 6;
             let core = self.topo.cpu_core[cpu.at(j) as usize] as usize;
             let ccd = self.topo.core_ccd[core] as usize;
-            let (b1, b2, b3) = (self.l1.base(core, x), self.l2.base(core, x), self.l3.base(ccd, x));
+            let (b1, b2, b3) = (self.l1.base_w::<W1>(core, x), self.l2.base_w::<W2>(core, x), self.l3.base_w::<W3>(ccd, x));
             // many CPUs' L1 sets do not stay in the host's caches
             prefetch(&self.l1.data, b1);
             if self.dir_active {
@@ -1167,11 +1173,11 @@ impl Host {
             if k < addr.len() {
                 let xk = addr[k] >> 6;
                 let core = self.topo.cpu_core[cpu.at(k) as usize] as usize;
-                let b = self.l2.base(core, xk);
+                let b = self.l2.base_w::<W2>(core, xk);
                 let lru = self.l2.data[b + self.l2.ways - 1];
                 if lru != 0 {
                     let ccd = self.topo.core_ccd[core] as usize;
-                    let b3 = self.l3.base(ccd, line_of(lru));
+                    let b3 = self.l3.base_w::<W3>(ccd, line_of(lru));
                     prefetch(&self.l3.data, b3);
                     prefetch(&self.l3.data, b3 + self.l3.ways - 1);
                 }
