@@ -39,6 +39,18 @@ def test_wbnoinvd_keeps_neighbours_while_wbinvd_drops_them(teardown):
     assert r["nb_tput_after"] < 0.5 * r["nb_tput_before"]
 
 
+def test_snp_teardown_with_the_rmp_is_safe_and_pays_for_the_rmp():
+    """An SNP guest's memory is reclaimed through guest_memfd (sev_gmem_invalidate, CLFLUSH by PFN)
+    whatever the strategy, so even none is safe. With SNP on, the RMP is kept too: no RMP fault
+    when the host reuses the pages, and the RMPUPDATEs make the teardown cost more."""
+    p = dict(SMALL, vm_type="snp")
+    on = row(scenarios.run("sev-teardown", strategies=["none"], snp=True, **p), "none")
+    off = row(scenarios.run("sev-teardown", strategies=["none"], **p), "none")
+    assert on["violations"] == 0 and on["rmp"] == 0 and on["snp"] is True
+    assert off["violations"] == 0
+    assert on["teardown_us"] > off["teardown_us"]
+
+
 def test_ran_cpus_flush_is_cheaper_than_flushing_the_host(teardown):
     ran, every = row(teardown, "wbnoinvd_ran_cpus"), row(teardown, "wbnoinvd_all")
     assert ran["ipis"] < every["ipis"]

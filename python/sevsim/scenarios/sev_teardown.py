@@ -30,6 +30,9 @@ PARAMS = {
     "sme_coherent": (None, "override the preset's SME_COHERENT (None: the preset's)"),
     "vms": (2, "number of SEV VMs torn down"),
     "vm_type": ("sev-es", "sev, sev-es or snp"),
+    "snp": (False, "enable SNP on the host: an snp VM's private memory then lives in guest_memfd and its "
+                   "teardown goes through sev_gmem_invalidate (RMP back to shared, CLFLUSH by PFN), "
+                   "not through the strategy"),
     "vcpus": (4, "vCPUs per VM, each pinned to its own core"),
     "vm_memory": ("16MiB", "guest memory per VM"),
     "guest_accesses": (50_000, "accesses each vCPU makes before the teardown (30% writes)"),
@@ -55,9 +58,11 @@ def run(*, strategies, seed, reps, progress=None, **p) -> ResultTable:
 
 def run_one(strategy: str, seed: int, rep: int, *, preset, memory, sme_coherent, vms, vm_type, vcpus, vm_memory,
             guest_accesses, vcpu_migrations, neighbours, neighbour_workload, neighbour_memory, neighbour_accesses,
-            reuse_fraction, min_sev_asid, max_sev_asid, recycle_asids) -> dict:
+            reuse_fraction, min_sev_asid, max_sev_asid, recycle_asids, snp=False) -> dict:
     rng = np.random.default_rng(seed)
     host = Host.from_preset(preset, memory=memory, sme_coherent=sme_coherent)
+    if snp:
+        host.snp_enable()
     vm_mem = size(vm_memory, "vm_memory")
     nb_mem = size(neighbour_memory, "neighbour_memory")
     if not 0.0 <= reuse_fraction <= 1.0:
@@ -135,6 +140,7 @@ def run_one(strategy: str, seed: int, rep: int, *, preset, memory, sme_coherent,
         "strategy": strategy,
         "preset": preset,
         "sme_coherent": bool(host.features["sme_coherent"]),
+        "snp": bool(snp),
         "rep": rep,
         "seed": seed,
         "teardown_us": common.cycles_to_us(host, teardown_init),
