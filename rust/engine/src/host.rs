@@ -1152,6 +1152,7 @@ impl Host {
     #[inline(always)]
     fn prefetch_ahead<const W1: usize, const W2: usize, const W3: usize>(&self, cpu: &Col<u32>, addr: &[u64], i: usize) {
         const AHEAD: usize = 12;
+        let (w2, w3) = (if W2 == 0 { self.l2.ways } else { W2 }, if W3 == 0 { self.l3.ways } else { W3 });
         let j = i + AHEAD;
         if j < addr.len() && addr[j] >> 6 != addr[j - 1] >> 6 {
             let x = addr[j] >> 6;
@@ -1165,21 +1166,21 @@ impl Host {
                 self.dir.prefetch(x);
             }
             prefetch(&self.l2.data, b2);
-            prefetch(&self.l2.data, b2 + self.l2.ways - 1);
+            prefetch(&self.l2.data, b2 + w2 - 1);
             prefetch(&self.l3.data, b3);
-            prefetch(&self.l3.data, b3 + self.l3.ways - 1);
+            prefetch(&self.l3.data, b3 + w3 - 1);
             // the line this access will push out of its L2 set goes to its L3 set
             let k = i + AHEAD / 2;
             if k < addr.len() {
                 let xk = addr[k] >> 6;
                 let core = self.topo.cpu_core[cpu.at(k) as usize] as usize;
                 let b = self.l2.base_w::<W2>(core, xk);
-                let lru = self.l2.data[b + self.l2.ways - 1];
+                let lru = self.l2.data[b + w2 - 1];
                 if lru != 0 {
                     let ccd = self.topo.core_ccd[core] as usize;
                     let b3 = self.l3.base_w::<W3>(ccd, line_of(lru));
                     prefetch(&self.l3.data, b3);
-                    prefetch(&self.l3.data, b3 + self.l3.ways - 1);
+                    prefetch(&self.l3.data, b3 + w3 - 1);
                 }
             }
         }
