@@ -432,7 +432,7 @@ impl Host {
     }
 
     #[inline(always)]
-    fn access_inline<const W1: usize, const W2: usize, const W3: usize>(&mut self, cpu: usize, pa: u64, write: bool, key: u16) -> Level {
+    pub(crate) fn access_inline<const W1: usize, const W2: usize, const W3: usize>(&mut self, cpu: usize, pa: u64, write: bool, key: u16) -> Level {
         if self.snp_enabled && !self.rmp_allows(cpu, pa, write, key) {
             return Level::Fault;
         }
