@@ -98,7 +98,7 @@ unsafe fn match_bits_avx2(set: &[u64], want: u64, mask: u64) -> u64 {
     bits
 }
 
-/// A set of N ways (N a multiple of 4) at `p` becomes: way 0 = `v`, ways 1..=i = the old ways
+/// A set of N ways (N a multiple of 4, at most 16) at `p` becomes: way 0 = `v`, ways 1..=i = the old ways
 /// 0..i, the rest unchanged (a touch of way i, with `v` its line).
 /// Branch-free: which way hits is data, and a mispredicted copy length costs more than the move.
 ///
@@ -131,7 +131,7 @@ unsafe fn move_to_front_avx2<const N: usize>(p: *mut u64, i: usize, v: u64) {
     }
 }
 
-/// A set of N ways (N a multiple of 4) at `p` loses way `i`: ways i..N-1 take their right
+/// A set of N ways (N a multiple of 4, at most 16) at `p` loses way `i`: ways i..N-1 take their right
 /// neighbour and way N - 1 becomes empty. Branch-free, as `move_to_front_avx2`.
 ///
 /// SAFETY: as `move_to_front_avx2`.
@@ -396,7 +396,7 @@ impl Caches {
         let ways = if N == 0 { self.ways } else { N };
         let v = self.data[base..base + ways][i];
         #[cfg(target_arch = "x86_64")]
-        if N != 0 && N % 4 == 0 && self.avx2 {
+        if N != 0 && N % 4 == 0 && N <= 16 && self.avx2 {
             // SAFETY: AVX2 detected; the set lies inside the array (checked above) and a LineArray
             // has a spare readable element on each side of every set.
             unsafe { move_to_front_avx2::<N>(self.data.padded_ptr(base), i, v) };
@@ -443,7 +443,7 @@ impl Caches {
         let v = self.data[base..base + ways][i];
         self.valid[inst] -= 1;
         #[cfg(target_arch = "x86_64")]
-        if N != 0 && N % 4 == 0 && self.avx2 {
+        if N != 0 && N % 4 == 0 && N <= 16 && self.avx2 {
             // SAFETY: AVX2 detected; the set lies inside the array (checked above) and a LineArray
             // has a spare readable element on each side of every set.
             unsafe { remove_at_avx2::<N>(self.data.padded_ptr(base), i) };
