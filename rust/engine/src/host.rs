@@ -291,6 +291,14 @@ impl Host {
     // ---------------------------------------------------------------------------------------
     // argument checks (API misuse -> EngineError; the engine is unchanged when they fail)
 
+    /// Use the AVX2-compiled paths if `on` and the CPU has AVX2 (the default). Results are the
+    /// same either way; turning them off runs the portable paths a CPU without AVX2 would run.
+    pub fn use_avx2(&mut self, on: bool) {
+        self.l1.use_avx2(on);
+        self.l2.use_avx2(on);
+        self.l3.use_avx2(on);
+    }
+
     pub fn check_cpu(&self, arg: &str, cpu: usize) -> Result<()> {
         if cpu >= self.topo.cpus {
             return Err(EngineError::invalid(
