@@ -299,7 +299,7 @@ impl Caches {
     /// Index of way 0 of the set that holds `line` in instance `inst`.
     #[inline(always)]
     pub fn base(&self, inst: usize, line: u64) -> usize {
-        (inst * self.sets + (line & self.set_mask) as usize) * self.ways
+        self.base_w::<0>(inst, line)
     }
 
     // The `_w` forms take the associativity as a constant N (0: read at run time), for callers
@@ -343,12 +343,7 @@ impl Caches {
     /// Way of the first line at `base` with `v & mask == want`.
     #[inline(always)]
     pub fn find(&self, base: usize, want: u64, mask: u64) -> Option<usize> {
-        let bits = self.match_bits(base, want, mask);
-        if bits == 0 {
-            None
-        } else {
-            Some(bits.trailing_zeros() as usize)
-        }
+        ways!(self.find_w(base, want, mask))
     }
 
     /// Insert `v` as the most recently used line, or, if a copy with the same line and key is
@@ -356,7 +351,7 @@ impl Caches {
     /// LRU line, 0 if none. One pass over the set.
     #[inline(always)]
     pub fn insert_or_merge(&mut self, inst: usize, base: usize, v: u64, merge: impl Fn(u64, u64) -> u64) -> u64 {
-        self.insert_or_merge_w::<0>(inst, base, v, merge)
+        ways!(self.insert_or_merge_w(inst, base, v, merge))
     }
 
     #[inline(always)]
@@ -459,8 +454,7 @@ impl Caches {
     /// Find and remove the copy matching `want` under `mask`.
     #[inline(always)]
     pub fn take(&mut self, inst: usize, line: u64, want: u64, mask: u64) -> Option<u64> {
-        let b = self.base(inst, line);
-        self.find(b, want, mask).map(|i| self.remove(inst, b, i))
+        ways!(self.take_w(inst, line, want, mask))
     }
 
     /// The lines of instance `inst` (including invalid ways).

@@ -16,7 +16,6 @@ pub struct Directory {
     /// 64-byte aligned and, when large, backed by transparent huge pages (random lookups over
     /// hundreds of MiB otherwise pay a host TLB miss each).
     slots: LineArray,
-    n: usize,
     len: usize,
     shift: u32,
 }
@@ -39,7 +38,13 @@ impl Directory {
 
     fn with_capacity_pow2(bits: u32) -> Self {
         let n = 1usize << bits;
-        Directory { slots: LineArray::zeroed(2 * n), n, len: 0, shift: 64 - bits }
+        Directory { slots: LineArray::zeroed(2 * n), len: 0, shift: 64 - bits }
+    }
+
+    /// Number of slots.
+    #[inline(always)]
+    fn cap(&self) -> usize {
+        self.slots.len() / 2
     }
 
     pub fn len(&self) -> usize {
@@ -49,7 +54,7 @@ impl Directory {
         self.len == 0
     }
     pub fn bytes(&self) -> usize {
-        self.n * 16
+        self.cap() * 16
     }
 
     /// Ask the host CPU to start loading the slot where a lookup of `line` begins (a hint only).
@@ -71,7 +76,7 @@ impl Directory {
     #[inline(always)]
     fn slot(&self, line: u64) -> (usize, bool) {
         let k = line + 1;
-        let m = self.n - 1;
+        let m = self.cap() - 1;
         let mut i = hash(k, self.shift);
         loop {
             let s = self.slots[2 * i];
@@ -109,7 +114,7 @@ impl Directory {
         self.len += 1;
         // grow past 3/4 full: linear probing stays short, and a full 512-CPU host's ~21 M cached
         // lines fit 2^25 slots (512 MiB) rather than 2^26
-        if self.len * 4 > self.n * 3 {
+        if self.len * 4 > self.cap() * 3 {
             self.grow();
         }
     }
@@ -134,7 +139,7 @@ impl Directory {
         if !found {
             return;
         }
-        let m = self.n - 1;
+        let m = self.cap() - 1;
         // backward-shift deletion keeps every probe chain unbroken without tombstones
         let mut j = i;
         loop {

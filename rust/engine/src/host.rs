@@ -156,6 +156,20 @@ impl<'a, T: Copy> Col<'a, T> {
 
 const NONE: usize = usize::MAX;
 
+/// `$self.$f::<W1, W2, W3>(args)` with the (L1, L2, L3) associativities as constants for the
+/// common geometries (set operations without a dispatch, set indices without a multiply), else
+/// with them read at run time (0). Used by the AVX2-compiled batch loops.
+macro_rules! by_geometry {
+    ($self:ident . $f:ident ( $($a:expr),* )) => {
+        match ($self.l1.ways, $self.l2.ways, $self.l3.ways) {
+            (8, 16, 16) => $self.$f::<8, 16, 16>($($a),*),
+            (12, 16, 16) => $self.$f::<12, 16, 16>($($a),*),
+            _ => $self.$f::<0, 0, 0>($($a),*),
+        }
+    };
+}
+pub(crate) use by_geometry;
+
 #[inline(always)]
 fn prefetch(data: &[u64], i: usize) {
     #[cfg(target_arch = "x86_64")]
@@ -1052,7 +1066,7 @@ impl Host {
             // SAFETY: the host CPU has AVX2 (detected at run time).
             return Ok(unsafe { self.run_batch_avx2(cpu, addr, write, key, levels) });
         }
-        Ok(self.run_batch_plain(cpu, addr, write, key, levels))
+        Ok(self.run_batch::<0, 0, 0>(cpu, addr, write, key, levels))
     }
 
     /// The batch loop compiled for AVX2: the access path is inlined into it, so its set scans
@@ -1067,24 +1081,7 @@ impl Host {
         key: Col<u16>,
         levels: Option<&mut [u8]>,
     ) -> [u64; 7] {
-        // the common geometries get their associativities as constants (set operations without
-        // a dispatch, set indices without a multiply); any other runs with them read at run time
-        match (self.l1.ways, self.l2.ways, self.l3.ways) {
-            (8, 16, 16) => self.run_batch::<8, 16, 16>(cpu, addr, write, key, levels),
-            (12, 16, 16) => self.run_batch::<12, 16, 16>(cpu, addr, write, key, levels),
-            _ => self.run_batch::<0, 0, 0>(cpu, addr, write, key, levels),
-        }
-    }
-
-    fn run_batch_plain(
-        &mut self,
-        cpu: Col<u32>,
-        addr: &[u64],
-        write: Col<bool>,
-        key: Col<u16>,
-        levels: Option<&mut [u8]>,
-    ) -> [u64; 7] {
-        self.run_batch::<0, 0, 0>(cpu, addr, write, key, levels)
+        by_geometry!(self.run_batch(cpu, addr, write, key, levels))
     }
 
     /// The batch loop over checked arguments.

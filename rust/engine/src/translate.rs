@@ -4,7 +4,7 @@
 //! sources; Intel SDM vol. 3C "Caching Translation Information").
 
 use crate::error::{EngineError, Result};
-use crate::host::{Col, Host};
+use crate::host::{by_geometry, Col, Host};
 use crate::paging::{canonical, Leaf, PageSize, Table, TableKind, F_CBIT, F_GLOBAL};
 use crate::tlb::*;
 use crate::violation::{Cause, Violation};
@@ -419,11 +419,7 @@ impl Host {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn virtual_batch_avx2(&mut self, cpu: Col<u32>, va: &[u64], write: Col<bool>, levels: Option<&mut [u8]>) -> [u64; 8] {
-        match (self.l1.ways, self.l2.ways, self.l3.ways) {
-            (8, 16, 16) => self.virtual_batch::<8, 16, 16>(cpu, va, write, levels),
-            (12, 16, 16) => self.virtual_batch::<12, 16, 16>(cpu, va, write, levels),
-            _ => self.virtual_batch::<0, 0, 0>(cpu, va, write, levels),
-        }
+        by_geometry!(self.virtual_batch(cpu, va, write, levels))
     }
 
     #[inline(always)]
