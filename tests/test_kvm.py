@@ -242,6 +242,8 @@ def test_notifier_rejects_bad_input_and_a_full_host_before_changing_anything():
         kvm.mmu_notifier_invalidate(vm, [0, len(vm.pages)])
     with pytest.raises(ValueError, match="hva_mapped"):
         kvm.mmu_notifier_invalidate(vm, [0, 1], hva_mapped=[True])
+    with pytest.raises(ValueError, match="repeat"):  # it would free the page twice
+        kvm.mmu_notifier_invalidate(vm, [3, 3])
     with pytest.raises(ConfigError, match="out of host memory"):
         kvm.mmu_notifier_invalidate(vm, np.arange(len(vm.pages)))  # 3072 pages, 1024 free
     np.testing.assert_array_equal(pages, vm.pages)

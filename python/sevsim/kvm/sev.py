@@ -44,8 +44,9 @@ class VmType(str, enum.Enum):
 
 class HostMemory:
     """The host's page allocator, as far as sevsim needs one: 4 KiB pages, the most recently freed
-    first (a stack, as the kernel's per-CPU free lists hand out hot pages), then never-used pages
-    lowest address first. Deterministic, and O(pages in use): a 1.5 TiB host does not need a
+    first (a stack: the kernel's per-CPU free lists hand out the page freed last, free_unref_page()
+    adding at the head of the pcp list and __rmqueue_pcplist() taking from it, mm/page_alloc.c),
+    then never-used pages lowest address first. Deterministic, and O(pages in use): a 1.5 TiB host does not need a
     list of its 400 M free pages. Memory below `reserved` is the host kernel's own."""
 
     def __init__(self, host: Host, reserved: int = 64 << 20):
@@ -75,7 +76,7 @@ class HostMemory:
         self.nfreed -= k
         fresh = np.arange(self.fresh, self.fresh + (n - k), dtype=np.uint64)
         self.fresh += n - k
-        return (np.concatenate([reused, fresh]) * np.uint64(PAGE)).astype(np.uint64)
+        return np.concatenate([reused, fresh]) * np.uint64(PAGE)
 
     def release(self, pas: Iterable[int]) -> None:
         """Free pages (physical addresses); the first of them is handed out first again."""
@@ -336,6 +337,38 @@ class Kvm:
         if cpus:
             self.host.ipi_call(initiator, cpus)
 
+    @staticmethod
+    def _check_gpages(vm: SevVm, gpages: Sequence[int]) -> np.ndarray:
+        """`gpages` as an array of distinct guest page numbers of `vm`, or a ValueError (a repeated
+        page would be freed twice)."""
+        g = np.asarray(gpages, dtype=np.int64)
+        if g.ndim != 1:
+            raise ValueError(f"gpages must be a sequence of guest page numbers, got shape {g.shape}")
+        if g.size and (int(g.min()) < 0 or int(g.max()) >= len(vm.pages)):
+            raise ValueError(f"VM {vm.name}: guest page numbers must be in 0..{len(vm.pages) - 1}, "
+                             f"got {int(g.min())}..{int(g.max())}")
+        if len(np.unique(g)) != len(g):
+            raise ValueError("gpages must not repeat a page")
+        return g
+
+    def _check_free_pages(self, n: int) -> None:
+        # a guest's replacement pages are allocated before its old ones are released
+        if n > self.mem.top:
+            raise ConfigError(f"out of host memory: {n} replacement pages asked, {self.mem.top} free")
+
+    def _replace_pages(self, vm: SevVm, gpages: np.ndarray, initiator: int) -> np.ndarray:
+        """The guest's pages at `gpages` go back to the host and it gets fresh ones (given to it as
+        sev_clflush_pages() would); returns the old ones. Checked by the caller."""
+        old = vm.pages[gpages].copy()
+        for pa, size in self._runs(old):
+            self.host.set_owner(pa, size, 0)
+        self.stats["pages_reclaimed"] += len(old)
+        new = self.mem.alloc(len(old))
+        self.mem.release(old)
+        self._give_to_guest(vm, new, initiator)
+        vm.pages[gpages] = new
+        return old
+
     def mmu_notifier_invalidate(self, vm: SevVm, gpages: Sequence[int], initiator: int | None = None,
                                 hva_mapped: Sequence[bool] | None = None, free: bool = True) -> np.ndarray:
         """kvm_mmu_notifier_invalidate_range_start() for guest pages `gpages` (GPA page numbers),
@@ -348,20 +381,14 @@ class Kvm:
         memory lives in guest_memfd, out of the notifiers' reach: the event only zaps and flushes
         TLBs, and frees nothing (free private memory with `kvm_gmem_punch_hole`)."""
         cpu = self.initiator if initiator is None else initiator
-        gpages = np.asarray(gpages, dtype=np.int64)
         # every argument is checked before anything changes
-        if gpages.ndim != 1:
-            raise ValueError(f"gpages must be a sequence of guest page numbers, got shape {gpages.shape}")
-        if gpages.size and (int(gpages.min()) < 0 or int(gpages.max()) >= len(vm.pages)):
-            raise ValueError(f"VM {vm.name}: guest page numbers must be in 0..{len(vm.pages) - 1}, "
-                             f"got {int(gpages.min())}..{int(gpages.max())}")
+        gpages = self._check_gpages(vm, gpages)
         mapped = [True] * len(gpages) if hva_mapped is None else [bool(m) for m in hva_mapped]
         if len(mapped) != len(gpages):
             raise ValueError(f"hva_mapped has {len(mapped)} entries for {len(gpages)} pages")
         gmem = self.gmem_backed(vm)
-        if free and not gmem and len(gpages) > self.mem.top:
-            # the guest's replacement pages are allocated before its old ones are released
-            raise ConfigError(f"out of host memory: {len(gpages)} replacement pages asked, {self.mem.top} free")
+        if free and not gmem:
+            self._check_free_pages(len(gpages))
         self.stats["notifier_calls"] += 1
         self.kvm_flush_remote_tlbs(vm, cpu)
         if gmem:
@@ -373,14 +400,7 @@ class Kvm:
         self.sev_guest_memory_reclaimed(vm, cpu, [Page(int(pa), m) for pa, m in zip(old, mapped)])
         if not free:
             return np.zeros(0, dtype=np.uint64)
-        for pa, size in self._runs(old):
-            self.host.set_owner(pa, size, 0)
-        self.stats["pages_reclaimed"] += len(old)
-        new = self.mem.alloc(len(old))
-        self.mem.release(old)
-        self._give_to_guest(vm, new, cpu)
-        vm.pages[gpages] = new
-        return old
+        return self._replace_pages(vm, gpages, cpu)
 
     def kvm_gmem_punch_hole(self, vm: SevVm, gpages: Sequence[int], initiator: int | None = None) -> np.ndarray:
         """fallocate(PUNCH_HOLE) on an SNP guest's guest_memfd for guest pages `gpages` (a discard,
@@ -395,24 +415,12 @@ class Kvm:
         cpu = self.initiator if initiator is None else initiator
         if not self.gmem_backed(vm):
             raise ValueError(f"VM {vm.name}: only SNP guests on an SNP-enabled host have guest_memfd memory")
-        gpages = np.asarray(gpages, dtype=np.int64)
-        if gpages.ndim != 1 or (gpages.size and (int(gpages.min()) < 0 or int(gpages.max()) >= len(vm.pages))):
-            raise ValueError(f"VM {vm.name}: gpages must be guest page numbers in 0..{len(vm.pages) - 1}")
-        if len(np.unique(gpages)) != len(gpages):
-            raise ValueError("gpages must not repeat a page")
-        if len(gpages) > self.mem.top:
-            raise ConfigError(f"out of host memory: {len(gpages)} replacement pages asked, {self.mem.top} free")
+        gpages = self._check_gpages(vm, gpages)
+        self._check_free_pages(len(gpages))
         self.stats["gmem_punches"] += 1
-        self.stats["pages_reclaimed"] += len(gpages)
         self.kvm_flush_remote_tlbs(vm, cpu)
         self.sev_gmem_invalidate(vm, gpages, cpu)
-        old = vm.pages[gpages].copy()
-        for pa, size in self._runs(old):
-            self.host.set_owner(pa, size, 0)
-        new = self.mem.alloc(len(old))
-        self.mem.release(old)
-        vm.pages[gpages] = new
-        self._give_to_guest(vm, new, cpu)
+        old = self._replace_pages(vm, gpages, cpu)
         self.sev_gmem_prepare(vm, gpages, cpu)
         return old
 
