@@ -1414,6 +1414,7 @@ impl Host {
     /// lines cached under guest key `asid`, everywhere (semantics.md 1.5). Without the feature the
     /// WRMSR raises #GP: returns Ok(false) and counts a fault, as wrmsrq_safe() would see it.
     pub fn vm_page_flush(&mut self, cpu: usize, pa: u64, asid: u16) -> Result<bool> {
+        self.check_addr("pa", pa)?; // named as a single address, not as pa[0]
         self.vm_page_flush_many(cpu, &[pa], asid)
     }
 
