@@ -63,7 +63,8 @@ fn main() {
     let addr: Vec<u64> = (0..n).map(|_| { x ^= x << 13; x ^= x >> 7; x ^= x << 17; (x % (4 << 30)) & !7 }).collect();
     let mut l1 = Caches::new(1, 64, 8);
     let mut l2 = Caches::new(1, 1024, 16);
-    let mut l3 = Caches::new(1, 32768, 16);
+    let l3sets: usize = std::env::var("L3SETS").map(|s| s.parse().unwrap()).unwrap_or(32768);
+    let mut l3 = Caches::new(1, l3sets, 16);
     let mode: u32 = std::env::args().nth(1).map(|s| s.parse().unwrap()).unwrap_or(1);
     for rep in 0..3 {
         let t = Instant::now();

@@ -1,0 +1,313 @@
+//! How fast can any simulator of the bench geometry go? A stripped three-level LRU loop, written
+//! for speed alone, with none of sevsim's semantics: no keys' aliases, no coherence, no states
+//! beyond the tag, no oracle, no counters, clocks or bounds checks. It runs the same random trace
+//! as `randbench` (4 GiB, reads) on L1 32 KiB/8-way, L2 1 MiB/16-way, L3 32 MiB/16-way victim
+//! cache, with the same prefetching as the engine. Its time is a floor for the engine's: the
+//! engine does all of this and more per access.
+//!
+//! Two set representations:
+//! - `ordered` (the engine's): ways kept from most to least recently used, so a touch or an
+//!   insert shifts the ways with two to four vector moves;
+//! - `ages`: tags stay put and each set keeps a byte age per way (a permutation of 0..ways, empty
+//!   ways oldest), updated with one 16-byte vector operation.
+//!
+//! `cargo run --release -p sevsim-engine --example leanfloor [ordered|ages]` (env L3SETS: L3 sets).
+//! Compare with pycachesim's time per access from `pytest benches/bench_cache.py` (BENCHMARKS.md).
+#[cfg(target_arch = "x86_64")]
+mod floor {
+    use std::arch::x86_64::*;
+
+    const VALID: u64 = 1 << 63;
+    const LINE: u64 = (1 << 40) - 1;
+    const DIRTY: u64 = 1 << 58;
+    const ID: u64 = LINE | VALID;
+    const AHEAD: usize = 12;
+
+    /// Bit w set for each of the N ways at `p` equal to `want` (N a multiple of 4, at most 16).
+    #[inline(always)]
+    unsafe fn scan<const N: usize>(p: *const u64, want: u64) -> u32 {
+        let w = _mm256_set1_epi64x(want as i64);
+        let m = _mm256_set1_epi64x(ID as i64);
+        let mut r = 0u32;
+        for k in 0..N / 4 {
+            let v = _mm256_loadu_si256(p.add(4 * k) as *const __m256i);
+            r |= (_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpeq_epi64(_mm256_and_si256(v, m), w))) as u32) << (4 * k);
+        }
+        r
+    }
+
+    unsafe fn prefetch(p: *const u64) {
+        _mm_prefetch(p as *const i8, _MM_HINT_T0);
+    }
+
+    /// N-way sets, each from most to least recently used, empty ways last; one spare element before
+    /// the first set (the shifted load reads it).
+    pub struct Ordered<const N: usize> {
+        v: Vec<u64>,
+        mask: u64,
+    }
+
+    impl<const N: usize> Ordered<N> {
+        pub fn new(sets: usize) -> Self {
+            Ordered { v: vec![0; sets * N + 8], mask: sets as u64 - 1 }
+        }
+        #[inline(always)]
+        fn set(&mut self, x: u64) -> *mut u64 {
+            // SAFETY: 4 + (x & mask) * N + N <= len
+            unsafe { self.v.as_mut_ptr().add(4 + ((x & self.mask) as usize) * N) }
+        }
+        /// Insert `v` as the MRU way; returns the way that fell out (0: none).
+        #[inline(always)]
+        unsafe fn insert(p: *mut u64, v: u64) -> u64 {
+            let last = *p.add(N - 1);
+            let mut t = [_mm256_setzero_si256(); 4];
+            for (k, t) in t.iter_mut().enumerate().take(N / 4) {
+                *t = _mm256_loadu_si256(p.add(4 * k).sub(1) as *const __m256i);
+            }
+            for (k, t) in t.iter().enumerate().take(N / 4) {
+                _mm256_storeu_si256(p.add(4 * k) as *mut __m256i, *t);
+            }
+            *p = v;
+            last
+        }
+        /// Make way i the MRU way.
+        #[inline(always)]
+        unsafe fn touch(p: *mut u64, i: usize) {
+            let v = *p.add(i);
+            std::ptr::copy(p, p.add(1), i);
+            *p = v;
+        }
+        #[inline(always)]
+        unsafe fn remove(p: *mut u64, i: usize) -> u64 {
+            let v = *p.add(i);
+            std::ptr::copy(p.add(i + 1), p.add(i), N - 1 - i);
+            *p.add(N - 1) = 0;
+            v
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn run_ordered(l1: &mut Ordered<8>, l2: &mut Ordered<16>, l3: &mut Ordered<16>, addr: &[u64]) -> u64 {
+        let mut acc = 0u64;
+        let n = addr.len();
+        for i in 0..n {
+            if i + AHEAD < n {
+                let xj = addr[i + AHEAD] >> 6;
+                let (p2, p3) = (l2.set(xj), l3.set(xj));
+                for p in [p2, p2.add(8), p3, p3.add(8)] {
+                    prefetch(p);
+                }
+                let lru = *l2.set(addr[i + AHEAD / 2] >> 6).add(15);
+                if lru != 0 {
+                    let q = l3.set(lru & LINE);
+                    prefetch(q);
+                    prefetch(q.add(8));
+                }
+            }
+            let x = addr[i] >> 6;
+            let want = x | VALID;
+            let p1 = l1.set(x);
+            let h1 = scan::<8>(p1, want);
+            if h1 != 0 {
+                Ordered::<8>::touch(p1, h1.trailing_zeros() as usize);
+                acc += 1;
+                continue;
+            }
+            let p2 = l2.set(x);
+            let h2 = scan::<16>(p2, want);
+            if h2 != 0 {
+                Ordered::<16>::touch(p2, h2.trailing_zeros() as usize);
+                acc += 2;
+                continue;
+            }
+            let p3 = l3.set(x);
+            let h3 = scan::<16>(p3, want);
+            let newv = if h3 != 0 { Ordered::<16>::remove(p3, h3.trailing_zeros() as usize) } else { want };
+            let victim = Ordered::<16>::insert(p2, newv);
+            if victim != 0 {
+                let q1 = l1.set(victim & LINE);
+                let b = scan::<8>(q1, victim & ID);
+                if b != 0 {
+                    acc ^= Ordered::<8>::remove(q1, b.trailing_zeros() as usize);
+                }
+                let q3 = l3.set(victim & LINE);
+                let d = scan::<16>(q3, victim & ID);
+                if d != 0 {
+                    let w = d.trailing_zeros() as usize;
+                    *q3.add(w) |= victim & DIRTY;
+                    Ordered::<16>::touch(q3, w);
+                } else {
+                    acc ^= Ordered::<16>::insert(q3, victim);
+                }
+            }
+            acc ^= Ordered::<8>::insert(p1, newv);
+        }
+        acc
+    }
+
+    /// N-way sets whose tags stay in place, with a byte age per way in a 16-byte row per set
+    /// (a permutation of 0..N over the N ways: 0 most recent, empty ways oldest).
+    pub struct Ages<const N: usize> {
+        t: Vec<u64>,
+        a: Vec<u8>,
+        mask: u64,
+    }
+
+    impl<const N: usize> Ages<N> {
+        pub fn new(sets: usize) -> Self {
+            let mut a = vec![0u8; sets * 16];
+            for s in 0..sets {
+                for w in 0..N {
+                    a[s * 16 + w] = (N - 1 - w) as u8;
+                }
+            }
+            Ages { t: vec![0; sets * N], a, mask: sets as u64 - 1 }
+        }
+        #[inline(always)]
+        fn s(&self, x: u64) -> usize {
+            (x & self.mask) as usize
+        }
+        #[inline(always)]
+        fn tags(&mut self, s: usize) -> *mut u64 {
+            // SAFETY: s < sets
+            unsafe { self.t.as_mut_ptr().add(s * N) }
+        }
+        #[inline(always)]
+        unsafe fn lanes() -> __m128i {
+            // the first N bytes of the row are ways, the rest padding
+            _mm_cmpgt_epi8(_mm_set1_epi8(N as i8), _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15))
+        }
+        /// Ages younger than `age` grow by one; way i becomes `to`.
+        #[inline(always)]
+        unsafe fn age(&mut self, s: usize, i: usize, older_than: i8, step: __m128i, to: u8) {
+            let p = self.a.as_mut_ptr().add(s * 16);
+            let a = _mm_loadu_si128(p as *const __m128i);
+            let sel = _mm_and_si128(_mm_cmpgt_epi8(_mm_set1_epi8(older_than), a), Self::lanes());
+            _mm_storeu_si128(p as *mut __m128i, _mm_add_epi8(a, _mm_and_si128(sel, step)));
+            *p.add(i) = to;
+        }
+        #[inline(always)]
+        unsafe fn touch(&mut self, s: usize, i: usize) {
+            let ai = self.a[s * 16 + i] as i8;
+            self.age(s, i, ai, _mm_set1_epi8(1), 0);
+        }
+        /// Insert `v` in the oldest way; returns what it held (0: empty).
+        #[inline(always)]
+        unsafe fn insert(&mut self, s: usize, v: u64) -> u64 {
+            let p = self.a.as_ptr().add(s * 16);
+            let m = _mm_movemask_epi8(_mm_cmpeq_epi8(_mm_loadu_si128(p as *const __m128i), _mm_set1_epi8((N - 1) as i8)));
+            let i = (m as u32).trailing_zeros() as usize;
+            let old = *self.tags(s).add(i);
+            *self.tags(s).add(i) = v;
+            self.age(s, i, N as i8, _mm_set1_epi8(1), 0);
+            old
+        }
+        /// Empty way i (it becomes the oldest); ways older than it grow younger by one.
+        #[inline(always)]
+        unsafe fn remove(&mut self, s: usize, i: usize) -> u64 {
+            let ai = self.a[s * 16 + i];
+            let p = self.a.as_mut_ptr().add(s * 16);
+            let a = _mm_loadu_si128(p as *const __m128i);
+            let older = _mm_and_si128(_mm_cmpgt_epi8(a, _mm_set1_epi8(ai as i8)), Self::lanes());
+            _mm_storeu_si128(p as *mut __m128i, _mm_add_epi8(a, older));
+            *p.add(i) = (N - 1) as u8;
+            std::mem::replace(&mut *self.tags(s).add(i), 0)
+        }
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn run_ages(l1: &mut Ages<8>, l2: &mut Ages<16>, l3: &mut Ages<16>, addr: &[u64]) -> u64 {
+        let mut acc = 0u64;
+        let n = addr.len();
+        for i in 0..n {
+            if i + AHEAD < n {
+                let xj = addr[i + AHEAD] >> 6;
+                let (s2, s3) = (l2.s(xj), l3.s(xj));
+                let (p2, p3) = (l2.tags(s2), l3.tags(s3));
+                for p in [p2, p2.add(8), p3, p3.add(8)] {
+                    prefetch(p);
+                }
+                prefetch(l3.a.as_ptr().add(s3 * 16) as *const u64);
+            }
+            let x = addr[i] >> 6;
+            let want = x | VALID;
+            let s1 = l1.s(x);
+            let h1 = scan::<8>(l1.tags(s1), want);
+            if h1 != 0 {
+                l1.touch(s1, h1.trailing_zeros() as usize);
+                acc += 1;
+                continue;
+            }
+            let s2 = l2.s(x);
+            let h2 = scan::<16>(l2.tags(s2), want);
+            if h2 != 0 {
+                l2.touch(s2, h2.trailing_zeros() as usize);
+                acc += 2;
+                continue;
+            }
+            let s3 = l3.s(x);
+            let h3 = scan::<16>(l3.tags(s3), want);
+            let newv = if h3 != 0 { l3.remove(s3, h3.trailing_zeros() as usize) } else { want };
+            let victim = l2.insert(s2, newv);
+            if victim != 0 {
+                let q1 = l1.s(victim & LINE);
+                let b = scan::<8>(l1.tags(q1), victim & ID);
+                if b != 0 {
+                    acc ^= l1.remove(q1, b.trailing_zeros() as usize);
+                }
+                let q3 = l3.s(victim & LINE);
+                let d = scan::<16>(l3.tags(q3), victim & ID);
+                if d != 0 {
+                    let w = d.trailing_zeros() as usize;
+                    *l3.tags(q3).add(w) |= victim & DIRTY;
+                    l3.touch(q3, w);
+                } else {
+                    acc ^= l3.insert(q3, victim);
+                }
+            }
+            acc ^= l1.insert(s1, newv);
+        }
+        acc
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn main() {
+    use std::time::Instant;
+    if !std::arch::is_x86_feature_detected!("avx2") {
+        eprintln!("leanfloor needs AVX2");
+        return;
+    }
+    let n = 2_000_000usize;
+    let mut x: u64 = 88172645463325252;
+    let addr: Vec<u64> = (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % (4 << 30)) & !7
+        })
+        .collect();
+    let l3sets: usize = std::env::var("L3SETS").map(|s| s.parse().unwrap()).unwrap_or(32768);
+    let ages = std::env::args().nth(1).as_deref() == Some("ages");
+    let (mut o1, mut o2, mut o3) = (floor::Ordered::<8>::new(64), floor::Ordered::<16>::new(1024), floor::Ordered::<16>::new(l3sets));
+    let (mut a1, mut a2, mut a3) = (floor::Ages::<8>::new(64), floor::Ages::<16>::new(1024), floor::Ages::<16>::new(l3sets));
+    for rep in 0..4 {
+        let t = Instant::now();
+        // SAFETY: AVX2 detected above
+        let acc = unsafe {
+            if ages {
+                floor::run_ages(&mut a1, &mut a2, &mut a3, &addr)
+            } else {
+                floor::run_ordered(&mut o1, &mut o2, &mut o3, &addr)
+            }
+        };
+        let name = if ages { "ages" } else { "ordered" };
+        println!("rep {rep}: {:.1} ns/access ({name}, {acc:x})", t.elapsed().as_nanos() as f64 / n as f64);
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn main() {
+    eprintln!("leanfloor is x86-64 only");
+}
