@@ -77,7 +77,6 @@ pub struct Entry {
     pub gen_cr3: u32,
     pub gen_nested: u32,
     pub vm: u32,
-    pub stamp: u32,
     /// combined entries of guests: the guest-physical page the entry passes through, and the size
     /// of the nested leaf (the RMP checks compare both, semantics.md 5.3)
     pub gpa: u64,
@@ -90,12 +89,75 @@ pub fn key_of(addr: u64, size: PageSize, cat: u8) -> u64 {
     ((addr >> size.shift()) << 6) | ((size as u64) << 4) | ((cat as u64) << 2) | 1
 }
 
+/// Index of the largest `clock - stamp` (wrapping) in `st`, the last of equals.
+#[inline]
+fn oldest(st: &[u32], clock: u32) -> usize {
+    let mut victim = 0;
+    let mut age = 0;
+    for (i, &s) in st.iter().enumerate() {
+        let a = clock.wrapping_sub(s);
+        if a >= age {
+            age = a;
+            victim = i;
+        }
+    }
+    victim
+}
+
+/// `oldest`, eight stamps at a time: the largest age, then the last slot that has it.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn oldest_avx2(st: &[u32], clock: u32) -> usize {
+    use std::arch::x86_64::*;
+    let n = st.len() / 8 * 8;
+    if n == 0 {
+        return oldest(st, clock);
+    }
+    let c = _mm256_set1_epi32(clock as i32);
+    let p = st.as_ptr() as *const __m256i;
+    let mut m = _mm256_setzero_si256();
+    for k in 0..n / 8 {
+        // SAFETY: k * 8 + 8 <= n <= st.len()
+        m = _mm256_max_epu32(m, _mm256_sub_epi32(c, _mm256_loadu_si256(p.add(k))));
+    }
+    // horizontal maximum
+    let m = _mm256_max_epu32(m, _mm256_permute2x128_si256::<1>(m, m));
+    let m = _mm256_max_epu32(m, _mm256_shuffle_epi32::<0b01_00_11_10>(m));
+    let m = _mm256_max_epu32(m, _mm256_shuffle_epi32::<0b10_11_00_01>(m));
+    let mut age = _mm256_extract_epi32::<0>(m) as u32;
+    let tail = &st[n..];
+    // a tail age at least as large wins (it comes later)
+    let mut victim = usize::MAX;
+    for (i, &s) in tail.iter().enumerate() {
+        if clock.wrapping_sub(s) >= age {
+            age = clock.wrapping_sub(s);
+            victim = n + i;
+        }
+    }
+    if victim != usize::MAX {
+        return victim;
+    }
+    let want = _mm256_set1_epi32(age as i32);
+    for k in (0..n / 8).rev() {
+        let eq = _mm256_cmpeq_epi32(_mm256_sub_epi32(c, _mm256_loadu_si256(p.add(k))), want);
+        let bits = _mm256_movemask_ps(_mm256_castsi256_ps(eq)) as u32;
+        if bits != 0 {
+            return k * 8 + 31 - bits.leading_zeros() as usize;
+        }
+    }
+    // not reached: the maximum is one of the ages
+    oldest(st, clock)
+}
+
 /// One TLB level of one core: `sets` x `ways` slots, LRU by stamp.
 pub struct TlbLevel {
     pub sets: usize,
     pub ways: usize,
     pub keys: Vec<u64>,
     pub ents: Vec<Entry>,
+    /// per slot, `clock` when it was last filled or hit (apart from the entries: the victim
+    /// search of a fully associative level reads them all, 4 bytes each instead of a whole entry)
+    stamps: Vec<u32>,
     clock: u32,
     /// entries per page size, to skip sizes that are absent
     pub per_size: [u32; 3],
@@ -110,6 +172,7 @@ impl TlbLevel {
             ways,
             keys: vec![0; entries],
             ents: vec![Entry::default(); entries],
+            stamps: vec![0; entries],
             clock: 0,
             per_size: [0; 3],
             valid: 0,
@@ -178,32 +241,46 @@ impl TlbLevel {
     #[inline]
     pub fn touch(&mut self, i: usize) {
         self.clock = self.clock.wrapping_add(1);
-        self.ents[i].stamp = self.clock;
+        self.stamps[i] = self.clock;
+    }
+
+    /// The slot of the set at `b` an insert replaces: the first free one, else the least
+    /// recently used (the largest age; of equal ages, the last).
+    #[inline]
+    fn victim(&self, b: usize) -> usize {
+        let w = self.ways;
+        // a full fully associative level has no free slot to look for
+        if !(self.sets == 1 && self.valid as usize == w) {
+            let mut c = 0;
+            while c < w {
+                let end = (c + 64).min(w);
+                // keys of valid slots have bit 0 set: a key of 0 is a free slot
+                let free = match_slice(&self.keys[b + c..b + end], 0, u64::MAX, self.avx2);
+                if free != 0 {
+                    return b + c + free.trailing_zeros() as usize;
+                }
+                c = end;
+            }
+        }
+        let st = &self.stamps[b..b + w];
+        #[cfg(target_arch = "x86_64")]
+        if self.avx2 {
+            // SAFETY: the CPU has AVX2 (detected at run time)
+            return b + unsafe { oldest_avx2(st, self.clock) };
+        }
+        b + oldest(st, self.clock)
     }
 
     /// Insert (replacing an invalid slot or the least recently used one of the set).
     pub fn insert(&mut self, addr: u64, size: PageSize, mut e: Entry) {
         let key = key_of(addr, size, e.cat);
-        let b = self.set_base(key);
-        let mut victim = b;
-        let mut oldest = 0u32;
-        for i in b..b + self.ways {
-            if self.keys[i] == 0 {
-                victim = i;
-                break;
-            }
-            let age = self.clock.wrapping_sub(self.ents[i].stamp);
-            if age >= oldest {
-                oldest = age;
-                victim = i;
-            }
-        }
+        let victim = self.victim(self.set_base(key));
         if self.keys[victim] != 0 {
             self.per_size[((self.keys[victim] >> 4) & 3) as usize] -= 1;
             self.valid -= 1;
         }
         self.clock = self.clock.wrapping_add(1);
-        e.stamp = self.clock;
+        self.stamps[victim] = self.clock;
         e.size = size as u8;
         self.keys[victim] = key;
         self.ents[victim] = e;
@@ -256,7 +333,7 @@ impl TlbLevel {
     }
 
     pub fn bytes(&self) -> usize {
-        self.keys.len() * (8 + std::mem::size_of::<Entry>())
+        self.keys.len() * (8 + 4 + std::mem::size_of::<Entry>())
     }
 }
 
@@ -334,5 +411,60 @@ pub fn invlpgb_hits(op: &Invlpgb, e: &Entry) -> bool {
         DOM_HOST => asid == 0,
         DOM_SVM => op.asid.is_some() && e.tag == asid,
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The AVX2 victim search agrees with the scalar one on every length, with ties and with
+    /// stamps on both sides of a clock wrap.
+    #[test]
+    fn oldest_avx2_matches_scalar() {
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        for len in 1..=100usize {
+            for round in 0..50 {
+                let mut st = Vec::with_capacity(len);
+                for _ in 0..len {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    // few distinct values in some rounds (ties), near the wrap in others
+                    let v = if round % 3 == 0 { (x % 4) as u32 } else { (x as u32).wrapping_add(u32::MAX - 1000) };
+                    st.push(v);
+                }
+                let clock = if round % 2 == 0 { (x >> 32) as u32 } else { 5 };
+                let want = oldest(&st, clock);
+                #[cfg(target_arch = "x86_64")]
+                if has_avx2() {
+                    // SAFETY: AVX2 detected
+                    assert_eq!(unsafe { oldest_avx2(&st, clock) }, want, "len {len} round {round}");
+                }
+                let age = |i: usize| clock.wrapping_sub(st[i]);
+                assert!((0..len).all(|i| age(i) <= age(want)));
+                assert!((want + 1..len).all(|i| age(i) < age(want)));
+            }
+        }
+    }
+
+    /// A full fully associative level replaces its least recently used entry.
+    #[test]
+    fn insert_replaces_the_least_recently_used() {
+        let mut t = TlbLevel::new(12, 12);
+        for p in 0..12u64 {
+            t.insert(p << 12, PageSize::K4, Entry { target: p << 12, ..Entry::default() });
+        }
+        // touch all but page 5, in a shuffled order
+        for p in [3u64, 0, 11, 7, 1, 9, 2, 10, 4, 8, 6] {
+            let i = t.find(p << 12, CAT_LINEAR, |_| true).unwrap();
+            t.touch(i);
+        }
+        t.insert(100 << 12, PageSize::K4, Entry { target: 100 << 12, ..Entry::default() });
+        assert!(t.find(5 << 12, CAT_LINEAR, |_| true).is_none());
+        for p in [0u64, 1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 100] {
+            assert!(t.find(p << 12, CAT_LINEAR, |_| true).is_some(), "page {p}");
+        }
+        assert_eq!(t.valid, 12);
     }
 }

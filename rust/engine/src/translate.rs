@@ -347,7 +347,6 @@ impl Host {
             gen_cr3: self.tables[ctx.cr3 as usize].gen as u32,
             gen_nested,
             vm: ctx.vm,
-            stamp: 0,
             gpa: w.gpa & !(w.size.bytes() - 1),
             nsize: w.nested_size as u8,
         };
