@@ -227,6 +227,8 @@ pub struct Host {
     pub(crate) cur_ctx: Vec<u32>,
     pub(crate) tlb1: Vec<TlbLevel>,
     pub(crate) tlb2: Vec<TlbLevel>,
+    /// table walks so far, all CPUs (the translated batch watches it to prefetch walks)
+    pub(crate) walks: u64,
     pub(crate) pending_invlpgb: Vec<(usize, Invlpgb)>,
     /// per invalidation kind: operations, entries dropped
     pub(crate) inval: Vec<[u64; 2]>,
@@ -287,6 +289,7 @@ impl Host {
             cur_ctx: vec![0; n],
             tlb1: (0..topo.cores).map(|_| TlbLevel::new(tlb_cfg.l1_entries as usize, tlb_cfg.l1_entries as usize)).collect(),
             tlb2: (0..topo.cores).map(|_| TlbLevel::new(tlb_cfg.l2_entries as usize, tlb_cfg.l2_ways as usize)).collect(),
+            walks: 0,
             pending_invlpgb: Vec::new(),
             inval: vec![[0; 2]; crate::translate::INVAL_KINDS.len()],
             rmp: crate::rmp::Rmp::new(bytes),

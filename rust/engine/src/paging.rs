@@ -72,12 +72,129 @@ pub struct Leaf {
     pub flags: u8,
 }
 
+/// The leaves of one size: page number -> (target | flags), in an open-addressed table with linear
+/// probing, 16-byte slots (a walk reads one host cache line, whose address `prefetch` can ask for
+/// ahead of time; a general hash map hides it).
+#[derive(Default)]
+struct LeafMap {
+    /// page number + 1 (0: free), and the leaf's target frame | flags
+    slots: Vec<[u64; 2]>,
+    len: usize,
+}
+
+impl LeafMap {
+    #[inline(always)]
+    fn home(&self, page: u64) -> usize {
+        // Fibonacci hashing: the multiply's high bits index a power-of-two table
+        let bits = self.slots.len().trailing_zeros();
+        (page.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - bits)) as usize
+    }
+
+    #[inline]
+    fn get(&self, page: u64) -> Option<u64> {
+        if self.len == 0 {
+            return None;
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(page);
+        loop {
+            let [k, v] = self.slots[i];
+            if k == page + 1 {
+                return Some(v);
+            }
+            if k == 0 {
+                return None;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    #[inline(always)]
+    fn prefetch(&self, page: u64) {
+        if self.len != 0 {
+            let i = self.home(page);
+            crate::util::prefetch(&self.slots[i]);
+        }
+    }
+
+    /// Insert or replace.
+    fn insert(&mut self, page: u64, v: u64) {
+        if (self.len + 1) * 2 > self.slots.len() {
+            self.grow();
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(page);
+        loop {
+            let k = self.slots[i][0];
+            if k == 0 || k == page + 1 {
+                self.len += (k == 0) as usize;
+                self.slots[i] = [page + 1, v];
+                return;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn grow(&mut self) {
+        let cap = (self.slots.len() * 2).max(16);
+        let old = std::mem::replace(&mut self.slots, vec![[0, 0]; cap]);
+        self.len = 0;
+        for [k, v] in old {
+            if k != 0 {
+                self.insert(k - 1, v);
+            }
+        }
+    }
+
+    /// Remove `page`'s leaf; the slots after it in its probe run move back (no tombstones).
+    fn remove(&mut self, page: u64) -> Option<u64> {
+        if self.len == 0 {
+            return None;
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(page);
+        loop {
+            let [k, v] = self.slots[i];
+            if k == 0 {
+                return None;
+            }
+            if k == page + 1 {
+                self.len -= 1;
+                // backward-shift deletion (Knuth 6.4 Algorithm R)
+                let mut hole = i;
+                let mut j = i;
+                loop {
+                    j = (j + 1) & mask;
+                    let kj = self.slots[j][0];
+                    if kj == 0 {
+                        break;
+                    }
+                    let h = self.home(kj - 1);
+                    // move slot j into the hole unless its home lies cyclically in (hole, j]
+                    let stays = if hole <= j { hole < h && h <= j } else { hole < h || h <= j };
+                    if !stays {
+                        self.slots[hole] = self.slots[j];
+                        hole = j;
+                    }
+                }
+                self.slots[hole] = [0, 0];
+                return Some(v);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.slots.iter().filter(|s| s[0] != 0).map(|&[k, v]| (k - 1, v))
+    }
+}
+
 /// One page table.
 pub struct Table {
     pub kind: TableKind,
     /// bumped on every edit
     pub gen: u64,
-    maps: [HashMap<u64, Leaf, FxBuild>; 3],
+    maps: [LeafMap; 3],
     /// leaves of smaller sizes inside each 2 MiB and 1 GiB region (to refuse overlaps)
     inner: [HashMap<u64, u32, FxBuild>; 2],
 }
@@ -94,19 +211,24 @@ impl Table {
     }
 
     pub fn leaves(&self) -> usize {
-        self.maps.iter().map(|m| m.len()).sum()
+        self.maps.iter().map(|m| m.len).sum()
+    }
+
+    /// Ask the host CPU to load what a walk of `addr` will read (a hint: no effect on results).
+    #[inline(always)]
+    pub fn prefetch(&self, addr: u64) {
+        for s in PageSize::ALL {
+            self.maps[s as usize].prefetch(addr >> s.shift());
+        }
     }
 
     /// The leaf that maps `addr`, if any, and the address it translates to.
     #[inline]
     pub fn walk(&self, addr: u64) -> Option<(Leaf, u64)> {
         for s in [PageSize::K4, PageSize::M2, PageSize::G1] {
-            let m = &self.maps[s as usize];
-            if m.is_empty() {
-                continue;
-            }
-            if let Some(l) = m.get(&(addr >> s.shift())) {
-                return Some((*l, l.target + (addr & (s.bytes() - 1))));
+            if let Some(v) = self.maps[s as usize].get(addr >> s.shift()) {
+                let l = Leaf { target: v & !0xFFF, size: s, flags: v as u8 };
+                return Some((l, l.target + (addr & (s.bytes() - 1))));
             }
         }
         None
@@ -141,7 +263,8 @@ impl Table {
                 format!("[{addr:#x}, +{b:#x}) already holds smaller leaves (overlapping leaves)"),
             ));
         }
-        self.maps[size as usize].insert(addr >> size.shift(), Leaf { target, size, flags });
+        // a target is at least 4 KiB aligned (checked above): its low 12 bits carry the flags
+        self.maps[size as usize].insert(addr >> size.shift(), target | flags as u64);
         for big in [PageSize::M2, PageSize::G1] {
             if big > size {
                 *self.inner[big as usize - 1].entry(addr >> big.shift()).or_insert(0) += 1;
@@ -155,7 +278,7 @@ impl Table {
     pub fn unmap(&mut self, addr: u64) -> Option<Leaf> {
         let (l, _) = self.walk(addr)?;
         let base = addr & !(l.size.bytes() - 1);
-        self.maps[l.size as usize].remove(&(base >> l.size.shift()));
+        self.maps[l.size as usize].remove(base >> l.size.shift());
         for big in [PageSize::M2, PageSize::G1] {
             if big > l.size {
                 let k = base >> big.shift();
@@ -172,13 +295,50 @@ impl Table {
 
     /// Every leaf of size `size` (for splitting and inspection).
     pub fn leaves_of(&self, size: PageSize) -> impl Iterator<Item = (u64, Leaf)> + '_ {
-        self.maps[size as usize].iter().map(move |(&k, &l)| (k << size.shift(), l))
+        self.maps[size as usize].iter().map(move |(k, v)| (k << size.shift(), Leaf { target: v & !0xFFF, size, flags: v as u8 }))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The open-addressed leaf map against a HashMap over random inserts, replacements, removals
+    /// and lookups, on keys that collide (clustered pages, a small table) so probe runs wrap and
+    /// removals shift runs back.
+    #[test]
+    fn leaf_map_matches_a_hash_map() {
+        let mut m = LeafMap::default();
+        let mut r: HashMap<u64, u64> = HashMap::new();
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for step in 0..200_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // a narrow key range in phases: the table grows, shrinks to few keys, grows again
+            let range = if (step / 20_000) % 2 == 0 { 3000 } else { 40 };
+            let page = (x >> 8) % range * 7;
+            match x % 5 {
+                0 | 1 => {
+                    m.insert(page, step << 12);
+                    r.insert(page, step << 12);
+                }
+                2 | 3 => assert_eq!(m.remove(page), r.remove(&page), "step {step}"),
+                _ => assert_eq!(m.get(page), r.get(&page).copied(), "step {step}"),
+            }
+            assert_eq!(m.len, r.len());
+            if step % 10_000 == 0 {
+                for (&k, &v) in &r {
+                    assert_eq!(m.get(k), Some(v), "step {step} key {k}");
+                }
+                let mut got: Vec<(u64, u64)> = m.iter().collect();
+                got.sort();
+                let mut want: Vec<(u64, u64)> = r.iter().map(|(&k, &v)| (k, v)).collect();
+                want.sort();
+                assert_eq!(got, want);
+            }
+        }
+    }
 
     #[test]
     fn walk_map_unmap_and_overlaps() {

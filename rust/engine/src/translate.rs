@@ -320,6 +320,7 @@ impl Host {
     #[allow(clippy::too_many_arguments)]
     fn fill(&mut self, cpu: usize, core: usize, ctx: &Context, va: u64, cat: u8, dom: u8, eptp: u32) -> Option<(u64, u8, u64, u8)> {
         self.ctr.tlb_misses[cpu] += 1;
+        self.walks += 1;
         let w = walk(&self.tables, ctx, va);
         let t = &self.cfg.tlb;
         let mut cost = if ctx.mode == Mode::Host { t.walk_native } else { t.walk_nested } as u64;
@@ -429,11 +430,35 @@ impl Host {
         write: Col<bool>,
         levels: Option<&mut [u8]>,
     ) -> [u64; 8] {
+        const AHEAD: usize = 8;
         let mut out = [0u64; 8];
         let mut levels = levels;
+        // one bit per recent access whose translation walked the tables: while walks happen,
+        // the walk of the access AHEAD places on is prefetched (TLB hits pay nothing for it)
+        let mut walked = 0u64;
         for i in 0..va.len() {
             let c = cpu.at(i) as usize;
-            let l = match self.translate(c, va[i]) {
+            if walked != 0 {
+                if i + AHEAD < va.len() {
+                    let ctx = &self.contexts[self.cur_ctx[cpu.at(i + AHEAD) as usize] as usize];
+                    self.tables[ctx.cr3 as usize].prefetch(va[i + AHEAD]);
+                }
+                // a guest's walk goes on through the nested table at the guest-physical address
+                // the first stage gives (its slot prefetched AHEAD / 2 accesses ago)
+                let j = i + AHEAD / 2;
+                if j < va.len() {
+                    let ctx = &self.contexts[self.cur_ctx[cpu.at(j) as usize] as usize];
+                    if ctx.nested != NO_TABLE {
+                        if let Some((_, gpa)) = self.tables[ctx.cr3 as usize].walk(va[j]) {
+                            self.tables[ctx.nested as usize].prefetch(gpa);
+                        }
+                    }
+                }
+            }
+            let walks = self.walks;
+            let t = self.translate(c, va[i]);
+            walked = (walked << 1) | (self.walks != walks) as u64;
+            let l = match t {
                 Translated::Ok { pa, key } if pa < self.mem.bytes => {
                     self.access_inline::<W1, W2, W3>(c, pa, write.at(i), key) as u8
                 }
