@@ -89,6 +89,64 @@ pub fn key_of(addr: u64, size: PageSize, cat: u8) -> u64 {
     ((addr >> size.shift()) << 6) | ((size as u64) << 4) | ((cat as u64) << 2) | 1
 }
 
+/// A 32-bit digest of a slot key, never 0 (keys have bit 0 set): equal keys have equal folds.
+#[inline(always)]
+fn fold(key: u64) -> u32 {
+    (key ^ (key >> 32)) as u32 | 1
+}
+
+/// The first slot in `b..b + folds.len()` whose fold is `f` and that `hit` accepts. The folds
+/// are compared 128 at a time into one mask with no data-dependent branch (where the match lies
+/// is data: a loop that stops at it mispredicts its exit), sixteen per step with SSE2 (part of
+/// every x86-64 CPU, so this inlines anywhere).
+#[inline(always)]
+fn scan_folds(folds: &[u32], f: u32, b: usize, hit: impl Fn(usize) -> bool) -> Option<usize> {
+    for (k, chunk) in folds.chunks(128).enumerate() {
+        let mut bits = match_folds(chunk, f);
+        while bits != 0 {
+            let i = b + k * 128 + bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            if hit(i) {
+                return Some(i);
+            }
+        }
+    }
+    None
+}
+
+/// Bit i set for each of the (at most 128) `folds` equal to `f`.
+#[inline(always)]
+fn match_folds(folds: &[u32], f: u32) -> u128 {
+    let n = folds.len();
+    let mut bits = 0u128;
+    let mut c = 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        let p = folds.as_ptr() as *const __m128i;
+        // SAFETY: SSE2 is part of x86-64; the loads read folds[c..c + 16] with c + 16 <= n
+        unsafe {
+            let w = _mm_set1_epi32(f as i32);
+            while c + 16 <= n {
+                let q = p.add(c / 4);
+                let e0 = _mm_cmpeq_epi32(_mm_loadu_si128(q), w);
+                let e1 = _mm_cmpeq_epi32(_mm_loadu_si128(q.add(1)), w);
+                let e2 = _mm_cmpeq_epi32(_mm_loadu_si128(q.add(2)), w);
+                let e3 = _mm_cmpeq_epi32(_mm_loadu_si128(q.add(3)), w);
+                // lanes of all ones or zeros pack to bytes in slot order
+                let m = _mm_packs_epi16(_mm_packs_epi32(e0, e1), _mm_packs_epi32(e2, e3));
+                bits |= (_mm_movemask_epi8(m) as u32 as u128) << c;
+                c += 16;
+            }
+        }
+    }
+    while c < n {
+        bits |= ((folds[c] == f) as u128) << c;
+        c += 1;
+    }
+    bits
+}
+
 /// Index of the largest `clock - stamp` (wrapping) in `st`, the last of equals.
 #[inline]
 fn oldest(st: &[u32], clock: u32) -> usize {
@@ -154,6 +212,9 @@ pub struct TlbLevel {
     pub sets: usize,
     pub ways: usize,
     pub keys: Vec<u64>,
+    /// per slot, `fold(key)` (0: free): the lookup scans these, eight to a 32-byte load, and
+    /// checks the full key only where one matches
+    folds: Vec<u32>,
     pub ents: Vec<Entry>,
     /// per slot, `clock` when it was last filled or hit (apart from the entries: the victim
     /// search of a fully associative level reads them all, 4 bytes each instead of a whole entry)
@@ -171,6 +232,7 @@ impl TlbLevel {
             sets: entries / ways,
             ways,
             keys: vec![0; entries],
+            folds: vec![0; entries],
             ents: vec![Entry::default(); entries],
             stamps: vec![0; entries],
             clock: 0,
@@ -211,8 +273,8 @@ impl TlbLevel {
         })
     }
 
-    /// The slot holding a translation of `addr` of category `cat` that `ok` accepts.
-    /// (The hot path of every translation: the same scan as `candidates`, as plain loops.)
+    /// The slot holding a translation of `addr` of category `cat` that `ok` accepts, the first
+    /// in slot order. (The hot path of every translation.)
     #[inline]
     pub fn find(&self, addr: u64, cat: u8, ok: impl Fn(&Entry) -> bool) -> Option<usize> {
         for s in PageSize::ALL {
@@ -221,18 +283,9 @@ impl TlbLevel {
             }
             let key = key_of(addr, s, cat);
             let b = self.set_base(key);
-            let mut c = b;
-            while c < b + self.ways {
-                let end = (c + 64).min(b + self.ways);
-                let mut bits = match_slice(&self.keys[c..end], key, u64::MAX, self.avx2);
-                while bits != 0 {
-                    let i = c + bits.trailing_zeros() as usize;
-                    bits &= bits - 1;
-                    if ok(&self.ents[i]) {
-                        return Some(i);
-                    }
-                }
-                c = end;
+            let folds = &self.folds[b..b + self.ways];
+            if let Some(i) = scan_folds(folds, fold(key), b, |i| self.keys[i] == key && ok(&self.ents[i])) {
+                return Some(i);
             }
         }
         None
@@ -283,6 +336,7 @@ impl TlbLevel {
         self.stamps[victim] = self.clock;
         e.size = size as u8;
         self.keys[victim] = key;
+        self.folds[victim] = fold(key);
         self.ents[victim] = e;
         self.per_size[size as usize] += 1;
         self.valid += 1;
@@ -293,6 +347,7 @@ impl TlbLevel {
             self.per_size[((self.keys[i] >> 4) & 3) as usize] -= 1;
             self.valid -= 1;
             self.keys[i] = 0;
+            self.folds[i] = 0;
         }
     }
 
@@ -333,7 +388,7 @@ impl TlbLevel {
     }
 
     pub fn bytes(&self) -> usize {
-        self.keys.len() * (8 + 4 + std::mem::size_of::<Entry>())
+        self.keys.len() * (8 + 4 + 4 + std::mem::size_of::<Entry>())
     }
 }
 
@@ -446,6 +501,34 @@ mod tests {
                 assert!((want + 1..len).all(|i| age(i) < age(want)));
             }
         }
+    }
+
+    /// Keys whose 32-bit folds collide are told apart by the full key, in any slot of a level
+    /// wider than one 16-slot step; entries of one key are found in slot order.
+    #[test]
+    fn find_tells_colliding_folds_apart() {
+        // pages p, p ^ 1 ^ (1 << 32) and p ^ 2 ^ (1 << 33) all fold alike
+        let p = 0x7_1234u64;
+        let pages = [p, p ^ 1 ^ (1 << 32), p ^ 2 ^ (1 << 33)];
+        assert!(pages.iter().all(|&q| fold(key_of(q << 12, PageSize::K4, CAT_LINEAR)) == fold(key_of(p << 12, PageSize::K4, CAT_LINEAR))));
+        let mut t = TlbLevel::new(40, 40);
+        for q in 0..30u64 {
+            t.insert((0x100 + q) << 12, PageSize::K4, Entry { target: q << 12, ..Entry::default() });
+        }
+        t.insert(pages[1] << 12, PageSize::K4, Entry { target: 0x1000, tag: 7, ..Entry::default() });
+        t.insert(pages[1] << 12, PageSize::K4, Entry { target: 0x2000, tag: 8, ..Entry::default() });
+        t.insert(pages[0] << 12, PageSize::K4, Entry { target: 0x3000, ..Entry::default() });
+        let target = |t: &TlbLevel, q: u64, tag: Option<u16>| {
+            t.find(q << 12, CAT_LINEAR, |e| tag.is_none_or(|g| e.tag == g)).map(|i| t.ents[i].target)
+        };
+        assert_eq!(target(&t, pages[0], None), Some(0x3000));
+        assert_eq!(target(&t, pages[1], None), Some(0x1000)); // the first of the two in slot order
+        assert_eq!(target(&t, pages[1], Some(8)), Some(0x2000));
+        assert_eq!(target(&t, pages[2], None), None);
+        assert_eq!(target(&t, 0x100 + 29, None), Some(29 << 12));
+        let i = t.find(pages[1] << 12, CAT_LINEAR, |_| true).unwrap();
+        t.invalidate(i);
+        assert_eq!(target(&t, pages[1], None), Some(0x2000));
     }
 
     /// A full fully associative level replaces its least recently used entry.

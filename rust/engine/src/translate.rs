@@ -202,6 +202,13 @@ impl Host {
     /// Translate `va` in `cpu`'s current context through its TLBs, filling them on a miss, and
     /// check what it finds against the current tables. Charges the translation's cost.
     pub fn translate(&mut self, cpu: usize, va: u64) -> Translated {
+        self.translate_inline(cpu, va)
+    }
+
+    /// `translate`, inlined into the translated batch loops (the TLB hit path is most of a
+    /// translated access; the miss path stays out of line).
+    #[inline(always)]
+    fn translate_inline(&mut self, cpu: usize, va: u64) -> Translated {
         let cid = self.cur_ctx[cpu];
         let ctx = self.contexts[cid as usize];
         let core = self.topo.cpu_core[cpu] as usize;
@@ -318,6 +325,7 @@ impl Host {
     /// A TLB miss: walk, charge it, fill the entries the hardware caches (the final translation
     /// in both levels, and the guest-physical one of a nested walk). None: a fault.
     #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
     fn fill(&mut self, cpu: usize, core: usize, ctx: &Context, va: u64, cat: u8, dom: u8, eptp: u32) -> Option<(u64, u8, u64, u8)> {
         self.ctr.tlb_misses[cpu] += 1;
         self.walks += 1;
@@ -456,7 +464,7 @@ impl Host {
                 }
             }
             let walks = self.walks;
-            let t = self.translate(c, va[i]);
+            let t = self.translate_inline(c, va[i]);
             walked = (walked << 1) | (self.walks != walks) as u64;
             let l = match t {
                 Translated::Ok { pa, key } if pa < self.mem.bytes => {
