@@ -331,19 +331,41 @@ impl Caches {
     /// the whole set (vectorisable): cheaper than an early-exit loop for the 8-16 ways of real caches.
     #[inline(always)]
     pub fn match_bits(&self, base: usize, want: u64, mask: u64) -> u64 {
-        ways!(self.match_bits_w(base, want, mask))
+        self.match_bits_w::<0>(base, want, mask)
     }
 
+    /// With N = 8, 12 or 16 and AVX2 this is a few inline vector instructions, for the access
+    /// path inlined into the AVX2-compiled batch loops (host.rs run_batch_avx2, translate.rs
+    /// virtual_batch_avx2), where a call to `match_bits_avx2` stays out of line. Elsewhere the
+    /// intrinsics would become calls: use `match_bits` there.
     #[inline(always)]
     pub fn match_bits_w<const N: usize>(&self, base: usize, want: u64, mask: u64) -> u64 {
         let ways = if N == 0 { self.ways } else { N };
-        match_slice(&self.data[base..base + ways], want, mask, self.avx2)
+        let set = &self.data[base..base + ways];
+        #[cfg(target_arch = "x86_64")]
+        if N != 0 && N % 4 == 0 && N <= 16 && self.avx2 {
+            use std::arch::x86_64::*;
+            // SAFETY: the CPU has AVX2 (detected at run time); the loads read the N ways of
+            // `set` (N == set.len())
+            unsafe {
+                let p = set.as_ptr() as *const __m256i;
+                let w = _mm256_set1_epi64x(want as i64);
+                let m = _mm256_set1_epi64x(mask as i64);
+                let mut bits = 0u64;
+                for k in 0..N / 4 {
+                    let e = _mm256_cmpeq_epi64(_mm256_and_si256(_mm256_loadu_si256(p.add(k)), m), w);
+                    bits |= (_mm256_movemask_pd(_mm256_castsi256_pd(e)) as u32 as u64) << (4 * k);
+                }
+                return bits;
+            }
+        }
+        match_slice(set, want, mask, self.avx2)
     }
 
     /// Way of the first line at `base` with `v & mask == want`.
     #[inline(always)]
     pub fn find(&self, base: usize, want: u64, mask: u64) -> Option<usize> {
-        ways!(self.find_w(base, want, mask))
+        self.find_w::<0>(base, want, mask)
     }
 
     /// Insert `v` as the most recently used line, or, if a copy with the same line and key is
@@ -351,7 +373,7 @@ impl Caches {
     /// LRU line, 0 if none. One pass over the set.
     #[inline(always)]
     pub fn insert_or_merge(&mut self, inst: usize, base: usize, v: u64, merge: impl Fn(u64, u64) -> u64) -> u64 {
-        ways!(self.insert_or_merge_w(inst, base, v, merge))
+        self.insert_or_merge_w::<0>(inst, base, v, merge)
     }
 
     #[inline(always)]
@@ -454,7 +476,7 @@ impl Caches {
     /// Find and remove the copy matching `want` under `mask`.
     #[inline(always)]
     pub fn take(&mut self, inst: usize, line: u64, want: u64, mask: u64) -> Option<u64> {
-        ways!(self.take_w(inst, line, want, mask))
+        self.take_w::<0>(inst, line, want, mask)
     }
 
     /// The lines of instance `inst` (including invalid ways).
