@@ -60,13 +60,7 @@ impl Directory {
     /// Ask the host CPU to start loading the slot where a lookup of `line` begins (a hint only).
     #[inline(always)]
     pub fn prefetch(&self, line: u64) {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(p) = self.slots.get(2 * hash(line + 1, self.shift)) {
-            // SAFETY: a prefetch is a hint; the pointer is in bounds and nothing is read.
-            unsafe { std::arch::x86_64::_mm_prefetch(p as *const u64 as *const i8, std::arch::x86_64::_MM_HINT_T0) };
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = line;
+        crate::util::prefetch_at(self.slots.as_ptr(), 2 * hash(line + 1, self.shift));
     }
 
     pub fn clear(&mut self) {

@@ -170,19 +170,6 @@ macro_rules! by_geometry {
 }
 pub(crate) use by_geometry;
 
-/// Ask the host CPU to start loading the cache line of element `i` of the array at `p` (a hint:
-/// a prefetch reads nothing and cannot fault, so no bounds check is needed).
-#[inline(always)]
-fn prefetch_at(p: *const u64, i: usize) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: wrapping_add forms the address without asserting it is in bounds, and a prefetch
-    // never faults or reads it as data.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch(p.wrapping_add(i) as *const i8, std::arch::x86_64::_MM_HINT_T0)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (p, i);
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FlushOp {
@@ -1170,15 +1157,15 @@ impl Host {
             let (p1, p2, p3) = (self.l1.data.as_ptr(), self.l2.data.as_ptr(), self.l3.data.as_ptr());
             let (b1, b2, b3) = (self.l1.base_w::<W1>(core, x), self.l2.base_w::<W2>(core, x), self.l3.base_w::<W3>(ccd, x));
             // many CPUs' L1 sets do not stay in the host's caches
-            prefetch_at(p1, b1);
+            crate::util::prefetch_at(p1, b1);
             if self.dir_active {
                 // the miss will look the line up in the directory
                 self.dir.prefetch(x);
             }
-            prefetch_at(p2, b2);
-            prefetch_at(p2, b2 + w2 - 1);
-            prefetch_at(p3, b3);
-            prefetch_at(p3, b3 + w3 - 1);
+            crate::util::prefetch_at(p2, b2);
+            crate::util::prefetch_at(p2, b2 + w2 - 1);
+            crate::util::prefetch_at(p3, b3);
+            crate::util::prefetch_at(p3, b3 + w3 - 1);
             // the line this access will push out of its L2 set goes to its L3 set
             let k = i + AHEAD / 2;
             let xk = addr[k] >> 6;
@@ -1188,8 +1175,8 @@ impl Host {
             if lru != 0 {
                 let ccd = self.topo.core_ccd[core] as usize;
                 let b3 = self.l3.base_w::<W3>(ccd, line_of(lru));
-                prefetch_at(p3, b3);
-                prefetch_at(p3, b3 + w3 - 1);
+                crate::util::prefetch_at(p3, b3);
+                crate::util::prefetch_at(p3, b3 + w3 - 1);
             }
         }
     }

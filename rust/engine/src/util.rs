@@ -39,11 +39,19 @@ pub type FxBuild = BuildHasherDefault<FxHasher>;
 /// Ask the host CPU to start loading the cache line holding `v` (a hint: no effect on results).
 #[inline(always)]
 pub fn prefetch<T>(v: &T) {
+    prefetch_at(v as *const T, 0);
+}
+
+/// Ask the host CPU to start loading the cache line of element `i` of the array at `p` (a hint:
+/// a prefetch reads nothing and cannot fault, so `i` needs no bounds check).
+#[inline(always)]
+pub fn prefetch_at<T>(p: *const T, i: usize) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch reads nothing and cannot fault; `v` is a valid reference.
+    // SAFETY: wrapping_add forms the address without asserting it is in bounds, and a prefetch
+    // never faults or reads it as data.
     unsafe {
-        std::arch::x86_64::_mm_prefetch(v as *const T as *const i8, std::arch::x86_64::_MM_HINT_T0)
+        std::arch::x86_64::_mm_prefetch(p.wrapping_add(i) as *const i8, std::arch::x86_64::_MM_HINT_T0)
     };
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = v;
+    let _ = (p, i);
 }
