@@ -17,15 +17,22 @@ COUNTERS = ["tlb_l1_hits", "tlb_l2_hits", "tlb_misses", "gphys_hits", "gphys_mis
             "tlb_flush_ops", "tlb_dropped", "vmruns", "vmrun_failures"]
 
 cpus = st.integers(0, 7)
+# a run of 4 KiB pages in host table 0, mapped at the start, that sweeps translate through: more
+# distinct translations than a core's TLB holds, so LRU replacement decides later hits
+RUN_VA, RUN_HPA, RUN_PAGES = 0x10000000, 0x2000000, 40
 
 
 class TlbEngineVsModel(RuleBasedStateMachine):
+    # the TLB geometry: L1 entries (fully associative), L2 entries, L2 ways
+    GEOMETRY = (4, 16, 4)
+
     @initialize()
     def build(self):
-        self.h = sevsim.Host.from_preset("tiny")
+        l1, l2, l2_ways = self.GEOMETRY
+        self.h = sevsim.Host.from_preset("tiny", overrides={"tlb": {"l1_entries": l1, "l2_entries": l2, "l2_ways": l2_ways}})
         owners = {}
         self.owners = owners
-        self.m = RefTlb(4, 8, 4, 16, 4, None, lambda pa: owners.get(pa >> 12, 0))
+        self.m = RefTlb(4, 8, l1, l2, l2_ways, None, lambda pa: owners.get(pa >> 12, 0))
         # tables: 0 host (exists), 1 host, 2-3 guest, 4-5 nested
         for kind in ("host", "guest", "guest", "nested", "nested"):
             assert self.h.create_table(kind) == len(self.m.tables)
@@ -40,6 +47,9 @@ class TlbEngineVsModel(RuleBasedStateMachine):
             self.m.ctxs.append(Ctx(mode, tag, 0, cr3, nested, key, vm))
             assert cid == len(self.m.ctxs) - 1
             (self.svm if mode == SVM else self.vmx).append(cid)
+        for p in range(RUN_PAGES):
+            assert self.m.tables[0].map(RUN_VA + p * 4096, RUN_HPA + p * 4096, 0, 0)
+            self.h.map(0, RUN_VA + p * 4096, RUN_HPA + p * 4096)
 
     @rule(table=st.integers(0, 5), va=st.integers(0, len(VAS) - 1), tgt=st.integers(0, 5), size=st.integers(0, 2),
           cbit=st.booleans(), glob=st.booleans())
@@ -81,6 +91,13 @@ class TlbEngineVsModel(RuleBasedStateMachine):
 
     @rule(cpu=cpus, vas=st.lists(st.sampled_from(VAS), min_size=1, max_size=20))
     def translate_batch(self, cpu, vas):
+        got = self.h.access_virtual(cpu, np.array(vas, np.uint64), return_levels=True)["levels"].tolist()
+        want = [self.m.translate(cpu, va) for va in vas]
+        assert [g == 7 for g in got] == [w is None for w in want]
+
+    @rule(cpu=cpus, pages=st.lists(st.integers(0, RUN_PAGES - 1), min_size=1, max_size=60))
+    def sweep(self, cpu, pages):
+        vas = [RUN_VA + p * 4096 for p in pages]
         got = self.h.access_virtual(cpu, np.array(vas, np.uint64), return_levels=True)["levels"].tolist()
         want = [self.m.translate(cpu, va) for va in vas]
         assert [g == 7 for g in got] == [w is None for w in want]
@@ -141,3 +158,15 @@ class TlbEngineVsModel(RuleBasedStateMachine):
 TestTlb = TlbEngineVsModel.TestCase
 TestTlb.settings = settings(max_examples=120, stateful_step_count=50, deadline=None,
                             suppress_health_check=[HealthCheck.too_slow])
+
+
+class WideTlbEngineVsModel(TlbEngineVsModel):
+    """A 17-entry L1 and a 16-way L2: the engine's lookups compare 16 slots per step and its LRU
+    victim search eight stamps per step (with a tail of one), paths the 4-entry tiny TLB skips."""
+
+    GEOMETRY = (17, 32, 16)
+
+
+TestWideTlb = WideTlbEngineVsModel.TestCase
+TestWideTlb.settings = settings(max_examples=120, stateful_step_count=50, deadline=None,
+                                suppress_health_check=[HealthCheck.too_slow])
