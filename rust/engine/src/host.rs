@@ -302,6 +302,9 @@ impl Host {
         self.l1.use_avx2(on);
         self.l2.use_avx2(on);
         self.l3.use_avx2(on);
+        for t in self.tlb1.iter_mut().chain(self.tlb2.iter_mut()) {
+            t.use_avx2(on);
+        }
     }
 
     pub fn check_cpu(&self, arg: &str, cpu: usize) -> Result<()> {

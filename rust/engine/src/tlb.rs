@@ -291,6 +291,11 @@ impl TlbLevel {
         None
     }
 
+    /// Use the AVX2 victim search if `on` and the CPU has AVX2 (for tests of the scalar path).
+    pub fn use_avx2(&mut self, on: bool) {
+        self.avx2 = on && has_avx2();
+    }
+
     #[inline]
     pub fn touch(&mut self, i: usize) {
         self.clock = self.clock.wrapping_add(1);

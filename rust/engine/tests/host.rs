@@ -1,6 +1,7 @@
 //! Engine behaviour: the access path, coherence, instructions, and the textbook hazards.
 
 use sevsim_engine::host::{Col, FlushOp, Host, Level};
+use sevsim_engine::paging::PageSize;
 use sevsim_engine::{Cause, HostConfig};
 
 const PAGE: u64 = 4096;
@@ -395,15 +396,24 @@ fn avx2_and_portable_paths_agree() {
         let addr: Vec<u64> = (0..n).map(|_| (next() % (4 << 20)) & !7).collect();
         let write: Vec<bool> = (0..n).map(|_| next() % 4 == 0).collect();
         let key: Vec<u16> = (0..n).map(|_| (next() % 3) as u16).collect();
+        // translated accesses over more pages than the TLBs hold (their victim searches)
+        let pages = 8192u64;
+        let va: Vec<u64> = (0..pages).map(|p| 0x7F00_0000_0000 + p * 4096).collect();
+        let pa: Vec<u64> = (0..pages).map(|p| (512 << 20) + p * 4096).collect();
+        let vaddr: Vec<u64> = (0..n / 2).map(|_| va[(next() % pages) as usize] + (next() % 64) * 64).collect();
         for h in [&mut a, &mut b] {
             h.set_owner(1 << 20, 1 << 20, 1).unwrap();
+            h.map_many(0, &va, &pa, PageSize::K4, 0).unwrap();
             for chunk in 0..4 {
                 let r = chunk * n / 4..(chunk + 1) * n / 4;
                 h.access_batch(Col::Each(&cpu[r.clone()]), &addr[r.clone()], Col::Each(&write[r.clone()]), Col::Each(&key[r.clone()]), None)
                     .unwrap();
                 h.wbnoinvd(chunk % 8).unwrap();
+                let r = chunk * n / 8..(chunk + 1) * n / 8;
+                h.access_virtual_batch(Col::Each(&cpu[r.clone()]), &vaddr[r.clone()], Col::Each(&write[r]), None).unwrap();
             }
         }
+        assert!(a.ctr.tlb_misses.iter().sum::<u64>() > 10_000, "the run exercised TLB replacement");
         assert_eq!(a.clocks(), b.clocks(), "l1 {l1ways}-way");
         for ((name, va), (_, vb)) in a.ctr.all().into_iter().zip(b.ctr.all()) {
             assert_eq!(va, vb, "counter {name}, l1 {l1ways}-way");
@@ -414,5 +424,8 @@ fn avx2_and_portable_paths_agree() {
         assert_eq!(a.l2.data[..], b.l2.data[..]);
         assert_eq!(a.l3.data[..], b.l3.data[..]);
         assert!(a.violation_total() > 0, "the run exercised the oracle");
+        for c in 0..8 {
+            assert_eq!(a.tlb_entries(c).unwrap(), b.tlb_entries(c).unwrap(), "TLB of cpu {c}");
+        }
     }
 }
