@@ -170,3 +170,14 @@ class WideTlbEngineVsModel(TlbEngineVsModel):
 TestWideTlb = WideTlbEngineVsModel.TestCase
 TestWideTlb.settings = settings(max_examples=120, stateful_step_count=50, deadline=None,
                                 suppress_health_check=[HealthCheck.too_slow])
+
+
+class Wide8TlbEngineVsModel(TlbEngineVsModel):
+    """A 24-entry L1 (a 16-slot and an 8-slot lookup step) and an 8-way L2 (the preset's)."""
+
+    GEOMETRY = (24, 64, 8)
+
+
+TestWide8Tlb = Wide8TlbEngineVsModel.TestCase
+TestWide8Tlb.settings = settings(max_examples=120, stateful_step_count=50, deadline=None,
+                                 suppress_health_check=[HealthCheck.too_slow])

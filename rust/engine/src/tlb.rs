@@ -138,6 +138,15 @@ fn match_folds(folds: &[u32], f: u32) -> u128 {
                 bits |= (_mm_movemask_epi8(m) as u32 as u128) << c;
                 c += 16;
             }
+            // an 8-way set (the L2 DTLB's)
+            if c + 8 <= n {
+                let q = p.add(c / 4);
+                let e0 = _mm_cmpeq_epi32(_mm_loadu_si128(q), w);
+                let e1 = _mm_cmpeq_epi32(_mm_loadu_si128(q.add(1)), w);
+                let m = _mm_packs_epi16(_mm_packs_epi32(e0, e1), _mm_setzero_si128());
+                bits |= (_mm_movemask_epi8(m) as u32 as u128) << c;
+                c += 8;
+            }
         }
     }
     while c < n {
