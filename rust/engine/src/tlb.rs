@@ -138,7 +138,7 @@ fn match_folds(folds: &[u32], f: u32) -> u128 {
                 bits |= (_mm_movemask_epi8(m) as u32 as u128) << c;
                 c += 16;
             }
-            // an 8-way set (the L2 DTLB's)
+            // an 8-way set (the presets' L2 DTLB geometry, l2_ways = 8 [assumed] in profile.toml)
             if c + 8 <= n {
                 let q = p.add(c / 4);
                 let e0 = _mm_cmpeq_epi32(_mm_loadu_si128(q), w);
