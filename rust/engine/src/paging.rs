@@ -90,23 +90,28 @@ impl LeafMap {
         (page.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - bits)) as usize
     }
 
+    /// The slot holding `page` (true), or the free slot that ends its probe run (false). The
+    /// table must have slots.
+    #[inline(always)]
+    fn slot(&self, page: u64) -> (usize, bool) {
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(page);
+        loop {
+            let k = self.slots[i][0];
+            if k == page + 1 || k == 0 {
+                return (i, k != 0);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
     #[inline]
     fn get(&self, page: u64) -> Option<u64> {
         if self.len == 0 {
             return None;
         }
-        let mask = self.slots.len() - 1;
-        let mut i = self.home(page);
-        loop {
-            let [k, v] = self.slots[i];
-            if k == page + 1 {
-                return Some(v);
-            }
-            if k == 0 {
-                return None;
-            }
-            i = (i + 1) & mask;
-        }
+        let (i, found) = self.slot(page);
+        found.then(|| self.slots[i][1])
     }
 
     #[inline(always)]
@@ -122,17 +127,9 @@ impl LeafMap {
         if (self.len + 1) * 2 > self.slots.len() {
             self.grow();
         }
-        let mask = self.slots.len() - 1;
-        let mut i = self.home(page);
-        loop {
-            let k = self.slots[i][0];
-            if k == 0 || k == page + 1 {
-                self.len += (k == 0) as usize;
-                self.slots[i] = [page + 1, v];
-                return;
-            }
-            i = (i + 1) & mask;
-        }
+        let (i, found) = self.slot(page);
+        self.len += !found as usize;
+        self.slots[i] = [page + 1, v];
     }
 
     fn grow(&mut self) {
@@ -151,37 +148,32 @@ impl LeafMap {
         if self.len == 0 {
             return None;
         }
-        let mask = self.slots.len() - 1;
-        let mut i = self.home(page);
-        loop {
-            let [k, v] = self.slots[i];
-            if k == 0 {
-                return None;
-            }
-            if k == page + 1 {
-                self.len -= 1;
-                // backward-shift deletion (Knuth 6.4 Algorithm R)
-                let mut hole = i;
-                let mut j = i;
-                loop {
-                    j = (j + 1) & mask;
-                    let kj = self.slots[j][0];
-                    if kj == 0 {
-                        break;
-                    }
-                    let h = self.home(kj - 1);
-                    // move slot j into the hole unless its home lies cyclically in (hole, j]
-                    let stays = if hole <= j { hole < h && h <= j } else { hole < h || h <= j };
-                    if !stays {
-                        self.slots[hole] = self.slots[j];
-                        hole = j;
-                    }
-                }
-                self.slots[hole] = [0, 0];
-                return Some(v);
-            }
-            i = (i + 1) & mask;
+        let (i, found) = self.slot(page);
+        if !found {
+            return None;
         }
+        let v = self.slots[i][1];
+        self.len -= 1;
+        // backward-shift deletion (Knuth 6.4 Algorithm R)
+        let mask = self.slots.len() - 1;
+        let mut hole = i;
+        let mut j = i;
+        loop {
+            j = (j + 1) & mask;
+            let kj = self.slots[j][0];
+            if kj == 0 {
+                break;
+            }
+            let h = self.home(kj - 1);
+            // move slot j into the hole unless its home lies cyclically in (hole, j]
+            let stays = if hole <= j { hole < h && h <= j } else { hole < h || h <= j };
+            if !stays {
+                self.slots[hole] = self.slots[j];
+                hole = j;
+            }
+        }
+        self.slots[hole] = [0, 0];
+        Some(v)
     }
 
     fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
