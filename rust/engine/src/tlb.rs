@@ -221,9 +221,10 @@ pub struct TlbLevel {
     pub sets: usize,
     pub ways: usize,
     pub keys: Vec<u64>,
-    /// per slot, `fold(key)` (0: free): the lookup scans these, eight to a 32-byte load, and
+    /// per slot, `fold(key)` (0: free): the lookup scans these, sixteen per SSE2 step, and
     /// checks the full key only where one matches
     folds: Vec<u32>,
+    /// the entries, slot by slot: empty until the first insert, and read only where `keys` is valid
     pub ents: Vec<Entry>,
     /// per slot, `clock` when it was last filled or hit (apart from the entries: the victim
     /// search of a fully associative level reads them all, 4 bytes each instead of a whole entry)
@@ -242,7 +243,9 @@ impl TlbLevel {
             ways,
             keys: vec![0; entries],
             folds: vec![0; entries],
-            ents: vec![Entry::default(); entries],
+            // allocated at the first insert: a host of 256 cores would otherwise write 60 MiB of
+            // empty entries when it is built (the zeroed arrays above cost nothing until used)
+            ents: Vec::new(),
             stamps: vec![0; entries],
             clock: 0,
             per_size: [0; 3],
@@ -351,6 +354,9 @@ impl TlbLevel {
         e.size = size as u8;
         self.keys[victim] = key;
         self.folds[victim] = fold(key);
+        if self.ents.is_empty() {
+            self.ents = vec![Entry::default(); self.keys.len()];
+        }
         self.ents[victim] = e;
         self.per_size[size as usize] += 1;
         self.valid += 1;
@@ -402,7 +408,7 @@ impl TlbLevel {
     }
 
     pub fn bytes(&self) -> usize {
-        self.keys.len() * (8 + 4 + 4 + std::mem::size_of::<Entry>())
+        self.keys.len() * (8 + 4 + 4) + self.ents.len() * std::mem::size_of::<Entry>()
     }
 }
 
