@@ -37,10 +37,10 @@ print(json.dumps({'build_s': build, 'rss': rss() - base, 'rmp_bytes': h.rmp_byte
 def test_rmp_and_direct_map_for_1_5_tib():
     r = json.loads(subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True).stdout)
     print(f"\nepyc-9755-2s 1.5 TiB: host built in {r['build_s'] * 1e3:.1f} ms; RMP {r['rmp_bytes'] / 2**20:.2f} MiB; "
-          f"RSS +{r['rss'] / 2**20:.1f} MiB of which TLB arrays {r['tlb_bytes'] / 2**20:.1f} MiB")
+          f"RSS +{r['rss'] / 2**20:.1f} MiB (TLB arrays: {r['tlb_bytes'] / 2**20:.1f} MiB allocated, committed as they fill)")
     assert r["dm_leaf_1g"] == 1 << 30
     assert r["build_s"] < 0.5
-    assert r["rss"] - r["tlb_bytes"] < 64 << 20
+    assert r["rss"] < 64 << 20
 
 
 def host():
