@@ -106,6 +106,9 @@ counters!(
 );
 
 /// Where an access was served.
+/// How many lines ahead a flush loop prefetches directory slots.
+const FLUSH_AHEAD: u64 = 16;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Level {
@@ -1357,6 +1360,15 @@ impl Host {
     // ---------------------------------------------------------------------------------------
     // CLFLUSH / CLFLUSHOPT / VM_PAGE_FLUSH / DMA
 
+    /// Ask the host CPU to load the directory slot a flush of line `x` will read (a hint: the
+    /// lines of a range are consecutive, their slots are not).
+    #[inline(always)]
+    fn prefetch_flush(&self, x: u64) {
+        if self.dir_active {
+            self.dir.prefetch(x);
+        }
+    }
+
     /// Write back and invalidate every copy of line `x` that `matches(key)`, anywhere in the
     /// coherence domain. Returns dirty lines written.
     fn flush_line_everywhere(&mut self, cpu: usize, x: u64, key: u16, any_key: bool) -> u64 {
@@ -1392,6 +1404,7 @@ impl Host {
         let (dirty_cost, fence) = (c.flush_dirty_line, c.fence);
         let mut dirty = 0;
         for x in first..last {
+            self.prefetch_flush(x + FLUSH_AHEAD);
             dirty += self.flush_line_everywhere(cpu, x, key, any);
         }
         let n = last - first;
@@ -1444,6 +1457,7 @@ impl Host {
         let first = (pa & !(PAGE - 1)) / LINE;
         let mut dirty = 0;
         for x in first..first + PAGE / LINE {
+            self.prefetch_flush(x + FLUSH_AHEAD);
             dirty += self.flush_line_everywhere(cpu, x, asid, false);
         }
         let c = &self.cfg.cost;
