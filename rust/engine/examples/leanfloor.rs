@@ -1,4 +1,4 @@
-//! How fast can any simulator of the bench geometry go? A stripped three-level LRU loop, written
+//! How fast can a simulator of the bench geometry go? A stripped three-level LRU loop, written
 //! for speed alone, with none of sevsim's semantics: no keys' aliases, no coherence, no states
 //! beyond the tag, no oracle, no counters, clocks or bounds checks. It runs the same random trace
 //! as `randbench` (4 GiB, reads) on L1 32 KiB/8-way, L2 1 MiB/16-way, L3 32 MiB/16-way victim
