@@ -178,7 +178,9 @@ def test_vmsa_pages_are_flushed_when_vcpus_are_freed(coherent):
 
 
 def test_snp_private_memory_is_flushed_by_gmem_whatever_the_strategy():
+    # SME_COHERENT, as on every SNP-capable CPU: the host-key CLFLUSH by PFN reaches guest lines
     h = tiny(coherent=True)
+    h.snp_enable()
     kvm = Kvm(h, "none", initiator=7)
     vm = kvm.sev_guest_init("a", "snp", 1 << 20, 1)
     assert vm.regions == []
@@ -186,6 +188,26 @@ def test_snp_private_memory_is_flushed_by_gmem_whatever_the_strategy():
     kvm.sev_vm_destroy(vm)
     assert h.audit() == {"dirty_foreign_owner": 0, "dirty_stale_key": 0}
     assert h.counters["clflush_lines"][7] >= (1 << 20) // 64
+
+
+@pytest.mark.parametrize("coherent", [True, False])
+def test_snp_guest_without_guest_memfd_needs_the_strategy_at_teardown(coherent):
+    """On a host without SNP enabled an SNP guest's memory is HVA-backed (sevsim's model of SNP
+    before guest_memfd): teardown reclaims it through the strategy, as for SEV-ES, and
+    sev_gmem_invalidate() does nothing (it returns unless the host has SNP). Before, teardown took
+    the guest_memfd path and its host-key CLFLUSH, which misses guest-key lines without
+    SME_COHERENT and made even `none` safe with it."""
+    for strategy, safe in (("none", False), ("wbinvd_all", True)):
+        h = tiny(coherent=coherent)
+        kvm = Kvm(h, strategy, initiator=7)
+        vm = kvm.sev_guest_init("a", "snp", 1 << 20, 1)
+        dirty(kvm, vm, 1)
+        before = int(h.counters["clflush_lines"].sum())
+        kvm.sev_gmem_invalidate(vm, np.arange(4), 7)
+        assert int(h.counters["clflush_lines"].sum()) == before
+        kvm.sev_vm_destroy(vm)
+        left = h.audit()["dirty_foreign_owner"] + h.audit()["dirty_stale_key"]
+        assert (left == 0) is safe, (strategy, coherent, h.audit())
 
 
 def test_snp_guest_memory_goes_through_the_rmp_when_snp_is_enabled():

@@ -435,15 +435,20 @@ class Kvm:
         # the mm goes first (mmu_notifier_release -> kvm_flush_shadow_all), then kvm_destroy_vm()
         # frees the vCPUs (kvm_destroy_vcpus) before the vm_destroy hook (arch/x86/kvm/x86.c,
         # kvm_arch_destroy_vm)
-        if vm.vm_type is VmType.SNP:
-            # SNP private memory lives in guest_memfd: freeing its folios runs sev_gmem_invalidate(),
-            # then the pages go back to the host
+        if self.gmem_backed(vm):
+            # SNP private memory lives in guest_memfd: freeing its folios runs sev_gmem_invalidate()
             self.sev_gmem_invalidate(vm, np.arange(len(vm.pages)), cpu)
+        else:
+            # HVA-backed memory (SEV, SEV-ES, and SNP before guest_memfd: see
+            # sev_guest_memory_reclaimed): mmu_notifier_release runs the reclaim hook. An SNP VM
+            # must not take the guest_memfd path here: sev_gmem_invalidate() does nothing at all on
+            # a host without SNP (it returns unless cc_platform_has(CC_ATTR_HOST_SEV_SNP)).
+            self.strategy.reclaim(self, vm, cpu, [Page(int(pa), True) for pa in vm.pages])
+        if vm.vm_type is VmType.SNP:
+            # no pinned regions: the pages go back to the host
             for pa, size in self._runs(vm.pages):
                 self.host.set_owner(pa, size, 0)
             self.mem.release(vm.pages)
-        else:
-            self.strategy.reclaim(self, vm, cpu, [Page(int(pa), True) for pa in vm.pages])
         for v in range(len(vm.vmsa)):
             self.sev_free_vcpu(vm, v, cpu)
         if self.strategy.flush_on_destroy:
@@ -509,28 +514,34 @@ class Kvm:
             i += 512 if huge else 1
 
     def sev_gmem_invalidate(self, vm: SevVm, gpages: np.ndarray, initiator: int) -> None:
-        """guest_memfd frees SNP private folios (kvm_arch_gmem_invalidate): for each page, make it
-        shared again in the RMP (PSMASH first when only part of a 2 MiB entry goes), then
-        clflush_cache_range(__va(pfn), size) through the direct map, one CPU, no IPI
-        (semantics.md 1.7.7)."""
-        if self.host.snp_enabled:
-            freeing = {int(p) for p in vm.pages[gpages]}
-            done_huge = set()
-            for pa in sorted(freeing):
-                e = self.host.rmp_entry(pa)
-                if not e["assigned"]:
+        """guest_memfd frees SNP private folios (kvm_arch_gmem_invalidate -> sev_gmem_invalidate()
+        in arch/x86/kvm/svm/sev.c): nothing on a host without SNP; else, for each page assigned in
+        the RMP, make it shared again (PSMASH first when only part of a 2 MiB entry goes) and then
+        clflush_cache_range(__va(pfn), size) through the direct map, one CPU, no IPI. A page the
+        RMP does not show as assigned is skipped, flush included ("if (rc || !assigned) goto
+        next_pfn"; semantics.md 1.7.7)."""
+        if not self.host.snp_enabled:
+            return
+        freeing = {int(p) for p in vm.pages[gpages]}
+        done_huge = set()
+        flushed = []
+        for pa in sorted(freeing):
+            e = self.host.rmp_entry(pa)
+            if not e["assigned"]:
+                continue
+            base = pa - pa % HUGE
+            if e["huge"]:
+                if base in done_huge:
                     continue
-                base = pa - pa % HUGE
-                if e["huge"]:
-                    if base in done_huge:
-                        continue
-                    if all(base + k * PAGE in freeing for k in range(512)):
-                        self.rmpupdate(base, initiator, assigned=False, huge=True)
-                        done_huge.add(base)
-                        continue
-                    self.host.psmash(initiator, base)
-                self.rmpupdate(pa, initiator, assigned=False, huge=False)
-        for pa, size in self._runs(vm.pages[gpages]):
+                if all(base + k * PAGE in freeing for k in range(512)):
+                    self.rmpupdate(base, initiator, assigned=False, huge=True)
+                    done_huge.add(base)
+                    flushed.extend(range(base, base + HUGE, PAGE))
+                    continue
+                self.host.psmash(initiator, base)
+            self.rmpupdate(pa, initiator, assigned=False, huge=False)
+            flushed.append(pa)
+        for pa, size in self._runs(np.array(sorted(flushed), dtype=np.uint64)):
             self.host.clflushopt_range(initiator, pa, size, key=0)
 
     @staticmethod
