@@ -334,3 +334,16 @@ def test_gmem_punch_hole_rejects_what_it_cannot_do_before_changing_anything():
         kvm.kvm_gmem_punch_hole(vm, [3, 3])
     np.testing.assert_array_equal(clocks, h.clocks)
     assert kvm.stats["gmem_punches"] == 0
+
+
+def test_vmsa_flush_at_launch_is_sev_es_only():
+    """__sev_launch_update_vmsa() (SEV-ES) flushes each VMSA before the firmware encrypts it;
+    snp_launch_update_vmsa() makes it private in the RMP and encrypts it with no flush."""
+    lines = {}
+    for vm_type in ("sev-es", "snp"):
+        h = tiny(coherent=True)  # no sev_clflush_pages() of the guest's memory
+        h.snp_enable()
+        kvm = Kvm(h, "none", initiator=7)
+        kvm.sev_guest_init("a", vm_type, 1 << 20, 2)
+        lines[vm_type] = int(h.counters["clflush_lines"].sum())
+    assert lines == {"sev-es": 2 * 4096 // 64, "snp": 0}

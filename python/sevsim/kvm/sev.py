@@ -241,11 +241,16 @@ class Kvm:
         else:
             self.sev_mem_enc_register_region(vm, 0, len(vm.pages), cpu)
         if vm_type is not VmType.SEV:
-            # __sev_launch_update_vmsa() flushes the VMSA before the firmware encrypts it in place,
-            # always, SME_COHERENT or not (semantics.md 1.7 row 2)
+            # __sev_launch_update_vmsa() (SEV-ES) flushes the VMSA before the firmware encrypts it
+            # in place, always, SME_COHERENT or not (semantics.md 1.7 row 2). SNP's
+            # snp_launch_update_vmsa() does not: sev_es_sync_vmsa(), rmp_make_private(), then
+            # SNP_LAUNCH_UPDATE (arch/x86/kvm/svm/sev.c). sevsim's SNP before guest_memfd (SNP
+            # not enabled on the host) keeps the SEV-ES flush.
             vm.vmsa = [int(pa) for pa in self.mem.alloc(vcpus)]
+            flush_vmsa = not self.gmem_backed(vm)
             for v, pa in enumerate(vm.vmsa):
-                self.host.clflushopt_range(cpu, pa, PAGE, key=0)
+                if flush_vmsa:
+                    self.host.clflushopt_range(cpu, pa, PAGE, key=0)
                 self.host.set_owner(pa, PAGE, vm.asid)
                 if vm_type is VmType.SNP and self.host.snp_enabled:
                     # LAUNCH_UPDATE_VMSA makes the VMSA a private 4 KiB page: a direct-map split
