@@ -44,6 +44,21 @@ def test_recycling_flushes_every_cpu_then_df_flush():
     assert sum(h.violation_counts().values()) == 0
 
 
+def test_a_recycle_frees_every_waiting_asid_of_either_range():
+    """__sev_recycle_asids() flushes when an ASID of the asked range waits, then frees all the
+    waiting ones: a freed SEV-ES ASID is reusable after an SEV recycle without another flush."""
+    kvm = Kvm(tiny(), min_sev_asid=2, max_sev_asid=2)
+    es = kvm.sev_guest_init("es", "sev-es", 1 << 20, 1)
+    sev = kvm.sev_guest_init("sev", "sev", 1 << 20, 1)
+    assert (es.asid, sev.asid) == (1, 2)
+    kvm.sev_vm_destroy(es)
+    kvm.sev_vm_destroy(sev)
+    assert kvm.sev_guest_init("sev2", "sev", 1 << 20, 1).asid == 2
+    assert kvm.stats["df_flush"] == 1 and not kvm.asid_reclaim
+    assert kvm.sev_guest_init("es2", "sev-es", 1 << 20, 1).asid == 1
+    assert kvm.stats["df_flush"] == 1
+
+
 class WbnoinvdRecycleKvm(Kvm):
     """A broken recycle: WBNOINVD where SNP firmware requires WBINVD (sev_flush_asids comment)."""
 

@@ -182,10 +182,13 @@ class Kvm:
         self.stats["df_flush"] += 1
 
     def _recycle_asids(self, lo: int, hi: int, initiator: int) -> bool:
-        freed = {a for a in self.asid_reclaim if lo <= a <= hi}
-        if not freed:
+        """__sev_recycle_asids(): only if an ASID of [lo, hi] waits, flush, and then free every
+        waiting ASID, SEV and SEV-ES alike ("The flush process will flush all reclaimable SEV
+        and SEV-ES ASIDs": bitmap_xor with the whole reclaim bitmap, arch/x86/kvm/svm/sev.c)."""
+        if not any(lo <= a <= hi for a in self.asid_reclaim):
             return False
         self.sev_flush_asids(initiator)
+        freed = set(self.asid_reclaim)
         self.asid_used -= freed
         self.asid_reclaim -= freed
         self.stats["asid_recycles"] += 1
