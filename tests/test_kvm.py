@@ -225,10 +225,34 @@ def test_snp_guest_without_guest_memfd_needs_the_strategy_at_teardown(coherent):
         assert (left == 0) is safe, (strategy, coherent, h.audit())
 
 
-def test_snp_guest_memory_goes_through_the_rmp_when_snp_is_enabled():
+def test_snp_guest_memory_is_4k_in_the_rmp_with_upstream_guest_memfd():
+    """Upstream guest_memfd folios are 4 KiB (__kvm_gmem_get_pfn() sets max_order 0): every
+    private page is a 4 KiB RMP entry, and each 2 MiB region of the direct map it touches splits."""
     h = sevsim.Host.from_preset("tiny", sme_coherent=True)
     h.snp_enable()
     kvm = Kvm(h, "wbnoinvd_ran_cpus", initiator=7)
+    vm = kvm.sev_guest_init("a", "snp", 4 << 20, 1)
+    assert all(not h.rmp_entry(int(pa))["huge"] and h.rmp_entry(int(pa))["assigned"] for pa in vm.pages)
+    regions = {int(pa) >> 21 for pa in vm.pages} | {vm.vmsa[0] >> 21}
+    assert int(h.counters["dm_splits"].sum()) == len(regions)
+    assert int(h.counters["rmp_updates"].sum()) == len(vm.pages) + 1
+    dirty(kvm, vm, 1)
+    assert h.violation_kinds()["rmp_fault"] == 0
+    # a hole punch frees 4 KiB entries: no PSMASH
+    freed = kvm.kvm_gmem_punch_hole(vm, [1, 600])
+    assert int(h.counters["psmashes"].sum()) == 0
+    assert all(not h.rmp_entry(int(pa))["assigned"] for pa in freed)
+    h.access(0, freed.astype(np.uint64), True)
+    assert h.violation_kinds()["rmp_fault"] == 0
+    kvm.sev_vm_destroy(vm)
+    assert not any(h.rmp_entry(int(pa))["assigned"] for pa in vm.pages)
+    assert h.audit() == {"dirty_foreign_owner": 0, "dirty_stale_key": 0}
+
+
+def test_snp_guest_memory_goes_through_the_rmp_when_snp_is_enabled():
+    h = sevsim.Host.from_preset("tiny", sme_coherent=True)
+    h.snp_enable()
+    kvm = Kvm(h, "wbnoinvd_ran_cpus", initiator=7, gmem_huge=True)
     vm = kvm.sev_guest_init("a", "snp", 4 << 20, 1)
     # 2 MiB-aligned backing and GPAs: 2 MiB RMP entries; only the 4 KiB VMSA split the direct map
     e = h.rmp_entry(int(vm.pages[0]))
@@ -257,7 +281,7 @@ def test_snp_guest_memory_goes_through_the_rmp_when_snp_is_enabled():
 def test_snp_notifier_free_of_part_of_a_2m_entry_psmashes_and_splits():
     h = sevsim.Host.from_preset("tiny", sme_coherent=True)
     h.snp_enable()
-    kvm = Kvm(h, "clflushopt_pfn", initiator=7)
+    kvm = Kvm(h, "clflushopt_pfn", initiator=7, gmem_huge=True)
     vm = kvm.sev_guest_init("a", "snp", 2 << 20, 1)
     pa3 = int(vm.pages[3])
     kvm.sev_gmem_invalidate(vm, np.array([3]), 7)
@@ -291,10 +315,11 @@ def test_notifier_rejects_bad_input_and_a_full_host_before_changing_anything():
     assert len(kvm.mmu_notifier_invalidate(vm, np.arange(16))) == 16
 
 
-def snp_host_and_vm(strategy="wbinvd_all", memory=4 << 20):
+def snp_host_and_vm(strategy="wbinvd_all", memory=4 << 20, gmem_huge=True):
+    """An SNP guest on an SNP host; by default with 2 MiB guest_memfd folios (2 MiB RMP entries)."""
     h = sevsim.Host.from_preset("tiny", sme_coherent=True)
     h.snp_enable()
-    kvm = Kvm(h, strategy, initiator=7)
+    kvm = Kvm(h, strategy, initiator=7, gmem_huge=gmem_huge)
     return h, kvm, kvm.sev_guest_init("a", "snp", memory, 1)
 
 

@@ -138,11 +138,13 @@ class Kvm:
     `recycle`: whether an exhausted ASID space is recycled (WBINVD on all CPUs + DF_FLUSH); if not,
     allocation fails with AsidExhausted.
     `initiator`: the CPU that runs ioctls and notifier callbacks unless told otherwise.
+    `gmem_huge`: SNP guest_memfd backed by 2 MiB folios, so private memory gets 2 MiB RMP entries
+    (out-of-tree hugetlb guest_memfd); by default 4 KiB folios, as upstream.
     """
 
     def __init__(self, host: Host, strategy: CacheStrategy | str = "wbnoinvd_ran_cpus", *,
                  min_sev_asid: int = 100, max_sev_asid: int = 1006, recycle: bool = True, initiator: int = 0,
-                 reserved_memory: int | None = None):
+                 reserved_memory: int | None = None, gmem_huge: bool = False):
         if not (1 <= min_sev_asid <= max_sev_asid + 1):
             raise ConfigError(f"need 1 <= min_sev_asid <= max_sev_asid + 1, got {min_sev_asid}, {max_sev_asid}")
         if max_sev_asid > 1023:
@@ -155,6 +157,9 @@ class Kvm:
         self.min_sev_asid, self.max_sev_asid = min_sev_asid, max_sev_asid
         self.recycle = recycle
         self.initiator = initiator
+        # guest_memfd with 2 MiB folios (out-of-tree hugetlb series); upstream hands out order-0
+        # folios only: __kvm_gmem_get_pfn() sets *max_order = 0 (virt/kvm/guest_memfd.c)
+        self.gmem_huge = gmem_huge
         if reserved_memory is None:
             # the host kernel's own memory: 64 MiB, or an eighth of a small host
             reserved_memory = min(64 << 20, host.memory // 8 // PAGE * PAGE)
@@ -505,15 +510,17 @@ class Kvm:
             raise SevsimError(f"RMPUPDATE of {pa:#x} failed with code {code}")
 
     def sev_gmem_prepare(self, vm: SevVm, gpages: np.ndarray, initiator: int) -> None:
-        """First touch of private guest_memfd pages (sev_gmem_prepare()): 2 MiB entries where the
-        pfn and gfn are 2 MiB aligned and the whole 2 MiB is the guest's, else 4 KiB; then the
-        guest's PVALIDATE of what it accepts."""
+        """First touch of private guest_memfd pages (sev_gmem_prepare()), then the guest's
+        PVALIDATE of what it accepts. Upstream guest_memfd folios are 4 KiB (max_order 0), so
+        is_large_rmp_possible() never holds and every RMP entry is 4 KiB, splitting the direct map
+        around each 2 MiB region it touches. With `gmem_huge` (2 MiB folios): 2 MiB entries where
+        the pfn and gfn are 2 MiB aligned and the whole 2 MiB is the guest's, else 4 KiB."""
         pages = vm.pages[gpages]
         i = 0
         while i < len(pages):
             pa, gpa = int(pages[i]), int(gpages[i]) * PAGE
             run = pages[i:i + 512]
-            huge = (pa % HUGE == 0 and gpa % HUGE == 0 and len(run) == 512
+            huge = (self.gmem_huge and pa % HUGE == 0 and gpa % HUGE == 0 and len(run) == 512
                     and bool(np.all(np.diff(run) == PAGE)) and int(gpages[i + 511]) * PAGE == gpa + HUGE - PAGE)
             self.rmpupdate(pa, initiator, assigned=True, huge=huge, asid=vm.asid, gpa=gpa)
             code, _ = self.host.pvalidate(initiator, vm.asid, pa, gpa, huge=huge)
