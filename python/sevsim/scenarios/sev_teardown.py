@@ -33,6 +33,8 @@ PARAMS = {
     "snp": (False, "enable SNP on the host: an snp VM's private memory then lives in guest_memfd and its "
                    "teardown goes through sev_gmem_invalidate (RMP back to shared, CLFLUSH by PFN), "
                    "not through the strategy"),
+    "gmem_huge": (False, "with snp: guest_memfd backed by 2 MiB folios (2 MiB RMP entries, out-of-tree "
+                         "hugetlb guest_memfd); by default 4 KiB folios, as upstream"),
     "vcpus": (4, "vCPUs per VM, each pinned to its own core"),
     "vm_memory": ("16MiB", "guest memory per VM"),
     "guest_accesses": (50_000, "accesses each vCPU makes before the teardown (30% writes)"),
@@ -58,7 +60,7 @@ def run(*, strategies, seed, reps, progress=None, **p) -> ResultTable:
 
 def run_one(strategy: str, seed: int, rep: int, *, preset, memory, sme_coherent, vms, vm_type, vcpus, vm_memory,
             guest_accesses, vcpu_migrations, neighbours, neighbour_workload, neighbour_memory, neighbour_accesses,
-            reuse_fraction, min_sev_asid, max_sev_asid, recycle_asids, snp=False) -> dict:
+            reuse_fraction, min_sev_asid, max_sev_asid, recycle_asids, snp=False, gmem_huge=False) -> dict:
     rng = np.random.default_rng(seed)
     host = Host.from_preset(preset, memory=memory, sme_coherent=sme_coherent)
     if snp:
@@ -69,7 +71,7 @@ def run_one(strategy: str, seed: int, rep: int, *, preset, memory, sme_coherent,
         raise ValueError(f"parameter reuse_fraction must be in [0, 1], got {reuse_fraction}")
     vm_cpus, nb_cpus = common.place(host, [vcpus] * vms, neighbours)
     kvm = Kvm(host, strategy, initiator=common.housekeeping_cpu(host, [c for cs in vm_cpus for c in cs] + nb_cpus),
-              min_sev_asid=min_sev_asid, max_sev_asid=max_sev_asid, recycle=recycle_asids)
+              min_sev_asid=min_sev_asid, max_sev_asid=max_sev_asid, recycle=recycle_asids, gmem_huge=gmem_huge)
     nbs = common.make_neighbours(kvm, nb_cpus, lambda: make_workload(neighbour_workload, nb_mem))
     guests = [kvm.sev_guest_init(f"vm{i}", VmType(vm_type), vm_mem, vcpus) for i in range(vms)]
 

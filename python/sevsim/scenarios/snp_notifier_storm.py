@@ -56,6 +56,8 @@ PARAMS = {
     "unmapped_fraction": (0.25, "fraction of freeing invalidations whose userspace mapping is already gone"),
     "snp": (False, "enable SNP on the host: SNP guests' private memory then lives in guest_memfd, out of "
                    "the HVA notifiers' reach (their events only zap and flush TLBs), and goes through the RMP"),
+    "gmem_huge": (False, "with snp: guest_memfd backed by 2 MiB folios (2 MiB RMP entries, out-of-tree "
+                         "hugetlb guest_memfd); by default 4 KiB folios, as upstream"),
     "gmem_discards_per_epoch": (0, "with snp: guest_memfd hole punches of pages_per_event private pages of "
                                    "an SNP guest per storm epoch (sev_gmem_invalidate: RMP, CLFLUSH by PFN)"),
 }
@@ -70,7 +72,7 @@ def run(*, strategies, seed, reps, progress=None, **p) -> ResultTable:
 
 def run_one(strategy: str, seed: int, rep: int, *, preset, memory, sme_coherent, vm_types, vcpus, vm_memory,
             guest_workload, neighbours, neighbour_workload, neighbour_memory, epochs, epoch_accesses,
-            events_per_epoch, pages_per_event, free_fraction, unmapped_fraction, snp=False,
+            events_per_epoch, pages_per_event, free_fraction, unmapped_fraction, snp=False, gmem_huge=False,
             gmem_discards_per_epoch=0) -> dict:
     rng = np.random.default_rng(seed)
     types = [VmType(t.strip()) for t in str(vm_types).split(",") if t.strip()]
@@ -94,7 +96,7 @@ def run_one(strategy: str, seed: int, rep: int, *, preset, memory, sme_coherent,
         raise ValueError(f"pages_per_event = {pages_per_event} exceeds the {vm_mem // 4096} pages of a VM")
     vm_cpus, nb_cpus = common.place(host, [vcpus] * len(types), neighbours)
     all_vcpu_cpus = [c for cs in vm_cpus for c in cs]
-    kvm = Kvm(host, strategy, initiator=common.housekeeping_cpu(host, all_vcpu_cpus + nb_cpus))
+    kvm = Kvm(host, strategy, initiator=common.housekeeping_cpu(host, all_vcpu_cpus + nb_cpus), gmem_huge=gmem_huge)
     nbs = common.make_neighbours(kvm, nb_cpus, lambda: make_workload(neighbour_workload, nb_mem))
     guests = [kvm.sev_guest_init(f"vm{i}-{t.value}", t, vm_mem, vcpus) for i, t in enumerate(types)]
     gw = {(i, v): make_workload(guest_workload, vm_mem) for i in range(len(guests)) for v in range(vcpus)}
