@@ -387,3 +387,21 @@ def test_vmsa_flush_at_launch_is_sev_es_only():
         kvm.sev_guest_init("a", vm_type, 1 << 20, 2)
         lines[vm_type] = int(h.counters["clflush_lines"].sum())
     assert lines == {"sev-es": 2 * 4096 // 64, "snp": 0}
+
+
+@pytest.mark.parametrize("strategy, wbinvd, wbnoinvd", [
+    ("wbinvd_all", "all", None),           # before a77896eea33d: wbinvd_on_all_cpus()
+    ("wbnoinvd_all", None, "all"),         # a77896eea33d: wbnoinvd_on_all_cpus()
+    ("wbnoinvd_ran_cpus", None, "ran"),    # 6.17+: sev_writeback_caches() on have_run_cpus
+])
+def test_vm_page_flush_fault_falls_back_to_the_strategys_kernel_writeback(strategy, wbinvd, wbnoinvd):
+    h = sevsim.Host.from_preset("tiny", overrides={"features": {"vm_page_flush": False}})
+    kvm = Kvm(h, strategy, initiator=7)
+    vm = kvm.sev_guest_init("a", "sev-es", 1 << 20, 1)
+    kvm.vcpu_run(vm, 0, 1, np.zeros(1, np.uint64))
+    before = {k: h.counters[k].copy() for k in ("wbinvd", "wbnoinvd")}
+    kvm.sev_flush_encrypted_page(vm, vm.vmsa[0], 7)
+    want = {"all": list(range(h.cpu_count)), "ran": sorted(vm.have_run_cpus), None: []}
+    for k, which in (("wbinvd", wbinvd), ("wbnoinvd", wbnoinvd)):
+        ran = np.nonzero(h.counters[k] - before[k])[0].tolist()
+        assert ran == want[which], (k, strategy)

@@ -477,12 +477,13 @@ class Kvm:
     def sev_flush_encrypted_page(self, vm: SevVm, pa: int, initiator: int) -> None:
         """Flush one encrypted page before it is freed (arch/x86/kvm/svm/sev.c): on SME_COHERENT
         CPUs clflush_cache_range() through the kernel mapping, still needed for DMA (d45829b351ee);
-        otherwise VM_PAGE_FLUSH with the guest's ASID, falling back to sev_writeback_caches() (WBNOINVD
-        on have_run_cpus) when the WRMSR faults."""
+        otherwise VM_PAGE_FLUSH with the guest's ASID, falling back, when the WRMSR faults, to
+        sev_writeback_caches() (WBNOINVD on have_run_cpus since 6.17; the strategy's kernel's
+        flush before: `page_flush_fallback`)."""
         if self.host.features["sme_coherent"]:
             self.host.clflushopt_range(initiator, pa, PAGE, key=0)
         elif not self.host.vm_page_flush(initiator, pa, vm.asid):
-            self.host.wbnoinvd_on_cpus(initiator, sorted(vm.have_run_cpus))
+            self.strategy.page_flush_fallback(self, vm, initiator)
 
     def sev_free_vcpu(self, vm: SevVm, vcpu: int, initiator: int) -> None:
         """Free an SEV-ES/SNP vCPU: its VMSA page is flushed, then goes back to the host."""

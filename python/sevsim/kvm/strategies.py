@@ -49,6 +49,12 @@ class CacheStrategy:
     def reclaim(self, kvm: "Kvm", vm: "SevVm", initiator: int, pages: Iterable[Page]) -> None:
         self.writeback_caches(kvm, vm, initiator)
 
+    def page_flush_fallback(self, kvm: "Kvm", vm: "SevVm", initiator: int) -> None:
+        """What sev_flush_encrypted_page() does when the VM_PAGE_FLUSH WRMSR faults: since 6.17
+        sev_writeback_caches(), WBNOINVD on have_run_cpus (arch/x86/kvm/svm/sev.c). Strategies that
+        model older kernels override it."""
+        kvm.host.wbnoinvd_on_cpus(initiator, sorted(vm.have_run_cpus))
+
     def describe(self) -> str:
         return f"{self.name}: {self.summary} ({self.models})"
 
@@ -63,6 +69,10 @@ class WbinvdAll(CacheStrategy):
     def writeback_caches(self, kvm, vm, initiator):
         kvm.host.wbinvd_on_cpus(initiator, range(kvm.host.cpu_count))
 
+    def page_flush_fallback(self, kvm, vm, initiator):
+        # before a77896eea33d the fallback was wbinvd_on_all_cpus()
+        self.writeback_caches(kvm, vm, initiator)
+
 
 class WbnoinvdAll(CacheStrategy):
     name = "wbnoinvd_all"
@@ -72,6 +82,10 @@ class WbnoinvdAll(CacheStrategy):
 
     def writeback_caches(self, kvm, vm, initiator):
         kvm.host.wbnoinvd_on_cpus(initiator, range(kvm.host.cpu_count))
+
+    def page_flush_fallback(self, kvm, vm, initiator):
+        # a77896eea33d: sev_writeback_caches() = wbnoinvd_on_all_cpus(), before the have_run_cpus mask
+        self.writeback_caches(kvm, vm, initiator)
 
 
 class WbnoinvdRanCpus(CacheStrategy):
