@@ -105,10 +105,10 @@ counters!(
     clear_bytes,
 );
 
-/// Where an access was served.
 /// How many lines ahead a flush loop prefetches directory slots.
 const FLUSH_AHEAD: u64 = 16;
 
+/// Where an access was served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Level {
@@ -172,7 +172,6 @@ macro_rules! by_geometry {
     };
 }
 pub(crate) use by_geometry;
-
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FlushOp {
@@ -345,6 +344,18 @@ impl Host {
             ));
         }
         Ok(())
+    }
+
+    /// Every address of `addrs` inside memory; the error names the first offending index as
+    /// `arg[i]`.
+    pub fn check_addrs(&self, arg: &str, addrs: &[u64]) -> Result<()> {
+        match addrs.iter().position(|&a| a >= self.mem.bytes) {
+            Some(i) => Err(EngineError::invalid(
+                arg,
+                format!("{arg}[{i}] = {:#x} is past the end of memory ({:#x} bytes)", addrs[i], self.mem.bytes),
+            )),
+            None => Ok(()),
+        }
     }
 
     pub fn check_addr(&self, arg: &str, pa: u64) -> Result<()> {
@@ -1036,15 +1047,7 @@ impl Host {
                 }
             }
         }
-        if let Some(m) = addr.iter().copied().max() {
-            if m >= self.mem.bytes {
-                let i = addr.iter().position(|&a| a == m).unwrap_or(0);
-                return Err(EngineError::invalid(
-                    "addr",
-                    format!("addr[{i}] = {m:#x} is past the end of memory ({:#x} bytes)", self.mem.bytes),
-                ));
-            }
-        }
+        self.check_addrs("addr", addr)?;
         match key {
             Col::One(k) => {
                 self.check_key("key", k as u64)?;
@@ -1430,14 +1433,7 @@ impl Host {
     /// nothing is flushed, and it returns Ok(false), where the caller falls back.
     pub fn vm_page_flush_many(&mut self, cpu: usize, pas: &[u64], asid: u16) -> Result<bool> {
         self.check_cpu("cpu", cpu)?;
-        for (i, &pa) in pas.iter().enumerate() {
-            if pa >= self.mem.bytes {
-                return Err(EngineError::invalid(
-                    "pa",
-                    format!("pa[{i}] = {pa:#x} is past the end of memory ({:#x} bytes)", self.mem.bytes),
-                ));
-            }
-        }
+        self.check_addrs("pa", pas)?;
         let asid = self.check_key("asid", asid as u64)?;
         if pas.is_empty() {
             return Ok(true);
