@@ -60,35 +60,44 @@ fn match_bits_scalar(set: &[u64], want: u64, mask: u64) -> u64 {
     bits
 }
 
+/// `match_bits_scalar` over the N ways at `set` (N a multiple of 4, at most 64), four at a time.
+/// Not `target_feature`, so that it inlines both into `match_bits_avx2` and into the access path
+/// of the AVX2-compiled batch loops (`Caches::match_bits_w`).
+///
+/// SAFETY: the CPU has AVX2, and `set[..N]` is in bounds.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn match_ways_avx2<const N: usize>(set: *const u64, want: u64, mask: u64) -> u64 {
+    use std::arch::x86_64::*;
+    let w = _mm256_set1_epi64x(want as i64);
+    let m = _mm256_set1_epi64x(mask as i64);
+    let p = set as *const __m256i;
+    let mut bits = 0u64;
+    for k in 0..N / 4 {
+        let e = _mm256_cmpeq_epi64(_mm256_and_si256(_mm256_loadu_si256(p.add(k)), m), w);
+        bits |= (_mm256_movemask_pd(_mm256_castsi256_pd(e)) as u32 as u64) << (4 * k);
+    }
+    bits
+}
+
 /// `match_bits_scalar` four ways at a time. Set scans dominate the simulator's miss path.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
 unsafe fn match_bits_avx2(set: &[u64], want: u64, mask: u64) -> u64 {
-    use std::arch::x86_64::*;
-    let w = _mm256_set1_epi64x(want as i64);
-    let m = _mm256_set1_epi64x(mask as i64);
     let n = set.len();
-    let p = set.as_ptr() as *const __m256i;
-    let eq = |k: usize| -> u64 {
-        // SAFETY: callers below only ask for quads inside the set
-        let v = _mm256_loadu_si256(p.add(k));
-        _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpeq_epi64(_mm256_and_si256(v, m), w))) as u32 as u64
-    };
+    // SAFETY (all three): AVX2 is enabled here; each reads the first 16, 8 or 4 * (n / 4) ways
     // the common geometries, unrolled
     if n == 16 {
-        return eq(0) | eq(1) << 4 | eq(2) << 8 | eq(3) << 12;
+        return match_ways_avx2::<16>(set.as_ptr(), want, mask);
     }
     if n == 8 {
-        return eq(0) | eq(1) << 4;
+        return match_ways_avx2::<8>(set.as_ptr(), want, mask);
     }
     let mut bits = 0u64;
     let mut i = 0;
     while i + 4 <= n {
-        // SAFETY: i + 4 <= set.len(); unaligned load
-        let v = _mm256_loadu_si256(set.as_ptr().add(i) as *const __m256i);
-        let c = _mm256_cmpeq_epi64(_mm256_and_si256(v, m), w);
-        bits |= (_mm256_movemask_pd(_mm256_castsi256_pd(c)) as u32 as u64) << i;
+        bits |= match_ways_avx2::<4>(set.as_ptr().add(i), want, mask) << i;
         i += 4;
     }
     while i < n {
@@ -344,20 +353,8 @@ impl Caches {
         let set = &self.data[base..base + ways];
         #[cfg(target_arch = "x86_64")]
         if N != 0 && N % 4 == 0 && N <= 16 && self.avx2 {
-            use std::arch::x86_64::*;
-            // SAFETY: the CPU has AVX2 (detected at run time); the loads read the N ways of
-            // `set` (N == set.len())
-            unsafe {
-                let p = set.as_ptr() as *const __m256i;
-                let w = _mm256_set1_epi64x(want as i64);
-                let m = _mm256_set1_epi64x(mask as i64);
-                let mut bits = 0u64;
-                for k in 0..N / 4 {
-                    let e = _mm256_cmpeq_epi64(_mm256_and_si256(_mm256_loadu_si256(p.add(k)), m), w);
-                    bits |= (_mm256_movemask_pd(_mm256_castsi256_pd(e)) as u32 as u64) << (4 * k);
-                }
-                return bits;
-            }
+            // SAFETY: the CPU has AVX2 (detected at run time); `set` holds the N ways read
+            return unsafe { match_ways_avx2::<N>(set.as_ptr(), want, mask) };
         }
         match_slice(set, want, mask, self.avx2)
     }
