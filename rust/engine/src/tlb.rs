@@ -10,7 +10,7 @@
 //! The TLB is per core and shared by the core's SMT threads [assumed; Zen competitively shares the
 //! DTLBs]; a flush on one thread drops the core's entries that match it.
 
-use crate::cache::{match_slice, has_avx2};
+use crate::cache::has_avx2;
 use crate::error::{EngineError, Result};
 use crate::paging::{PageSize, Table, F_GLOBAL};
 
@@ -267,22 +267,25 @@ impl TlbLevel {
         }
     }
 
-    /// The slots of `key`'s set holding that key, in slot order (the set is scanned 64 ways at a
-    /// time, so a fully associative level of any size works the same way).
+    /// The slots of `key`'s set holding that key, in slot order.
     #[inline]
     fn candidates(&self, key: u64) -> impl Iterator<Item = usize> + '_ {
         let b = self.set_base(key);
-        (b..b + self.ways).step_by(64).flat_map(move |c| {
-            let end = (c + 64).min(b + self.ways);
-            let mut bits = match_slice(&self.keys[c..end], key, u64::MAX, self.avx2);
-            std::iter::from_fn(move || {
-                (bits != 0).then(|| {
-                    let i = c + bits.trailing_zeros() as usize;
-                    bits &= bits - 1;
-                    i
+        let f = fold(key);
+        self.folds[b..b + self.ways]
+            .chunks(128)
+            .enumerate()
+            .flat_map(move |(k, chunk)| {
+                let mut bits = match_folds(chunk, f);
+                std::iter::from_fn(move || {
+                    (bits != 0).then(|| {
+                        let i = b + k * 128 + bits.trailing_zeros() as usize;
+                        bits &= bits - 1;
+                        i
+                    })
                 })
             })
-        })
+            .filter(move |&i| self.keys[i] == key)
     }
 
     /// The slot holding a translation of `addr` of category `cat` that `ok` accepts, the first
@@ -319,17 +322,10 @@ impl TlbLevel {
     #[inline]
     fn victim(&self, b: usize) -> usize {
         let w = self.ways;
-        // a full fully associative level has no free slot to look for
+        // a full fully associative level has no free slot to look for; a free slot's fold is 0
         if !(self.sets == 1 && self.valid as usize == w) {
-            let mut c = 0;
-            while c < w {
-                let end = (c + 64).min(w);
-                // keys of valid slots have bit 0 set: a key of 0 is a free slot
-                let free = match_slice(&self.keys[b + c..b + end], 0, u64::MAX, self.avx2);
-                if free != 0 {
-                    return b + c + free.trailing_zeros() as usize;
-                }
-                c = end;
+            if let Some(i) = scan_folds(&self.folds[b..b + w], 0, b, |_| true) {
+                return i;
             }
         }
         let st = &self.stamps[b..b + w];
