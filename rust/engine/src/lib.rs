@@ -11,6 +11,7 @@ pub mod host;
 pub mod memory;
 pub mod paging;
 pub mod rmp;
+pub mod slotmap;
 pub mod snp;
 pub mod tlb;
 pub mod translate;

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 
 use crate::error::{EngineError, Result};
+use crate::slotmap::SlotMap;
 use crate::util::FxBuild;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -72,121 +73,13 @@ pub struct Leaf {
     pub flags: u8,
 }
 
-/// The leaves of one size: page number -> (target | flags), in an open-addressed table with linear
-/// probing, 16-byte slots (a walk reads one host cache line, whose address `prefetch` can ask for
-/// ahead of time; a general hash map hides it).
-#[derive(Default)]
-struct LeafMap {
-    /// page number + 1 (0: free), and the leaf's target frame | flags
-    slots: Vec<[u64; 2]>,
-    len: usize,
-}
-
-impl LeafMap {
-    #[inline(always)]
-    fn home(&self, page: u64) -> usize {
-        // Fibonacci hashing: the multiply's high bits index a power-of-two table
-        let bits = self.slots.len().trailing_zeros();
-        (page.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - bits)) as usize
-    }
-
-    /// The slot holding `page` (true), or the free slot that ends its probe run (false). The
-    /// table must have slots.
-    #[inline(always)]
-    fn slot(&self, page: u64) -> (usize, bool) {
-        let mask = self.slots.len() - 1;
-        let mut i = self.home(page);
-        loop {
-            let k = self.slots[i][0];
-            if k == page + 1 || k == 0 {
-                return (i, k != 0);
-            }
-            i = (i + 1) & mask;
-        }
-    }
-
-    #[inline]
-    fn get(&self, page: u64) -> Option<u64> {
-        if self.len == 0 {
-            return None;
-        }
-        let (i, found) = self.slot(page);
-        found.then(|| self.slots[i][1])
-    }
-
-    #[inline(always)]
-    fn prefetch(&self, page: u64) {
-        if self.len != 0 {
-            let i = self.home(page);
-            crate::util::prefetch(&self.slots[i]);
-        }
-    }
-
-    /// Insert or replace.
-    fn insert(&mut self, page: u64, v: u64) {
-        if (self.len + 1) * 2 > self.slots.len() {
-            self.grow();
-        }
-        let (i, found) = self.slot(page);
-        self.len += !found as usize;
-        self.slots[i] = [page + 1, v];
-    }
-
-    fn grow(&mut self) {
-        let cap = (self.slots.len() * 2).max(16);
-        let old = std::mem::replace(&mut self.slots, vec![[0, 0]; cap]);
-        self.len = 0;
-        for [k, v] in old {
-            if k != 0 {
-                self.insert(k - 1, v);
-            }
-        }
-    }
-
-    /// Remove `page`'s leaf; the slots after it in its probe run move back (no tombstones).
-    fn remove(&mut self, page: u64) -> Option<u64> {
-        if self.len == 0 {
-            return None;
-        }
-        let (i, found) = self.slot(page);
-        if !found {
-            return None;
-        }
-        let v = self.slots[i][1];
-        self.len -= 1;
-        // backward-shift deletion (Knuth 6.4 Algorithm R)
-        let mask = self.slots.len() - 1;
-        let mut hole = i;
-        let mut j = i;
-        loop {
-            j = (j + 1) & mask;
-            let kj = self.slots[j][0];
-            if kj == 0 {
-                break;
-            }
-            let h = self.home(kj - 1);
-            // move slot j into the hole unless its home lies cyclically in (hole, j]
-            let stays = if hole <= j { hole < h && h <= j } else { hole < h || h <= j };
-            if !stays {
-                self.slots[hole] = self.slots[j];
-                hole = j;
-            }
-        }
-        self.slots[hole] = [0, 0];
-        Some(v)
-    }
-
-    fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.slots.iter().filter(|s| s[0] != 0).map(|&[k, v]| (k - 1, v))
-    }
-}
-
 /// One page table.
 pub struct Table {
     pub kind: TableKind,
     /// bumped on every edit
     pub gen: u64,
-    maps: [LeafMap; 3],
+    /// per leaf size, page number -> target frame | flags (a target is at least 4 KiB aligned)
+    maps: [SlotMap; 3],
     /// leaves of smaller sizes inside each 2 MiB and 1 GiB region (to refuse overlaps)
     inner: [HashMap<u64, u32, FxBuild>; 2],
 }
@@ -199,26 +92,33 @@ pub fn canonical(va: u64) -> bool {
 
 impl Table {
     pub fn new(kind: TableKind) -> Self {
-        Table { kind, gen: 0, maps: Default::default(), inner: Default::default() }
+        Table { kind, gen: 0, maps: std::array::from_fn(|_| SlotMap::with_capacity_pow2(4)), inner: Default::default() }
     }
 
     pub fn leaves(&self) -> usize {
-        self.maps.iter().map(|m| m.len).sum()
+        self.maps.iter().map(|m| m.len()).sum()
     }
 
     /// Ask the host CPU to load what a walk of `addr` will read (a hint: no effect on results).
     #[inline(always)]
     pub fn prefetch(&self, addr: u64) {
         for s in PageSize::ALL {
-            self.maps[s as usize].prefetch(addr >> s.shift());
+            let m = &self.maps[s as usize];
+            if !m.is_empty() {
+                m.prefetch(addr >> s.shift());
+            }
         }
     }
 
     /// The leaf that maps `addr`, if any, and the address it translates to.
     #[inline]
     pub fn walk(&self, addr: u64) -> Option<(Leaf, u64)> {
-        for s in [PageSize::K4, PageSize::M2, PageSize::G1] {
-            if let Some(v) = self.maps[s as usize].get(addr >> s.shift()) {
+        for s in PageSize::ALL {
+            let m = &self.maps[s as usize];
+            if m.is_empty() {
+                continue;
+            }
+            if let Some(v) = m.get(addr >> s.shift()) {
                 let l = Leaf { target: v & !0xFFF, size: s, flags: v as u8 };
                 return Some((l, l.target + (addr & (s.bytes() - 1))));
             }
@@ -294,43 +194,6 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The open-addressed leaf map against a HashMap over random inserts, replacements, removals
-    /// and lookups, on keys that collide (clustered pages, a small table) so probe runs wrap and
-    /// removals shift runs back.
-    #[test]
-    fn leaf_map_matches_a_hash_map() {
-        let mut m = LeafMap::default();
-        let mut r: HashMap<u64, u64> = HashMap::new();
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        for step in 0..200_000u64 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            // a narrow key range in phases: the table grows, shrinks to few keys, grows again
-            let range = if (step / 20_000) % 2 == 0 { 3000 } else { 40 };
-            let page = (x >> 8) % range * 7;
-            match x % 5 {
-                0 | 1 => {
-                    m.insert(page, step << 12);
-                    r.insert(page, step << 12);
-                }
-                2 | 3 => assert_eq!(m.remove(page), r.remove(&page), "step {step}"),
-                _ => assert_eq!(m.get(page), r.get(&page).copied(), "step {step}"),
-            }
-            assert_eq!(m.len, r.len());
-            if step % 10_000 == 0 {
-                for (&k, &v) in &r {
-                    assert_eq!(m.get(k), Some(v), "step {step} key {k}");
-                }
-                let mut got: Vec<(u64, u64)> = m.iter().collect();
-                got.sort();
-                let mut want: Vec<(u64, u64)> = r.iter().map(|(&k, &v)| (k, v)).collect();
-                want.sort();
-                assert_eq!(got, want);
-            }
-        }
-    }
 
     #[test]
     fn walk_map_unmap_and_overlaps() {
