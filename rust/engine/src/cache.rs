@@ -564,8 +564,8 @@ mod tests {
                         _ => {}
                     }
                     // the scans: constant associativity (the batch loops' form), run-time, and a
-                    // plain loop over the model, for a line of the set and for one never inserted
-                    for want in m.first().copied().into_iter().chain([tag(1 << 30, 0)]) {
+                    // plain loop over the model, for every line of the set and for one never inserted
+                    for want in m.iter().copied().chain([tag(1 << 30, 0)]) {
                         let plain = m.iter().enumerate().fold(0u64, |b, (i, &v)| b | ((v == want) as u64) << i);
                         assert_eq!(ways!(c.match_bits_w(b, want, MATCH_KEYED)), plain, "ways {ways} avx2 {avx2}");
                         assert_eq!(c.match_bits(b, want, MATCH_KEYED), plain);
