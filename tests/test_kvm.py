@@ -405,3 +405,23 @@ def test_vm_page_flush_fault_falls_back_to_the_strategys_kernel_writeback(strate
     for k, which in (("wbinvd", wbinvd), ("wbnoinvd", wbnoinvd)):
         ran = np.nonzero(h.counters[k] - before[k])[0].tolist()
         assert ran == want[which], (k, strategy)
+
+
+def test_4k_prepare_in_runs_matches_page_by_page():
+    """sev_gmem_prepare's 4 KiB path batches the RMPUPDATEs and PVALIDATEs of each 2 MiB region;
+    clocks, counters and the RMP must come out as the kernel's page-by-page order leaves them."""
+    def run(page_by_page):
+        h = sevsim.Host.from_preset("tiny", sme_coherent=True)
+        h.snp_enable()
+        kvm = Kvm(h, "none", initiator=7)
+        if page_by_page:
+            def one_by_one(vm, pages, gpas, cpu):
+                for pa, gpa in zip(pages.tolist(), gpas.tolist()):
+                    kvm.rmpupdate(pa, cpu, assigned=True, huge=False, asid=vm.asid, gpa=gpa)
+                    assert h.pvalidate(cpu, vm.asid, pa, gpa)[0] == 0
+            kvm._prepare_4k = one_by_one
+        vm = kvm.sev_guest_init("a", "snp", 6 << 20, 2)
+        kvm.kvm_gmem_punch_hole(vm, [1, 700, 1500])
+        rmp = [h.rmp_entry(int(p)) for p in vm.pages]
+        return h.clocks.tolist(), {k: v.tolist() for k, v in h.counters.items()}, rmp
+    assert run(False) == run(True)

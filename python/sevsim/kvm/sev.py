@@ -517,6 +517,9 @@ class Kvm:
         around each 2 MiB region it touches. With `gmem_huge` (2 MiB folios): 2 MiB entries where
         the pfn and gfn are 2 MiB aligned and the whole 2 MiB is the guest's, else 4 KiB."""
         pages = vm.pages[gpages]
+        if not self.gmem_huge:
+            self._prepare_4k(vm, pages, np.asarray(gpages, dtype=np.uint64) * np.uint64(PAGE), initiator)
+            return
         i = 0
         while i < len(pages):
             pa, gpa = int(pages[i]), int(gpages[i]) * PAGE
@@ -528,6 +531,27 @@ class Kvm:
             if code:
                 raise SevsimError(f"PVALIDATE of {pa:#x} failed with code {code}")
             i += 512 if huge else 1
+
+    def _prepare_4k(self, vm: SevVm, pages: np.ndarray, gpas: np.ndarray, initiator: int) -> None:
+        """4 KiB RMP entries for `pages` (at `gpas`), then their PVALIDATE: one engine call per run
+        of pages in one 2 MiB region rather than four per page. The same charges and end state as
+        page by page: a region's direct map splits at its first page (later pages find it split,
+        at no cost), and the RMPUPDATEs and PVALIDATEs all run on `initiator`."""
+        if len(pages) == 0:
+            return
+        regions = pages // np.uint64(HUGE)
+        starts = np.concatenate([[0], np.nonzero(np.diff(regions))[0] + 1, [len(pages)]])
+        for a, b in zip(starts[:-1], starts[1:]):
+            pa, gpa = pages[a:b], gpas[a:b]
+            self.adjust_direct_map(int(pa[0]), False, initiator)
+            codes = self.host.rmpupdate_batch(initiator, pa, gpa, assigned=True, asid=vm.asid)
+            if codes.any():
+                k = int(np.nonzero(codes)[0][0])
+                raise SevsimError(f"RMPUPDATE of {int(pa[k]):#x} failed with code {int(codes[k])}")
+            codes, _ = self.host.pvalidate_batch(initiator, vm.asid, pa, gpa)
+            if codes.any():
+                k = int(np.nonzero(codes)[0][0])
+                raise SevsimError(f"PVALIDATE of {int(pa[k]):#x} failed with code {int(codes[k])}")
 
     def sev_gmem_invalidate(self, vm: SevVm, gpages: np.ndarray, initiator: int) -> None:
         """guest_memfd frees SNP private folios (kvm_arch_gmem_invalidate -> sev_gmem_invalidate()
