@@ -420,8 +420,11 @@ def test_4k_prepare_in_runs_matches_page_by_page():
                     kvm.rmpupdate(pa, cpu, assigned=True, huge=False, asid=vm.asid, gpa=gpa)
                     assert h.pvalidate(cpu, vm.asid, pa, gpa)[0] == 0
             kvm._prepare_4k = one_by_one
+        def state():
+            rmp = [h.rmp_entry(int(p)) for p in vm.pages]
+            return h.clocks.tolist(), {k: v.tolist() for k, v in h.counters.items()}, rmp
         vm = kvm.sev_guest_init("a", "snp", 6 << 20, 2)
+        launched = state()
         kvm.kvm_gmem_punch_hole(vm, [1, 700, 1500])
-        rmp = [h.rmp_entry(int(p)) for p in vm.pages]
-        return h.clocks.tolist(), {k: v.tolist() for k, v in h.counters.items()}, rmp
+        return launched, state()
     assert run(False) == run(True)
