@@ -148,12 +148,11 @@ class VmPageFlush(CacheStrategy):
     def reclaim(self, kvm, vm, initiator, pages):
         self._flush(kvm, vm, initiator, np.fromiter((p.pa for p in pages), np.uint64))
 
-    @staticmethod
-    def _flush(kvm, vm, initiator, pas):
+    def _flush(self, kvm, vm, initiator, pas):
         # one WRMSR per page, in one call into the engine
         if not kvm.host.vm_page_flush_pages(initiator, pas, vm.asid):
             # wrmsrq_safe() failed: WARN_ONCE and fall back (sev_flush_encrypted_page)
-            WbnoinvdRanCpus().writeback_caches(kvm, vm, initiator)
+            self.page_flush_fallback(kvm, vm, initiator)
 
 
 class NoFlush(CacheStrategy):
