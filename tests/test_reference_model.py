@@ -119,16 +119,14 @@ class CoherentEngineVsModel(EngineVsModel):
 
 
 # The engine compiles its set operations separately for 8-, 12- and 16-way sets (tiny's L3 is
-# 8-way, its L1 and L2 4-way: the run-time path), and its batch loop for 8/16/16 and 12/16/16. Real geometries' associativities, with one or two
-# sets per cache so that the few lines above collide.
+# 8-way, its L1 and L2 4-way: the run-time path), and its batch loop for exactly 8/16/16 and
+# 12/16/16 geometries. These are real geometries' associativities, with one or two sets per cache
+# so that the few lines above collide.
 WIDE = {
     "l1d": {"size": "768B", "ways": 12},
     "l2": {"size": "2KiB", "ways": 16},
     "l3": {"size": "2KiB", "ways": 16},
 }
-
-
-# the batch loop is also compiled for exactly 8/16/16 and 12/16/16 geometries
 WIDE8 = {**WIDE, "l1d": {"size": "512B", "ways": 8}}
 
 

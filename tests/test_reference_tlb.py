@@ -17,6 +17,8 @@ COUNTERS = ["tlb_l1_hits", "tlb_l2_hits", "tlb_misses", "gphys_hits", "gphys_mis
             "tlb_flush_ops", "tlb_dropped", "vmruns", "vmrun_failures"]
 
 cpus = st.integers(0, 7)
+SETTINGS = settings(max_examples=120, stateful_step_count=50, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
 # a run of 4 KiB pages in host table 0, mapped at the start, that sweeps translate through: more
 # distinct translations than a core's TLB holds, so LRU replacement decides later hits
 RUN_VA, RUN_HPA, RUN_PAGES = 0x10000000, 0x2000000, 40
@@ -156,8 +158,7 @@ class TlbEngineVsModel(RuleBasedStateMachine):
 
 
 TestTlb = TlbEngineVsModel.TestCase
-TestTlb.settings = settings(max_examples=120, stateful_step_count=50, deadline=None,
-                            suppress_health_check=[HealthCheck.too_slow])
+TestTlb.settings = SETTINGS
 
 
 class WideTlbEngineVsModel(TlbEngineVsModel):
@@ -168,8 +169,7 @@ class WideTlbEngineVsModel(TlbEngineVsModel):
 
 
 TestWideTlb = WideTlbEngineVsModel.TestCase
-TestWideTlb.settings = settings(max_examples=120, stateful_step_count=50, deadline=None,
-                                suppress_health_check=[HealthCheck.too_slow])
+TestWideTlb.settings = SETTINGS
 
 
 class Wide8TlbEngineVsModel(TlbEngineVsModel):
@@ -179,5 +179,4 @@ class Wide8TlbEngineVsModel(TlbEngineVsModel):
 
 
 TestWide8Tlb = Wide8TlbEngineVsModel.TestCase
-TestWide8Tlb.settings = settings(max_examples=120, stateful_step_count=50, deadline=None,
-                                 suppress_health_check=[HealthCheck.too_slow])
+TestWide8Tlb.settings = SETTINGS
