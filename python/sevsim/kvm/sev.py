@@ -46,8 +46,8 @@ class HostMemory:
     """The host's page allocator, as far as sevsim needs one: 4 KiB pages, the most recently freed
     first (a stack: the kernel's per-CPU free lists hand out the page freed last, free_unref_page()
     adding at the head of the pcp list and __rmqueue_pcplist() taking from it, mm/page_alloc.c),
-    then never-used pages lowest address first. Deterministic, and O(pages in use): a 1.5 TiB host does not need a
-    list of its 400 M free pages. Memory below `reserved` is the host kernel's own."""
+    then never-used pages lowest address first. Deterministic, and O(pages in use): a 1.5 TiB host
+    does not need a list of its 400 M free pages. Memory below `reserved` is the host kernel's own."""
 
     def __init__(self, host: Host, reserved: int = 64 << 20):
         if reserved >= host.memory:
