@@ -116,6 +116,7 @@ def test_no_flush_is_caught():
     vm = kvm.sev_guest_init("a", "sev-es", 1 << 20, 1)
     dirty(kvm, vm, 1)
     kvm.sev_mem_enc_unregister_region(vm, 0)
+    kvm.sev_vm_destroy(vm)
     assert h.audit()["dirty_foreign_owner"] > 0
 
 
@@ -125,7 +126,43 @@ def test_host_key_clflush_is_unsafe_without_sme_coherent():
     vm = kvm.sev_guest_init("a", "sev-es", 1 << 20, 1)
     dirty(kvm, vm, 1)
     kvm.sev_mem_enc_unregister_region(vm, 0)
+    kvm.sev_vm_destroy(vm)
     assert h.audit()["dirty_foreign_owner"] > 0
+
+
+def test_unregister_only_unpins_the_pages_stay_the_vms_until_the_mm_releases_them():
+    """sev_unpin_memory() drops KVM's pin; the pages stay mapped in the VMM and hold the guest's
+    data until the mm releases them, so nothing is freed (and nothing needs a flush) yet."""
+    h = tiny(coherent=True)
+    kvm = Kvm(h, "none", initiator=7)
+    vm = kvm.sev_guest_init("a", "sev-es", 1 << 20, 1)
+    dirty(kvm, vm, 1)
+    free = kvm.mem.free
+    kvm.sev_mem_enc_unregister_region(vm, 0)
+    assert not vm.regions and kvm.mem.free == free
+    assert {h.owner(int(pa)) for pa in vm.pages} == {vm.asid}
+    assert h.audit() == {"dirty_foreign_owner": 0, "dirty_stale_key": 0}
+    kvm.sev_vm_destroy(vm)
+    assert kvm.mem.free == free + vm.memory + 4096  # the guest's pages and its VMSA
+    assert {h.owner(int(pa)) for pa in vm.pages} == {0}
+
+
+@pytest.mark.parametrize("name, counter", [("clflushopt_hva", "clflush_lines"), ("clflushopt_pfn", "clflush_lines"),
+                                           ("vm_page_flush", "vm_page_flush")])
+def test_per_page_strategies_flush_each_page_once_at_teardown(name, counter):
+    """Unregister, then destroy: each guest page is flushed by the step that frees it, once (the
+    landed code flushed them at unregister and again at destroy, after giving them back)."""
+    h = tiny(coherent=name != "vm_page_flush")
+    kvm = Kvm(h, name, initiator=7)
+    vm = kvm.sev_guest_init("a", "sev-es", 1 << 20, 1)
+    dirty(kvm, vm, 1)
+    c0 = int(h.counters[counter].sum())
+    kvm.sev_mem_enc_unregister_region(vm, 0)
+    kvm.sev_vm_destroy(vm)
+    flushed = int(h.counters[counter].sum()) - c0
+    per_page = 64 if counter == "clflush_lines" else 1
+    assert flushed == (len(vm.pages) + len(vm.vmsa)) * per_page
+    assert sum(h.violation_counts().values()) == 0
 
 
 def test_notifier_hva_flush_misses_pages_whose_mapping_is_gone():

@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .. import Host
-from .strategies import CacheStrategy, Page, get_strategy
+from .strategies import CacheStrategy, get_strategy
 
 PAGE = 4096
 HUGE = 2 << 20
@@ -118,13 +118,6 @@ class SevVm:
         """Host physical addresses of guest physical addresses (vectorised)."""
         gpa = np.asarray(gpa, dtype=np.uint64)
         return self.pages[gpa // PAGE] + gpa % PAGE
-
-    def region_runs(self) -> list[tuple[int, int]]:
-        """The registered regions' host memory as contiguous (pa, size) runs."""
-        out = []
-        for first, count in self.regions:
-            out.extend(Kvm._runs(self.pages[first:first + count]))
-        return out
 
     def running_cpus(self) -> list[int]:
         return sorted({c for c in self.vcpu_cpu if c is not None})
@@ -286,16 +279,21 @@ class Kvm:
             self.host.set_owner(pa, size, vm.asid)
 
     def sev_mem_enc_unregister_region(self, vm: SevVm, region: int = 0, initiator: int | None = None) -> None:
-        """KVM_MEMORY_ENCRYPT_UNREG_REGION: write back the caches (the strategy), then unpin: the
-        pages go back to the host at once, so the write-back must come first (semantics.md 1.7.4)."""
+        """KVM_MEMORY_ENCRYPT_UNREG_REGION: the strategy's unregister-time flush (the kernel's
+        sev_writeback_caches(), "before releasing the pages back to the system", semantics.md
+        1.7.4), then sev_unpin_memory(). Unpinning only drops KVM's reference: the pages stay
+        mapped in the VMM's address space, holding the guest's data, until the mm releases them
+        (munmap or exit, through the MMU notifier and its reclaim hook), which is when they go back
+        to the host: see `sev_vm_destroy` and `mmu_notifier_invalidate`."""
         cpu = self.initiator if initiator is None else initiator
+        if not 0 <= region < len(vm.regions):
+            raise ValueError(f"VM {vm.name}: region = {region} is not one of its {len(vm.regions)} registered regions")
         first, count = vm.regions[region]
-        self.strategy.writeback_caches(self, vm, cpu)
-        self._unpin(vm, first, count)
-        del vm.regions[region]
+        self.strategy.unregister_region(self, vm, cpu)
+        del vm.regions[region]  # unpin_user_pages(): the pin goes, the pages stay the VM's
 
-    def _unpin(self, vm: SevVm, first: int, count: int) -> None:
-        pages = vm.pages[first:first + count]
+    def _free_pages(self, pages: np.ndarray) -> None:
+        """Pages go back to the host's allocator, owned by the host key again."""
         for pa, size in self._runs(pages):
             self.host.set_owner(pa, size, 0)
         self.mem.release(pages)
@@ -331,7 +329,8 @@ class Kvm:
         HVA-based MMU notifiers cannot reach it: only `kvm_gmem_punch_hole` frees it."""
         return vm.vm_type is VmType.SNP and self.host.snp_enabled
 
-    def sev_guest_memory_reclaimed(self, vm: SevVm, initiator: int, pages: Sequence[Page]) -> None:
+    def sev_guest_memory_reclaimed(self, vm: SevVm, initiator: int, pages: np.ndarray,
+                                   hva_mapped: np.ndarray | bool = True) -> None:
         """kvm_arch_guest_memory_reclaimed() on SVM: the strategy's reclaim. It returns early for
         SNP guests backed by guest_memfd, whose private memory HVA-based notifiers cannot reach
         ("KVM: SEV: Avoid WBINVD for HVA-based MMU notifications for SNP", M. Roth, May 2024;
@@ -340,7 +339,7 @@ class Kvm:
         host."""
         if self.gmem_backed(vm):
             return
-        self.strategy.reclaim(self, vm, initiator, pages)
+        self.strategy.reclaim(self, vm, initiator, pages, hva_mapped)
 
     def kvm_flush_remote_tlbs(self, vm: SevVm, initiator: int) -> None:
         """IPIs to the CPUs running the VM's vCPUs, which exit and flush at the next VMRUN
@@ -377,7 +376,7 @@ class Kvm:
             self.host.set_owner(pa, size, 0)
         self.stats["pages_reclaimed"] += len(old)
         new = self.mem.alloc(len(old))
-        self.mem.release(old)
+        self.mem.release(old)  # after the allocation: the old pages are not handed back to the guest
         self._give_to_guest(vm, new, initiator)
         vm.pages[gpages] = new
         return old
@@ -410,7 +409,7 @@ class Kvm:
             # hook returns early and no private page changes hands
             return np.zeros(0, dtype=np.uint64)
         old = vm.pages[gpages].copy()
-        self.sev_guest_memory_reclaimed(vm, cpu, [Page(int(pa), m) for pa, m in zip(old, mapped)])
+        self.sev_guest_memory_reclaimed(vm, cpu, old, np.asarray(mapped, dtype=bool))
         if not free:
             return np.zeros(0, dtype=np.uint64)
         return self._replace_pages(vm, gpages, cpu)
@@ -438,10 +437,11 @@ class Kvm:
         return old
 
     def sev_vm_destroy(self, vm: SevVm, initiator: int | None = None) -> None:
-        """VM teardown: mmu_notifier release -> kvm_flush_shadow_all() runs the reclaim hook
-        (newest kernels rely on it, 7e00013bd339); older kernels also WBINVD every CPU in
-        sev_vm_destroy(); leftover regions are unpinned; DEACTIVATE + DECOMMISSION; the ASID goes to
-        the reclaim bitmap (semantics.md 1.7.3)."""
+        """VM teardown as at the VMM's exit: mmu_notifier release -> kvm_flush_shadow_all() runs the
+        reclaim hook (newest kernels rely on it, 7e00013bd339) and the mm frees the pages nobody
+        pins; kvm_destroy_vm() then frees the vCPUs (VMSA flush) and runs sev_vm_destroy(): older
+        kernels WBINVD every CPU there, leftover regions are unpinned (their pages freed now),
+        DEACTIVATE + DECOMMISSION, and the ASID goes to the reclaim bitmap (semantics.md 1.7.3)."""
         cpu = self.initiator if initiator is None else initiator
         for v in range(len(vm.vcpu_cpu)):
             self.vcpu_put(vm, v)
@@ -456,19 +456,21 @@ class Kvm:
             # sev_guest_memory_reclaimed): mmu_notifier_release runs the reclaim hook. An SNP VM
             # must not take the guest_memfd path here: sev_gmem_invalidate() does nothing at all on
             # a host without SNP (it returns unless cc_platform_has(CC_ATTR_HOST_SEV_SNP)).
-            self.strategy.reclaim(self, vm, cpu, [Page(int(pa), True) for pa in vm.pages])
-        if vm.vm_type is VmType.SNP:
-            # no pinned regions: the pages go back to the host
-            for pa, size in self._runs(vm.pages):
-                self.host.set_owner(pa, size, 0)
-            self.mem.release(vm.pages)
+            self.strategy.reclaim(self, vm, cpu, vm.pages, hva_mapped=True)
+        # then the mm frees every page nobody pins (exit_mmap(): mmu_notifier_release() before
+        # unmap_vmas(), mm/mmap.c); pages of regions still registered survive until the unpin below
+        pinned = np.zeros(len(vm.pages), dtype=bool)
+        for first, count in vm.regions:
+            pinned[first:first + count] = True
+        self._free_pages(vm.pages[~pinned])
         for v in range(len(vm.vmsa)):
             self.sev_free_vcpu(vm, v, cpu)
         if self.strategy.flush_on_destroy:
             self.host.wbinvd_on_cpus(cpu, range(self.host.cpu_count))
-        while vm.regions:
-            first, count = vm.regions.pop()
-            self._unpin(vm, first, count)
+        # "if userspace was terminated before unregistering the memory regions then lets unpin all
+        # the registered memory" (sev_vm_destroy()): the last reference goes, the pages are freed
+        vm.regions.clear()
+        self._free_pages(vm.pages[pinned])
         self.host.spend(cpu, 2 * self.host.cost["psp_command"])  # DEACTIVATE, DECOMMISSION
         self.sev_asid_free(vm)
         vm.destroyed = True

@@ -1,19 +1,21 @@
 """Cache-maintenance strategies for SEV guest memory: the code before and after each patch in seed
 threads 1 and 2, behind one protocol, chosen by name.
 
-Each strategy answers the two places KVM must get dirty guest-key lines out of the caches before a
-page goes back to the host (semantics.md 1.7):
+Each strategy answers the places KVM must get dirty guest-key lines out of the caches before a page
+goes back to the host (semantics.md 1.7):
+- `unregister_region(kvm, vm, initiator)`: what `sev_mem_enc_unregister_region()` flushes before it
+  unpins (the whole-cache strategies: the kernel's `sev_writeback_caches()`);
 - `writeback_caches(kvm, vm, initiator)`: the whole-VM write-back of `sev_writeback_caches()`
-  (newest kernels) or `wbinvd_on_all_cpus()` (older), used by `sev_mem_enc_unregister_region()` and,
-  in older kernels, `sev_vm_destroy()`;
-- `reclaim(kvm, vm, initiator, pages)`: `sev_guest_memory_reclaimed()`, the MMU-notifier hook run
-  after the invalidated range was zapped and TLBs flushed (virt/kvm/kvm_main.c).
+  (newest kernels) or `wbinvd_on_all_cpus()` (older), also run by `sev_vm_destroy()` in older kernels;
+- `reclaim(kvm, vm, initiator, pages, hva_mapped)`: `sev_guest_memory_reclaimed()`, the MMU-notifier
+  hook run after the invalidated range was zapped and TLBs flushed (virt/kvm/kvm_main.c), before mm
+  frees the pages; `pages` is an array of physical addresses, `hva_mapped` whether each page's
+  userspace mapping still exists when the hook runs (an array, or one bool for all).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,15 +23,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .sev import Kvm, SevVm
 
 PAGE = 4096
-
-
-@dataclass(frozen=True)
-class Page:
-    """A 4 KiB guest page being reclaimed: its physical address and whether the userspace (HVA)
-    mapping still exists when the reclaim hook runs."""
-
-    pa: int
-    hva_mapped: bool = True
 
 
 class CacheStrategy:
@@ -46,7 +39,12 @@ class CacheStrategy:
     def writeback_caches(self, kvm: "Kvm", vm: "SevVm", initiator: int) -> None:
         raise NotImplementedError
 
-    def reclaim(self, kvm: "Kvm", vm: "SevVm", initiator: int, pages: Iterable[Page]) -> None:
+    def unregister_region(self, kvm: "Kvm", vm: "SevVm", initiator: int) -> None:
+        """sev_mem_enc_unregister_region(): sev_writeback_caches() before the unpin."""
+        self.writeback_caches(kvm, vm, initiator)
+
+    def reclaim(self, kvm: "Kvm", vm: "SevVm", initiator: int, pages: np.ndarray,
+                hva_mapped: np.ndarray | bool = True) -> None:
         self.writeback_caches(kvm, vm, initiator)
 
     def page_flush_fallback(self, kvm: "Kvm", vm: "SevVm", initiator: int) -> None:
@@ -108,29 +106,32 @@ class ClflushoptHva(CacheStrategy):
               "guarantee")
     needs_sme_coherent = True  # a host-key CLFLUSH reaches guest-key lines only on SME_COHERENT parts
 
-    def writeback_caches(self, kvm, vm, initiator):
-        # unregistering a pinned region: its userspace mapping exists
-        for pa, size in vm.region_runs():
-            kvm.host.clflushopt_range(initiator, pa, size, key=0)
+    def unregister_region(self, kvm, vm, initiator):
+        # a per-page strategy flushes a page where it is freed: unpinning frees nothing (the pages
+        # stay mapped and the guest's until the mm releases them, through reclaim())
+        pass
 
-    def reclaim(self, kvm, vm, initiator, pages):
-        for p in pages:
-            if p.hva_mapped:
-                kvm.host.clflushopt_range(initiator, p.pa, PAGE, key=0)
-            # else: no virtual address to flush through; the dirty lines stay (the thread's warning)
+    def reclaim(self, kvm, vm, initiator, pages, hva_mapped=True):
+        pages = np.asarray(pages, dtype=np.uint64)
+        if hva_mapped is not True:
+            # no virtual address to flush through where the mapping is gone: those dirty lines stay
+            # (the thread's warning)
+            pages = pages[np.broadcast_to(np.asarray(hva_mapped, dtype=bool), pages.shape)]
+        for pa, size in kvm._runs(pages):
+            kvm.host.clflushopt_range(initiator, pa, size, key=0)
 
 
 class ClflushoptPfn(ClflushoptHva):
-    """Unregistering flushes the region as ClflushoptHva does; a reclaim needs no mapping."""
+    """As ClflushoptHva, but a reclaim needs no mapping: it flushes every page, by PFN."""
 
     name = "clflushopt_pfn"
     summary = "CLFLUSHOPT each reclaimed page through the direct map, by PFN (guest_memfd gives PFNs)"
     models = ("the guest_memfd/UPM answer in the same thread; what sev_gmem_invalidate() does for SNP: "
               "clflush_cache_range(__va(pfn), ...) (arch/x86/kvm/svm/sev.c)")
 
-    def reclaim(self, kvm, vm, initiator, pages):
-        for p in pages:
-            kvm.host.clflushopt_range(initiator, p.pa, PAGE, key=0)
+    def reclaim(self, kvm, vm, initiator, pages, hva_mapped=True):
+        for pa, size in kvm._runs(np.asarray(pages, dtype=np.uint64)):
+            kvm.host.clflushopt_range(initiator, pa, size, key=0)
 
 
 class VmPageFlush(CacheStrategy):
@@ -139,14 +140,11 @@ class VmPageFlush(CacheStrategy):
     models = ("sev_flush_encrypted_page() (arch/x86/kvm/svm/sev.c), used upstream for the VMSA only, "
               "applied here to every reclaimed page")
 
-    def writeback_caches(self, kvm, vm, initiator):
-        runs = vm.region_runs()
-        pas = np.concatenate([np.arange(pa, pa + size, PAGE, dtype=np.uint64) for pa, size in runs]
-                             or [np.empty(0, np.uint64)])
-        self._flush(kvm, vm, initiator, pas)
+    def unregister_region(self, kvm, vm, initiator):
+        pass  # as ClflushoptHva: the pages are flushed where they are freed, in reclaim()
 
-    def reclaim(self, kvm, vm, initiator, pages):
-        self._flush(kvm, vm, initiator, np.fromiter((p.pa for p in pages), np.uint64))
+    def reclaim(self, kvm, vm, initiator, pages, hva_mapped=True):
+        self._flush(kvm, vm, initiator, np.asarray(pages, dtype=np.uint64))
 
     def _flush(self, kvm, vm, initiator, pas):
         # one WRMSR per page, in one call into the engine
@@ -163,7 +161,7 @@ class NoFlush(CacheStrategy):
     def writeback_caches(self, kvm, vm, initiator):
         pass
 
-    def reclaim(self, kvm, vm, initiator, pages):
+    def reclaim(self, kvm, vm, initiator, pages, hva_mapped=True):
         pass
 
 
