@@ -75,3 +75,22 @@ def test_misaligned_operands_are_the_hardwares_failures():
     assert h.rmpupdate(0, 0x201000, assigned=True, huge=True, asid=1, gpa=0) == 1  # FAIL_INPUT
     assert h.psmash(0, 0x201000) == 1
     assert h.pvalidate(0, 1, 0x201000, 0, huge=True) == (1, False)
+
+
+def test_snp_enable_needs_the_feature_and_leaves_a_host_without_it_unchanged():
+    rome = sevsim.Host.from_preset("epyc-7742-2s", memory="1GiB")
+    assert rome.features["snp"] is False
+    with pytest.raises(ValueError, match="no SEV-SNP"):
+        rome.snp_enable()
+    assert not rome.snp_enabled
+    turin = sevsim.Host.from_preset("epyc-9755-2s", memory="1GiB")
+    assert turin.features["snp"] is True
+    turin.snp_enable()
+    assert turin.snp_enabled
+
+
+def test_kvm_costs_come_from_the_profile_and_are_checked():
+    h = sevsim.Host.from_preset("tiny", overrides={"kvm": {"host_fault": 123}})
+    assert h.kvm_cost["host_fault"] == 123.0 and "migrate_gbps" in h.kvm_cost
+    with pytest.raises(ValueError, match="kvm.host_fault"):
+        sevsim.Host.from_preset("tiny", overrides={"kvm": {"host_fault": -1}})

@@ -85,6 +85,8 @@ pub struct Features {
     pub sme_coherent: bool,
     pub wbnoinvd: bool,
     pub vm_page_flush: bool,
+    /// SEV-SNP (CPUID 8000_001F EAX[4]); without it SYSCFG.SNPEn cannot be set
+    pub snp: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -188,6 +190,10 @@ pub struct HostConfig {
     pub cost: Costs,
     pub tlb: TlbConfig,
     pub snp: SnpConfig,
+    /// KVM's software costs (cycles, or GB/s where the name says so): the engine never reads them,
+    /// it carries them for the Python kvm layer so that one profile holds every cost.
+    #[serde(default)]
+    pub kvm: std::collections::BTreeMap<String, f64>,
 }
 
 #[derive(Deserialize)]
@@ -367,6 +373,12 @@ impl HostConfig {
                 "cost.socket_writeback_gbps",
                 format!("cost.socket_writeback_gbps must be positive, got {}", c.socket_writeback_gbps),
             ));
+        }
+        for (k, &v) in &self.kvm {
+            if !(v.is_finite() && (0.0..=1e15).contains(&v)) {
+                let field = format!("kvm.{k}");
+                return Err(EngineError::invalid(&field, format!("{field} must be a number in [0, 1e15], got {v}")));
+            }
         }
         Ok(())
     }

@@ -87,8 +87,17 @@ impl Host {
 
     /// SYSCFG.SNPEn on every CPU (snp_rmptable_init()): RMP checks on memory accesses from now on.
     /// The WBINVD that precedes it is the policy's to issue.
-    pub fn snp_enable(&mut self) {
+    /// A CPU without SEV-SNP (CPUID 8000_001F EAX[4] clear) cannot set SYSCFG.SNPEn: an error
+    /// naming the feature, and the host unchanged.
+    pub fn snp_enable(&mut self) -> Result<()> {
+        if !self.cfg.features.snp {
+            return Err(EngineError::invalid(
+                "snp",
+                format!("preset {:?} has no SEV-SNP (features.snp = false; SNP needs Zen 3 / EPYC 7003 or later)", self.cfg.name),
+            ));
+        }
         self.snp_enabled = true;
+        Ok(())
     }
 
     pub fn snp_enabled(&self) -> bool {

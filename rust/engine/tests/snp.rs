@@ -8,7 +8,7 @@ use sevsim_engine::Cause;
 
 fn host() -> Host {
     let mut h = Host::preset("tiny", None).unwrap();
-    h.snp_enable();
+    h.snp_enable().unwrap();
     h
 }
 

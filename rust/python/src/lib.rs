@@ -400,6 +400,17 @@ impl PyHost {
         d.set_item("sme_coherent", f.sme_coherent)?;
         d.set_item("wbnoinvd", f.wbnoinvd)?;
         d.set_item("vm_page_flush", f.vm_page_flush)?;
+        d.set_item("snp", f.snp)?;
+        Ok(d)
+    }
+    /// KVM's software costs from the profile's `kvm` table (cycles, or GB/s where the name says
+    /// so), for the Python kvm layer; the engine itself never reads them.
+    #[getter]
+    fn kvm_cost<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (k, v) in &self.h.cfg.kvm {
+            d.set_item(k, *v)?;
+        }
         Ok(d)
     }
     /// The cache geometry and latencies: {'l1d': {'size', 'ways', 'sets', 'latency'}, ...}
@@ -1041,9 +1052,10 @@ impl PyHost {
     /// Start of the direct map (__va(0)).
     #[classattr]
     const PAGE_OFFSET: u64 = PAGE_OFFSET;
-    /// SYSCFG.SNPEn: from now on the RMP checks apply to memory accesses.
-    fn snp_enable(&mut self) {
-        self.h.snp_enable();
+    /// SYSCFG.SNPEn: from now on the RMP checks apply to memory accesses. ValueError on a preset
+    /// without SEV-SNP (features['snp'] false).
+    fn snp_enable(&mut self) -> PyResult<()> {
+        self.h.snp_enable().map_err(verr)
     }
     #[getter]
     fn snp_enabled(&self) -> bool {
