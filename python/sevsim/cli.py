@@ -1,55 +1,85 @@
-"""The sevsim command line: `sevsim list`, `sevsim run SCENARIO [options]`, `sevsim --version`."""
+"""The sevsim command line: `sevsim list [SCENARIO]`, `sevsim run SCENARIO [options]`, `sevsim --version`.
+
+Every error is one line on standard error, `sevsim: error: ...`, with exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import io
+import json
+import math
 import os
 import sys
-import time
+import tomllib
+from typing import Any
 
 from . import Host, __version__
 from .kvm import STRATEGIES, SevsimError
 from .results import ResultTable, write_atomic
 
-# the columns a person wants on the terminal, per scenario (JSON/CSV get every column)
-SUMMARY_COLUMNS = {
-    "sev-teardown": ["strategy", "rep", "teardown_us", "teardown_cpu_us", "writebacks", "ipis", "nb_hit_before",
-                     "nb_hit_after", "nb_tput_before", "nb_tput_after", "violations", "verdict"],
-    "snp-notifier-storm": ["strategy", "rep", "events", "notifier_us_per_event", "writebacks", "guest_tput_quiet",
-                           "guest_tput_storm", "nb_hit_quiet", "nb_hit_storm", "nb_tput_quiet", "nb_tput_storm",
-                           "violations", "verdict"],
-}
+
+class CliError(Exception):
+    """A command-line mistake: printed as one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse prints usage + error and exits; sevsim says one line
+        raise CliError(message)
 
 
 class Progress:
-    """A one-line progress bar on stderr, shown only on a terminal and only once a run has taken
-    more than a second."""
+    """Progress of a run on stderr: a tqdm bar on a terminal, a plain line per finished row
+    otherwise (so that logs of long runs show where they are)."""
 
-    def __init__(self, stream=sys.stderr):
+    def __init__(self, stream=sys.stderr, quiet: bool = False):
         self.stream = stream
+        self.quiet = quiet
         self.tty = hasattr(stream, "isatty") and stream.isatty()
-        self.start = time.monotonic()
-        self.shown = False
+        self.bar = None
 
-    def __call__(self, done: int, total: int, what: str) -> None:
-        if not self.tty or (time.monotonic() - self.start < 1.0 and done < total):
+    def __call__(self, done: int, total: int, what: str, row: dict | None = None) -> None:
+        if self.quiet:
             return
-        width = 30
-        fill = int(width * done / max(total, 1))
-        self.stream.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {done}/{total} {what:<30.30}")
-        self.stream.flush()
-        self.shown = True
+        if self.tty:
+            if self.bar is None:
+                from tqdm import tqdm
 
-    def close(self) -> None:
-        if self.shown:
-            self.stream.write("\r" + " " * 72 + "\r")
+                self.bar = tqdm(total=total, file=self.stream, unit="run", leave=False, dynamic_ncols=True)
+            self.bar.set_description(what)
+            self.bar.n = done
+            self.bar.refresh()
+        elif row is not None:
+            v = row.get("verdict", "")
+            self.stream.write(f"sevsim: {done}/{total} {what}: {v}\n")
             self.stream.flush()
 
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
-def cmd_list(_args) -> int:
+
+def cmd_list(args) -> int:
     from . import scenarios
 
-    print("Scenarios:")
+    if args.scenario:
+        sc = scenarios.get(args.scenario)
+        print(f"{sc.NAME}: {sc.SUMMARY}")
+        print(f"Reproduces: {sc.SOURCE}\n")
+        print("Parameters (--set NAME=VALUE, or [params] in --config FILE.toml):")
+        width = max(len(n) for n in sc.PARAMS)
+        for name, p in sc.PARAMS.items():
+            default = "none" if p.default is None else str(p.default).lower() if isinstance(p.default, bool) \
+                else str(p.default)
+            print(f"  {name:<{width}}  = {default:<14} {p.help}")
+            print(f"  {'':<{width}}    {'':<14} allowed: {p.allowed()}")
+        print(f"\nDefault strategies: {', '.join(sc.DEFAULT_STRATEGIES)}")
+        print("\nColumns:")
+        width = max(len(c) for c in sc.LEGEND)
+        for c, text in sc.LEGEND.items():
+            print(f"  {c:<{width}}  {text}")
+        return 0
+    print("Scenarios (sevsim list SCENARIO for its parameters and columns):")
     for name, m in scenarios.SCENARIOS.items():
         print(f"  {name:<20} {m.SUMMARY}")
     print("\nStrategies (--strategy a,b,...):")
@@ -61,116 +91,260 @@ def cmd_list(_args) -> int:
     return 0
 
 
-def plot(table: ResultTable, scenario: str, path: str) -> None:
+def plot(table: ResultTable, sc, path: str) -> None:
+    """One panel per metric: the median per strategy, min-max error bars over repetitions,
+    red for UNSAFE, a log axis where the values span decades."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.patches import Patch
     except ImportError:
         raise SevsimError("--plot needs matplotlib: pip install 'sevsim[plot]'") from None
-    rows = table.rows
-    labels = [f"{r['strategy']}" + (f"#{r['rep']}" if r.get("rep") else "") for r in rows]
-    if scenario == "sev-teardown":
-        panels = [("teardown_us", "teardown on the initiator (us)"), ("nb_hit_after", "neighbours' hit rate after"),
-                  ("nb_tput_after", "neighbours' throughput after (acc/us)"), ("violations", "violations")]
-    else:
-        panels = [("notifier_us_per_event", "notifier cost per event (us)"),
-                  ("guest_tput_storm", "guest throughput in the storm (acc/us)"),
-                  ("nb_tput_storm", "neighbours' throughput in the storm (acc/us)"), ("violations", "violations")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4))
-    for ax, (col, title) in zip(axes, panels):
-        vals = [r.get(col, 0) for r in rows]
-        colors = ["tab:red" if r.get("verdict") == "UNSAFE" else "tab:blue" for r in rows]
-        ax.barh(labels, vals, color=colors)
+    fmt = os.path.splitext(path)[1].lstrip(".").lower() or "png"
+    strategies = list(dict.fromkeys(table.column("strategy")))
+    fig, axes = plt.subplots(1, len(sc.PLOTS), figsize=(4.2 * len(sc.PLOTS), 0.5 * len(strategies) + 2.2))
+    for ax, (col, title) in zip(axes, sc.PLOTS):
+        meds, lo, hi, colors = [], [], [], []
+        for s in strategies:
+            vals = [v for v in table.where(strategy=s).column(col) if isinstance(v, (int, float)) and
+                    not (isinstance(v, float) and math.isnan(v))] or [0]
+            vals.sort()
+            m = vals[len(vals) // 2] if len(vals) % 2 else (vals[len(vals) // 2 - 1] + vals[len(vals) // 2]) / 2
+            meds.append(m)
+            lo.append(m - vals[0])
+            hi.append(vals[-1] - m)
+            unsafe = any(r.get("verdict") == "UNSAFE" for r in table.where(strategy=s).rows)
+            colors.append("tab:red" if unsafe else "tab:blue")
+        ax.barh(strategies, meds, xerr=[lo, hi] if any(lo) or any(hi) else None, color=colors, capsize=3)
+        pos = [m for m in meds if m > 0]
+        if len(pos) >= 2 and max(pos) / min(pos) >= 100:
+            ax.set_xscale("log")
+            title += " [log]"
         ax.set_title(title, fontsize=9)
         ax.invert_yaxis()
         ax.tick_params(labelsize=8)
-    fig.suptitle(table.title, fontsize=9)
-    fig.tight_layout()
-    fmt = os.path.splitext(path)[1].lstrip(".").lower() or "png"
-    if fmt not in ("png", "svg", "pdf"):
-        raise SevsimError(f"--plot: use a .png, .svg or .pdf file name, got {path!r}")
-    import io
-
+    fig.legend(handles=[Patch(color="tab:blue", label="SAFE"), Patch(color="tab:red", label="UNSAFE (violations)")],
+               loc="lower center", ncol=2, fontsize=8, frameon=False)
+    reps = max(len(table.where(strategy=s)) for s in strategies)
+    fig.suptitle(table.title + (f"\nmedian of {reps} repetitions, bars min-max" if reps > 1 else ""), fontsize=9)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     buf = io.BytesIO()
     fig.savefig(buf, format=fmt, dpi=120)
     plt.close(fig)
     write_atomic(path, buf.getvalue())
 
 
+def _check_output(path: str | None, flag: str, formats: tuple[str, ...] = ()) -> None:
+    """Fail before the run, not after it: the directory must exist and be writable."""
+    if not path or path == "-":
+        return
+    d = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(d):
+        raise CliError(f"{flag} {path}: no such directory {d}")
+    if not os.access(d, os.W_OK):
+        raise CliError(f"{flag} {path}: directory {d} is not writable")
+    if os.path.isdir(path):
+        raise CliError(f"{flag} {path}: is a directory")
+    if formats:
+        ext = os.path.splitext(path)[1].lstrip(".").lower()
+        if ext not in formats:
+            raise CliError(f"{flag}: use a file name ending in {', '.join('.' + f for f in formats)}, got {path!r}")
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(str(v))
+
+
+def dump_config(scenario: str, strategies: list[str], seed: int, reps: int, baseline: str | None,
+                params: dict[str, Any]) -> str:
+    """The effective configuration as a TOML file that --config reads back."""
+    lines = [f"# sevsim {__version__}: sevsim run --config FILE", f"scenario = {_toml_value(scenario)}",
+             f"strategies = {_toml_value(strategies)}", f"seed = {seed}", f"reps = {reps}"]
+    if baseline:
+        lines.append(f"baseline = {_toml_value(baseline)}")
+    lines.append("\n[params]")
+    for k, v in params.items():
+        lines.append(f"# {k} = none  (the preset's)" if v is None else f"{k} = {_toml_value(v)}")
+    return "\n".join(lines) + "\n"
+
+
+def read_config(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        raise CliError(f"--config {path}: no such file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise CliError(f"--config {path}: not valid TOML ({e})") from None
+    allowed = {"scenario", "strategies", "seed", "reps", "baseline", "params"}
+    bad = sorted(set(doc) - allowed)
+    if bad:
+        raise CliError(f"--config {path}: unknown key {bad[0]!r}; allowed: {', '.join(sorted(allowed))}")
+    if "params" in doc and not isinstance(doc["params"], dict):
+        raise CliError(f"--config {path}: [params] must be a table")
+    return doc
+
+
 def cmd_run(args) -> int:
     from . import scenarios
 
-    sc = scenarios.get(args.scenario)
-    params = {}
+    cfg = read_config(args.config) if args.config else {}
+    name = args.scenario or cfg.get("scenario") or scenarios.DEFAULT
+    sc = scenarios.get(name)
+    params: dict[str, Any] = dict(cfg.get("params", {}))
     if args.preset:
         params["preset"] = args.preset
     for item in args.set or []:
         if "=" not in item:
-            raise ValueError(f"--set takes NAME=VALUE, got {item!r}")
+            raise CliError(f"--set takes NAME=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         params[k.strip().replace("-", "_")] = v.strip()
-    strategies = None
-    if args.strategy:
-        strategies = [s.strip() for s in args.strategy.split(",") if s.strip()]
-        bad = [s for s in strategies if s not in STRATEGIES]
-        if bad:
-            raise ValueError(f"unknown strategy {bad[0]!r}; valid: {', '.join(STRATEGIES)}")
-    if args.preset and args.preset not in dict(Host.presets()):
-        raise ValueError(f"unknown preset {args.preset!r}; valid: {', '.join(n for n, _ in Host.presets())}")
-    for out in (args.json, args.csv, args.plot):
-        if out and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
-            raise ValueError(f"cannot write {out}: no such directory")
-    progress = Progress()
+    strategies = scenarios.strategy_list(args.strategy if args.strategy is not None else cfg.get("strategies"), sc)
+    seed = args.seed if args.seed is not None else cfg.get("seed", 0)
+    reps = args.reps if args.reps is not None else cfg.get("reps", 1)
+    baseline = args.baseline or cfg.get("baseline")
+    if baseline is not None and baseline not in strategies:
+        raise CliError(f"--baseline {baseline!r} is not one of the strategies run: {', '.join(strategies)}")
+    # every parameter checked, and every output path, before anything runs
+    merged = {k: p.default for k, p in sc.PARAMS.items()}
+    for k, v in params.items():
+        merged[k] = scenarios.coerce(sc, k, v)
+    _check_output(args.json, "--json")
+    _check_output(args.csv, "--csv")
+    _check_output(args.violations, "--violations")
+    _check_output(args.plot, "--plot", ("png", "svg", "pdf"))
+    _check_output(args.dump_config, "--dump-config")
+    if [args.json, args.csv, args.violations, args.dump_config].count("-") > 1:
+        raise CliError("only one of --json, --csv, --violations and --dump-config can write to standard output")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise SevsimError("--plot needs matplotlib: pip install 'sevsim[plot]'") from None
+    if args.dump_config:
+        text = dump_config(sc.NAME, strategies, seed, reps, baseline, merged)
+        if args.dump_config == "-":
+            sys.stdout.write(text)
+        else:
+            write_atomic(args.dump_config, text)
+        if not (args.json or args.csv or args.plot or args.violations):
+            return 0
+
+    to_stdout = "-" in (args.json, args.csv, args.violations)
+    progress = Progress(quiet=args.quiet)
     try:
-        table = scenarios.run(sc.NAME, strategies=strategies, seed=args.seed, reps=args.reps, progress=progress,
-                              **params)
+        table = scenarios.run(sc.NAME, strategies=strategies, seed=seed, reps=reps, progress=progress, **merged)
     finally:
         progress.close()
-    print(table.format(SUMMARY_COLUMNS.get(sc.NAME)))
-    unsafe = [r["strategy"] for r in table.rows if r.get("verdict") == "UNSAFE"]
-    if unsafe:
-        print(f"\nUNSAFE: {', '.join(dict.fromkeys(unsafe))} (violations = corruption/DMA/isolation/RMP events "
-              f"recorded + dirty stale lines left in the caches)")
+
+    # files: rendered in memory first, written only once everything rendered (no partial set)
+    outputs: list[tuple[str, str | bytes]] = []
     if args.json:
-        write_atomic(args.json, table.to_json())
+        outputs.append((args.json, table.to_json()))
     if args.csv:
-        write_atomic(args.csv, table.to_csv())
-    if args.plot:
-        plot(table, sc.NAME, args.plot)
+        outputs.append((args.csv, table.to_csv()))
+    if args.violations:
+        outputs.append((args.violations, table.violations_csv()))
+    written = []
+    try:
+        if args.plot:
+            plot(table, sc, args.plot)
+            written.append(args.plot)
+        for path, text in outputs:
+            if path == "-":
+                sys.stdout.write(text if isinstance(text, str) else text.decode())
+            else:
+                write_atomic(path, text)
+                written.append(path)
+    except BaseException:
+        for path in written:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        raise
+
+    out = sys.stderr if to_stdout else sys.stdout
+    shown = table.headline()
+    kinds = [k for k in ("corruption", "dma", "isolation", "rmp", "tlb", "latent") if any(table.column(k))]
+    if "violations" in shown:
+        i = shown.index("violations")
+        shown[i:i] = kinds
+    print(table.format(shown, legend=reps == 1), file=out)
+    if reps > 1:
+        print(file=out)
+        print(table.summary(sc.METRICS, baseline=baseline).format_summary(), file=out)
+    firsts = [(r["strategy"], r["rep"], r["first_violation"]) for r in table.rows if r.get("verdict") == "UNSAFE"]
+    if firsts:
+        print("\nWhy UNSAFE (the first violation of each unsafe row; --violations FILE lists them all):", file=out)
+        for s, rep, text in firsts:
+            print(f"  {s} rep {rep}: {text}", file=out)
+    notes = [(r["strategy"], r["rep"], r["notes"]) for r in table.rows if r.get("notes")]
+    if notes:
+        print("\nNotes:", file=out)
+        for s, rep, text in notes:
+            print(f"  {s} rep {rep}: {text}", file=out)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sevsim", description="Is a KVM host's cache/TLB/RMP maintenance policy for "
-                                "confidential VMs safe, and what does it cost?")
+    p = Parser(prog="sevsim", description="Is a KVM host's cache/TLB/RMP maintenance policy for "
+               "confidential VMs safe, and what does it cost?")
     p.add_argument("--version", action="version", version=f"sevsim {__version__}")
-    sub = p.add_subparsers(dest="cmd")
-    sub.add_parser("list", help="scenarios, strategies and presets")
+    sub = p.add_subparsers(dest="cmd", parser_class=Parser)
+    ls = sub.add_parser("list", help="scenarios, strategies and presets; with a scenario, its parameters")
+    ls.add_argument("scenario", nargs="?", help="a scenario: its parameters, defaults and columns")
     r = sub.add_parser("run", help="run a scenario and print its table")
-    r.add_argument("scenario", nargs="?", default="sev-teardown", help="scenario name (default: sev-teardown)")
+    r.add_argument("scenario", nargs="?", default=None, help="scenario name (default: sev-teardown)")
     r.add_argument("--preset", help="host preset (default: the scenario's, epyc-9755-2s)")
     r.add_argument("--strategy", help="comma-separated strategies (default: the scenario's set)")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--reps", type=int, default=1, help="repetitions (seed, seed+1, ...)")
+    r.add_argument("--seed", type=_int_arg("--seed", 0, 2**63 - 1), default=None, help="RNG seed (default 0)")
+    r.add_argument("--reps", type=_int_arg("--reps", 1, 10_000), default=None,
+                   help="repetitions (seed, seed+1, ...); with more than one, a summary per strategy")
+    r.add_argument("--baseline", metavar="STRATEGY", help="with --reps: ratios of each strategy's medians to this one's")
     r.add_argument("--set", action="append", metavar="NAME=VALUE", help="a scenario parameter (repeatable)")
-    r.add_argument("--json", metavar="FILE", help="write the full table as JSON")
-    r.add_argument("--csv", metavar="FILE", help="write the full table as CSV")
-    r.add_argument("--plot", metavar="FILE", help="write a comparison chart (.png/.svg; needs matplotlib)")
+    r.add_argument("--config", metavar="FILE.toml", help="scenario, strategies, seed, reps and [params] from a file")
+    r.add_argument("--dump-config", metavar="FILE", help="write the effective configuration as TOML ('-': stdout)")
+    r.add_argument("--json", metavar="FILE", help="write the full table as JSON ('-': stdout)")
+    r.add_argument("--csv", metavar="FILE", help="write the full table as CSV ('-': stdout)")
+    r.add_argument("--violations", metavar="FILE", help="write every recorded violation as CSV ('-': stdout)")
+    r.add_argument("--plot", metavar="FILE", help="write a comparison chart (.png/.svg/.pdf; needs matplotlib)")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     return p
 
 
+def _int_arg(flag: str, lo: int, hi: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text, 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} takes an integer in [{lo}, {hi}], got {text!r}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{flag} takes an integer in [{lo}, {hi}], got {v}")
+        return v
+
+    return parse
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.cmd is None:
-        parser.print_help()
-        return 2
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.cmd is None:
+            parser.print_help(sys.stderr)
+            return 2
         return cmd_list(args) if args.cmd == "list" else cmd_run(args)
-    except (ValueError, TypeError, OSError, SevsimError) as e:
-        print(f"sevsim: error: {e}", file=sys.stderr)
+    except (CliError, ValueError, TypeError, OSError, SevsimError) as e:
+        msg = " ".join(str(e).split())
+        print(f"sevsim: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

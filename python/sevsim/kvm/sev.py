@@ -105,6 +105,15 @@ class SevVm:
     #: SEV-ES/SNP: each vCPU's VMSA page (encrypted save area the CPU writes at every VMEXIT)
     vmsa: list[int] = field(default_factory=list)
     destroyed: bool = False
+    #: per guest page: its NPT entry was zapped by an invalidation and not faulted in since
+    npt_zapped: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    #: per guest page: the zap came with a NUMA migration whose copy the faulting vCPU pays
+    migrating: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+    def __post_init__(self):
+        if len(self.npt_zapped) != len(self.pages):
+            self.npt_zapped = np.zeros(len(self.pages), dtype=bool)
+            self.migrating = np.zeros(len(self.pages), dtype=bool)
 
     @property
     def key(self) -> int:
@@ -162,7 +171,7 @@ class Kvm:
         self.asid_reclaim: set[int] = set()
         self.vms: list[SevVm] = []
         self.stats = {"asid_recycles": 0, "df_flush": 0, "notifier_calls": 0, "pages_reclaimed": 0,
-                      "gmem_punches": 0}
+                      "gmem_punches": 0, "npt_faults": 0, "pages_migrated": 0}
 
     # ---------------------------------------------------------------------------------------
     # ASIDs (sev_asid_new, sev_asid_free, __sev_recycle_asids, sev_flush_asids)
@@ -313,12 +322,41 @@ class Kvm:
         # pre_sev_run(): cpumask_set_cpu(cpu, sev->have_run_cpus) (arch/x86/kvm/svm/sev.c)
         vm.have_run_cpus.add(cpu)
         vm.vcpu_cpu[vcpu] = cpu
+        if vm.npt_zapped.any():
+            gp = (gpa // np.uint64(PAGE)).astype(np.int64)
+            hit = vm.npt_zapped[gp]
+            if hit.any():
+                self.kvm_tdp_page_fault(vm, cpu, np.unique(gp[hit]))
         st = self.host.access(cpu, vm.pa_of(gpa), write, vm.asid)
         if vm.vmsa:
             # the #VMEXIT saves guest state into the encrypted VMSA (APM 15.35, via semantics.md 1.5):
             # [assumed] 4 lines of it are written each time, under the guest key
             self.host.access(cpu, np.arange(vm.vmsa[vcpu], vm.vmsa[vcpu] + 4 * 64, 64, dtype=np.uint64), True, vm.asid)
         return st
+
+    def kvm_tdp_page_fault(self, vm: SevVm, cpu: int, gpages: np.ndarray) -> None:
+        """The vCPU on `cpu` touches guest pages whose NPT entries an invalidation zapped: one
+        nested page fault each (#VMEXIT, kvm_mmu_page_fault() -> kvm_tdp_mmu_map(), VMRUN: the
+        engine's npf_exit), and for HVA-backed memory the host side of the fault, hva_to_pfn() ->
+        get_user_pages() -> handle_mm_fault() (kvm.host_fault). Where the zap was an AutoNUMA
+        migration, the copy of the 4 KiB page is paid here too: NUMA balancing migrates in the
+        faulting task's own hinting fault (do_numa_page() -> migrate_misplaced_folio(), mm/memory.c),
+        and for a guest that task is the vCPU thread (kvm.migrate_gbps). Accounting note: sevsim
+        moves the page at the invalidation and charges the copy at the fault, on the same vCPU."""
+        n = len(gpages)
+        kc = self.host.kvm_cost
+        per_fault = self.host.npf_exit(cpu)  # charges the first fault
+        extra = per_fault * (n - 1)
+        if not self.gmem_backed(vm):
+            extra += kc["host_fault"] * n
+        moved = int(vm.migrating[gpages].sum())
+        # bytes / (GB/s) = ns; ns x GHz = cycles
+        extra += moved * PAGE / kc["migrate_gbps"] * self.host.freq_ghz
+        self.host.spend(cpu, int(round(extra)))
+        vm.npt_zapped[gpages] = False
+        vm.migrating[gpages] = False
+        self.stats["npt_faults"] += n
+        self.stats["pages_migrated"] += moved
 
     def vcpu_put(self, vm: SevVm, vcpu: int) -> None:
         """The vCPU stops running (the CPU stays in have_run_cpus: bits are never cleared)."""
@@ -382,7 +420,8 @@ class Kvm:
         return old
 
     def mmu_notifier_invalidate(self, vm: SevVm, gpages: Sequence[int], initiator: int | None = None,
-                                hva_mapped: Sequence[bool] | None = None, free: bool = True) -> np.ndarray:
+                                hva_mapped: Sequence[bool] | None = None, free: bool = True,
+                                migrate: bool = False) -> np.ndarray:
         """kvm_mmu_notifier_invalidate_range_start() for guest pages `gpages` (GPA page numbers),
         in KVM's order: zap the mappings and flush remote TLBs, run the reclaim hook (every
         invalidation overlapping a memslot pays it, semantics.md 1.7.6). With `free` the pages then
@@ -391,7 +430,9 @@ class Kvm:
         hinting fault's PROT_NONE, a KSM scan) and the guest keeps its pages. Returns the physical
         pages freed (empty without `free`). For an SNP VM on an SNP-enabled host the private
         memory lives in guest_memfd, out of the notifiers' reach: the event only zaps and flushes
-        TLBs, and frees nothing (free private memory with `kvm_gmem_punch_hole`)."""
+        TLBs, and frees nothing (free private memory with `kvm_gmem_punch_hole`). The zapped pages
+        fault back in at the guest's next touch (`kvm_tdp_page_fault`); with `free` and `migrate`
+        the freeing is a NUMA migration, whose copy that fault pays."""
         cpu = self.initiator if initiator is None else initiator
         # every argument is checked before anything changes
         gpages = self._check_gpages(vm, gpages)
@@ -408,10 +449,13 @@ class Kvm:
             # pages only, which sevsim does not model; the zap and TLB flush are paid, the reclaim
             # hook returns early and no private page changes hands
             return np.zeros(0, dtype=np.uint64)
+        # kvm_unmap_gfn_range(): the NPT entries go; the guest faults them back in
+        vm.npt_zapped[gpages] = True
         old = vm.pages[gpages].copy()
         self.sev_guest_memory_reclaimed(vm, cpu, old, np.asarray(mapped, dtype=bool))
         if not free:
             return np.zeros(0, dtype=np.uint64)
+        vm.migrating[gpages] = migrate
         return self._replace_pages(vm, gpages, cpu)
 
     def kvm_gmem_punch_hole(self, vm: SevVm, gpages: Sequence[int], initiator: int | None = None) -> np.ndarray:
@@ -431,6 +475,7 @@ class Kvm:
         self._check_free_pages(len(gpages))
         self.stats["gmem_punches"] += 1
         self.kvm_flush_remote_tlbs(vm, cpu)
+        vm.npt_zapped[gpages] = True  # kvm_gmem_invalidate_begin() zaps them
         self.sev_gmem_invalidate(vm, gpages, cpu)
         old = self._replace_pages(vm, gpages, cpu)
         self.sev_gmem_prepare(vm, gpages, cpu)

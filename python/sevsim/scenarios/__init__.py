@@ -1,14 +1,15 @@
 """Scenarios: one module per question, each naming the thread or commit it reproduces.
 
-A scenario module defines NAME, SUMMARY, SOURCE, PARAMS ({name: (default, help)}),
-DEFAULT_STRATEGIES and run(strategies, seed, reps, progress, **params) -> ResultTable. The registry
+A scenario module defines NAME, SUMMARY, SOURCE, PARAMS ({name: params.Param}), DEFAULT_STRATEGIES,
+SUMMARY_COLUMNS (the terminal's), METRICS (summarised over repetitions), PLOTS, LEGEND and
+run(strategies, seed, reps, progress, **params) -> ResultTable. The registry
 below is what `sevsim list` shows and `sevsim run` runs.
 """
 
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from . import sev_teardown, snp_notifier_storm
 
@@ -24,40 +25,48 @@ def get(name: str) -> ModuleType:
 
 
 def coerce(scenario: ModuleType, name: str, value: Any) -> Any:
-    """Convert a parameter given as text (CLI) to the type of its default; ValueError naming it."""
+    """A parameter given as text (CLI, config file) or as a Python value, converted to its type and
+    checked against its range; ValueError naming it, the value and what is allowed."""
     if name not in scenario.PARAMS:
         raise ValueError(f"scenario {scenario.NAME} has no parameter {name!r}; valid: {', '.join(scenario.PARAMS)}")
-    default = scenario.PARAMS[name][0]
-    if not isinstance(value, str):
-        return value
-    try:
-        if isinstance(default, bool):
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if default is None:
-            return None if value.lower() in ("", "none", "default") else (value.lower() in ("1", "true", "yes", "on"))
-        if isinstance(default, int):
-            return int(value, 0)
-        if isinstance(default, float):
-            return float(value)
-    except ValueError:
-        raise ValueError(f"parameter {name}: {value!r} is not a valid {type(default).__name__}") from None
-    return value
+    return scenario.PARAMS[name].parse(name, value)
 
 
-def run(name: str, *, strategies: list[str] | None = None, seed: int = 0, reps: int = 1,
-        progress: Callable[[int, int, str], None] | None = None, **params: Any):
-    """Run scenario `name` and return its ResultTable."""
+def run(name: str, *, strategies: str | Sequence[str] | None = None, seed: int = 0, reps: int = 1,
+        progress: Callable[..., None] | None = None, **params: Any):
+    """Run scenario `name` and return its ResultTable, one row per strategy x repetition.
+
+    `strategies`: one strategy name, a comma-separated string or a list (default: the scenario's
+    DEFAULT_STRATEGIES); `seed`: repetition r uses seed + r; `reps`: repetitions (>= 1);
+    `progress(done, total, what, row=None)`: called before each run and after it with its row;
+    `params`: the scenario's parameters (see its PARAMS, `sevsim list NAME`), as values or as
+    text. Every parameter is checked before anything runs: ValueError naming the one that is not
+    allowed."""
     sc = get(name)
     for k in params:
         if k not in sc.PARAMS:
             raise ValueError(f"scenario {name} has no parameter {k!r}; valid: {', '.join(sc.PARAMS)}")
-    merged = {k: v[0] for k, v in sc.PARAMS.items()}
+    merged = {k: v.default for k, v in sc.PARAMS.items()}
     merged.update({k: coerce(sc, k, v) for k, v in params.items()})
-    if reps < 1:
-        raise ValueError(f"reps must be at least 1, got {reps}")
-    return sc.run(strategies=list(strategies or sc.DEFAULT_STRATEGIES), seed=seed, reps=reps,
-                  progress=progress, **merged)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+    if isinstance(reps, bool) or not isinstance(reps, int) or not 1 <= reps <= 10_000:
+        raise ValueError(f"reps must be an integer in [1, 10000], got {reps!r}")
+    return sc.run(strategies=strategy_list(strategies, sc), seed=seed, reps=reps, progress=progress, **merged)
+
+
+def strategy_list(strategies: str | Sequence[str] | None, sc: ModuleType) -> list[str]:
+    """The strategies asked for, checked: a name, a comma-separated string or a list."""
+    from ..kvm import STRATEGIES
+
+    if strategies is None:
+        return list(sc.DEFAULT_STRATEGIES)
+    if isinstance(strategies, str):
+        strategies = [s.strip() for s in strategies.split(",") if s.strip()]
+    out = list(strategies)
+    if not out:
+        raise ValueError("strategies: name at least one strategy")
+    for s in out:
+        if s not in STRATEGIES:
+            raise ValueError(f"unknown strategy {s!r}; valid: {', '.join(STRATEGIES)}")
+    return out

@@ -119,24 +119,165 @@ def neighbour_stats(host: Host, before: dict, after: dict) -> dict[str, float]:
     }
 
 
+def group_stats(host: Host, before: dict, after: dict) -> dict[str, np.ndarray]:
+    """Per CPU of a snapshot pair: accesses, misses (served beyond the CPU's own L1/L2 and its
+    CCD's L3) and clock cycles."""
+    d = {k: after[k] - before[k] for k in before}
+    hits = d["l1_hits"] + d["l2_hits"] + d["l3_hits"]
+    return {"accesses": d["accesses"], "misses": d["accesses"] - hits, "cycles": d["clock"]}
+
+
+def warm_until_steady(host: Host, run_epoch, groups: dict[str, list[int]], *, min_epochs: int = 2,
+                      max_epochs: int = 200, window: int = 2, hit_tol: float = 0.01,
+                      tput_tol: float = 0.03) -> tuple[int, bool]:
+    """Run `run_epoch()` until every group of CPUs (the guests' vCPUs, the neighbours...) is in
+    its steady state: over two consecutive windows of `window` epochs, its hit rate moves by less
+    than `hit_tol` and its throughput by less than `tput_tol` (relative). Returns the epochs run
+    and whether steadiness was reached within `max_epochs`."""
+    groups = {k: v for k, v in groups.items() if v}
+    n = 0
+    for _ in range(min_epochs):
+        run_epoch()
+        n += 1
+    prev = None
+    while n < max_epochs:
+        s0 = {k: snapshot(host, cpus) for k, cpus in groups.items()}
+        for _ in range(window):
+            run_epoch()
+            n += 1
+        cur = {k: neighbour_stats(host, s0[k], snapshot(host, cpus)) for k, cpus in groups.items()}
+        if prev is not None and all(
+                abs(cur[k]["hit_rate"] - prev[k]["hit_rate"]) < hit_tol
+                and abs(cur[k]["throughput"] - prev[k]["throughput"]) <= tput_tol * prev[k]["throughput"]
+                for k in groups):
+            return n, True
+        prev = cur
+    return n, False
+
+
+def recovery(host: Host, nbs: list["Neighbour"], rng: np.random.Generator, base: dict[str, np.ndarray], *,
+             window: int, max_windows: int = 64, tol: float = 0.01) -> dict[str, float]:
+    """The neighbours' damage after an event, independent of any measurement window: run them
+    window by window until each is back to its steady miss rate (`base`, from `group_stats` over a
+    quiet phase, within `tol`), and add up what they paid beyond their steady rates meanwhile:
+    the extra misses and the extra cycles. Returns those sums (cycles summed over neighbours),
+    the windows the slowest neighbour needed and whether all recovered within `max_windows`."""
+    acc0 = np.maximum(base["accesses"], 1)
+    miss_rate = base["misses"] / acc0
+    cyc_per = base["cycles"] / acc0
+    extra_miss = np.zeros(len(nbs))
+    extra_cyc = np.zeros(len(nbs))
+    done = np.zeros(len(nbs), dtype=bool)
+    cpus = [nb.cpu for nb in nbs]
+    windows = 0
+    while not done.all() and windows < max_windows:
+        s0 = snapshot(host, cpus)
+        for i, nb in enumerate(nbs):
+            if not done[i]:
+                nb.run(host, window, rng)
+        g = group_stats(host, s0, snapshot(host, cpus))
+        windows += 1
+        for i in np.nonzero(~done)[0]:
+            a = g["accesses"][i]
+            extra_miss[i] += g["misses"][i] - miss_rate[i] * a
+            extra_cyc[i] += g["cycles"][i] - cyc_per[i] * a
+            if g["misses"][i] / a <= miss_rate[i] + tol:
+                done[i] = True
+    return {"extra_misses": float(extra_miss.sum()), "extra_cycles": float(extra_cyc.sum()),
+            "windows": windows, "recovered": bool(done.all())}
+
+
+class Steps:
+    """Which kernel step ran when each violation was recorded: `mark(name)` before each step; the
+    violations recorded from then until the next mark belong to it."""
+
+    def __init__(self, host: Host):
+        self.host = host
+        self.starts: list[int] = []
+        self.names: list[str] = []
+
+    def total(self) -> int:
+        return int(sum(self.host.violation_counts().values()))
+
+    def mark(self, name: str) -> None:
+        self.starts.append(self.total())
+        self.names.append(name)
+
+    def of(self, index: np.ndarray) -> list[str]:
+        """The step of each violation index."""
+        if not self.names:
+            return ["" for _ in index]
+        at = np.searchsorted(np.asarray(self.starts), np.asarray(index), side="right") - 1
+        return [self.names[i] if i >= 0 else "" for i in at]
+
+
+_CAUSES = None
+
+
+def violation_records(host: Host, steps: Steps) -> list[dict]:
+    """Every recorded violation as a plain dict (kind, cause, cpu, pa, key, other_key, owner, cycle,
+    step), in the order they were recorded."""
+    global _CAUSES
+    if _CAUSES is None:
+        _CAUSES = Host.violation_causes()
+    a = host.violations_array()
+    n = len(a["cause"])
+    if n == 0:
+        return []
+    names = steps.of(np.arange(n))
+    out = []
+    for i in range(n):
+        cause, kind = _CAUSES[int(a["cause"][i])]
+        out.append({"kind": kind, "cause": cause, "cpu": int(a["cpu"][i]), "pa": int(a["pa"][i]),
+                    "key": int(a["key"][i]), "other_key": int(a["other_key"][i]), "owner": int(a["owner"][i]),
+                    "cycle": int(a["cycle"][i]), "step": names[i]})
+    return out
+
+
+def first_violation(records: list[dict], safe: dict[str, int]) -> str:
+    """The first violation of a run in words, or the latent hazard when nothing was recorded."""
+    if records:
+        v = records[0]
+        return (f"{v['cause']} on CPU {v['cpu']} at pa {v['pa']:#x} (key {v['key']}, owner {v['owner']}), "
+                f"cycle {v['cycle']}, in {v['step'] or 'setup'}")
+    if safe["latent"]:
+        return f"{safe['latent']} dirty lines under a stale or foreign key left in the caches (latent corruption)"
+    return ""
+
+
 def cycles_to_us(host: Host, cycles: float) -> float:
     return float(cycles) / (host.freq_ghz * 1e3)
 
 
 def safety(host: Host) -> dict[str, int]:
-    """Recorded violations (RMP faults included: with SNP on, a host access the RMP refuses is a
-    policy bug) plus the hazards still latent in the caches at the end."""
+    """Recorded violations by kind (RMP faults included: with SNP on, a host access the RMP refuses
+    is a policy bug) plus the hazards still latent in the caches at the end. Every kind the engine
+    records counts (the TLB kinds too), so a new oracle cannot go unreported."""
     kinds = host.violation_kinds()
     a = host.audit()
     latent = a["dirty_foreign_owner"] + a["dirty_stale_key"]
-    return {
-        "corruption": kinds["corruption"],
-        "dma": kinds["dma"],
-        "isolation": kinds["isolation"],
-        "rmp": kinds["rmp_fault"],
-        "latent": latent,
-        "violations": kinds["corruption"] + kinds["dma"] + kinds["isolation"] + kinds["rmp_fault"] + latent,
-    }
+    out = {"corruption": kinds.get("corruption", 0), "dma": kinds.get("dma", 0),
+           "isolation": kinds.get("isolation", 0), "rmp": kinds.get("rmp_fault", 0)}
+    other = sum(v for k, v in kinds.items() if k not in ("corruption", "dma", "isolation", "rmp_fault"))
+    out["tlb"] = other
+    out["latent"] = latent
+    out["violations"] = sum(out.values())
+    return out
+
+
+def verdict(safe: dict[str, int]) -> str:
+    return "SAFE" if safe["violations"] == 0 else "UNSAFE"
+
+
+def strategy_notes(host: Host, kvm: Kvm, extra: list[str] = ()) -> str:
+    """Why a row looks as it does, in words: what the strategy needs that the host lacks."""
+    notes = list(extra)
+    st = kvm.strategy
+    if st.needs_sme_coherent and not host.features["sme_coherent"]:
+        notes.append("needs SME_COHERENT: a host-key CLFLUSH does not reach guest-key lines here")
+    if st.name == "vm_page_flush" and not host.features["vm_page_flush"]:
+        notes.append("VM_PAGE_FLUSH unsupported: fell back to the kernel's whole-cache write-back")
+    return "; ".join(notes)
 
 
 def size(v, name: str) -> int:
@@ -147,15 +288,22 @@ def size(v, name: str) -> int:
         raise ValueError(f"parameter {name}: {e}") from None
 
 
-def run_grid(title: str, run_one, *, strategies, seed, reps, progress, **params) -> ResultTable:
-    """One row per strategy x repetition (repetition r uses seed + r), with progress reports."""
-    table = ResultTable(title=title)
+def run_grid(title: str, run_one, *, strategies, seed, reps, progress, scenario: str, legend: dict[str, str],
+             shown: list[str], **params) -> ResultTable:
+    """One row per strategy x repetition (repetition r uses seed + r), with progress reports.
+    `run_one` returns (row, violation records); each row gets the whole configuration: every
+    parameter, the seed and the sevsim version."""
+    from .. import __version__
+
+    table = ResultTable(title=title, legend=legend, params=list(params), shown=shown)
     total = len(strategies) * reps
     for rep in range(reps):
         for i, name in enumerate(strategies):
             if progress:
                 progress(rep * len(strategies) + i, total, f"{name} rep {rep}")
-            table.append(run_one(name, seed + rep, rep, **params))
-    if progress:
-        progress(total, total, "done")
+            row, records = run_one(name, seed + rep, rep, **params)
+            row.update({"scenario": scenario, **params, "sevsim_version": __version__})
+            table.append(row, violations=[{"strategy": name, "rep": rep, "seed": seed + rep, **v} for v in records])
+            if progress:
+                progress(rep * len(strategies) + i + 1, total, f"{name} rep {rep}", row=row)
     return table

@@ -151,3 +151,20 @@ def Choice(default: str, help: str, choices: tuple[str, ...]) -> Param:
 
 def Text(default: str, help: str, check: Callable[[Any], str | None] | None = None) -> Param:
     return Param(default, help, "text", check=check)
+
+
+def check_preset(name: str) -> str | None:
+    from .. import Host
+
+    names = [n for n, _ in Host.presets()]
+    return None if name in names else f"unknown preset; valid: {', '.join(names)}"
+
+
+def check_workload(spec: str) -> str | None:
+    from ..workloads import make
+
+    try:
+        make(spec, 1 << 20)
+    except ValueError as e:
+        return str(e)
+    return None
