@@ -117,7 +117,9 @@ def plot(table: ResultTable, sc, path: str) -> None:
             hi.append(vals[-1] - m)
             unsafe = any(r.get("verdict") == "UNSAFE" for r in table.where(strategy=s).rows)
             colors.append("tab:red" if unsafe else "tab:blue")
-        ax.barh(strategies, meds, xerr=[lo, hi] if any(lo) or any(hi) else None, color=colors, capsize=3)
+        bars = ax.barh(strategies, meds, xerr=[lo, hi] if any(lo) or any(hi) else None, color=colors, capsize=3)
+        ax.bar_label(bars, labels=[f"{m:,.0f}" if abs(m) >= 100 else f"{m:.3g}" for m in meds], fontsize=7, padding=3)
+        ax.margins(x=0.25)
         pos = [m for m in meds if m > 0]
         if len(pos) >= 2 and max(pos) / min(pos) >= 100:
             ax.set_xscale("log")
