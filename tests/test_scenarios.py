@@ -301,6 +301,7 @@ def test_unsafe_rows_say_why_and_list_their_violations():
     vs = t.where(strategy="none").violations
     assert len(vs) == bad["corruption"] + bad["dma"] + bad["isolation"] + bad["rmp"] + bad["tlb"]
     assert all(v["step"] for v in vs) and {v["kind"] for v in vs} == {"corruption"}
+    assert sum(bad[k] for k in bad if k.startswith("v_")) == len(vs) and bad["v_writeback_foreign_owner"] > 0
     assert not t.where(strategy="wbnoinvd_ran_cpus").violations
     rome = scenarios.run("sev-teardown", preset="epyc-7742-2s", strategies=["clflushopt_pfn", "vm_page_flush"],
                          **SMALL)

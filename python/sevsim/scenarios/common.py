@@ -265,6 +265,17 @@ def safety(host: Host) -> dict[str, int]:
     return out
 
 
+def cause_counts(host: Host) -> dict[str, int]:
+    """Recorded violations by cause, one `v_CAUSE` column each (every cause, zeros included, so
+    that every row has the same columns)."""
+    counts = host.violation_counts()
+    return {f"v_{cause}": int(counts.get(cause, 0)) for cause, _ in Host.violation_causes()}
+
+
+def cause_legend() -> dict[str, str]:
+    return {f"v_{cause}": f"recorded violations of cause {cause} (kind {kind})" for cause, kind in Host.violation_causes()}
+
+
 def verdict(safe: dict[str, int]) -> str:
     return "SAFE" if safe["violations"] == 0 else "UNSAFE"
 

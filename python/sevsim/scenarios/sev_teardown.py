@@ -106,6 +106,7 @@ LEGEND = {
     "violations": "corruption + dma + isolation + rmp + tlb + latent: 0 means SAFE",
     "verdict": "SAFE: no violation and nothing latent; UNSAFE otherwise",
     "first_violation": "the first violation recorded: cause, CPU, address, cycle and the kernel step that ran",
+    **common.cause_legend(),
     "notes": "why a row looks as it does (what the strategy needs that the host lacks, warm-up, recovery)",
 }
 
@@ -239,6 +240,7 @@ def run_one(strategy: str, seed: int, rep: int, *, preset, memory, sme_coherent,
         "nb_lost_us": common.cycles_to_us(host, nb_stolen + nb_refill),
         "nb_recovery_windows": rec["windows"] if rec else None,
         **{k: safe[k] for k in ("corruption", "dma", "isolation", "rmp", "tlb", "latent", "violations")},
+        **common.cause_counts(host),
         "verdict": common.verdict(safe),
         "first_violation": common.first_violation(records, safe),
         "notes": common.strategy_notes(host, kvm, notes),

@@ -133,6 +133,7 @@ LEGEND = {
     "violations": "corruption + dma + isolation + rmp + tlb + latent: 0 means SAFE",
     "verdict": "SAFE: no violation and nothing latent; UNSAFE otherwise",
     "first_violation": "the first violation recorded: cause, CPU, address, cycle and the kernel step that ran",
+    **common.cause_legend(),
     "notes": "why a row looks as it does",
 }
 
@@ -276,6 +277,7 @@ def run_one(strategy: str, seed: int, rep: int, *, preset, memory, sme_coherent,
         "nb_hit_storm": storm["nb"]["hit_rate"] if nbs else None,
         "nb_lost_us_per_event": per_event(_lost(host, quiet["nb_g"], storm["nb_g"])) if nbs else None,
         **{k: safe[k] for k in ("corruption", "dma", "isolation", "rmp", "tlb", "latent", "violations")},
+        **common.cause_counts(host),
         "verdict": common.verdict(safe),
         "first_violation": common.first_violation(records, safe),
         "notes": common.strategy_notes(host, kvm, notes),
