@@ -11,9 +11,9 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any, Callable, Sequence
 
-from . import sev_teardown, snp_notifier_storm
+from . import nested_asid, sev_teardown, snp_notifier_storm
 
-SCENARIOS: dict[str, ModuleType] = {m.NAME: m for m in (sev_teardown, snp_notifier_storm)}
+SCENARIOS: dict[str, ModuleType] = {m.NAME: m for m in (sev_teardown, snp_notifier_storm, nested_asid)}
 DEFAULT = sev_teardown.NAME
 
 
@@ -59,6 +59,7 @@ def strategy_list(strategies: str | Sequence[str] | None, sc: ModuleType) -> lis
     """The strategies asked for, checked: a name, a comma-separated string or a list."""
     from ..kvm import STRATEGIES
 
+    valid = getattr(sc, "STRATEGY_NAMES", None) or tuple(STRATEGIES)
     if strategies is None:
         return list(sc.DEFAULT_STRATEGIES)
     if isinstance(strategies, str):
@@ -67,6 +68,6 @@ def strategy_list(strategies: str | Sequence[str] | None, sc: ModuleType) -> lis
     if not out:
         raise ValueError("strategies: name at least one strategy")
     for s in out:
-        if s not in STRATEGIES:
-            raise ValueError(f"unknown strategy {s!r}; valid: {', '.join(STRATEGIES)}")
+        if s not in valid:
+            raise ValueError(f"unknown strategy {s!r} for {sc.NAME}; valid: {', '.join(valid)}")
     return out

@@ -314,7 +314,8 @@ def run_grid(title: str, run_one, *, strategies, seed, reps, progress, scenario:
                 progress(rep * len(strategies) + i, total, f"{name} rep {rep}")
             row, records = run_one(name, seed + rep, rep, **params)
             row.update({"scenario": scenario, **params, "sevsim_version": __version__})
-            table.append(row, violations=[{"strategy": name, "rep": rep, "seed": seed + rep, **v} for v in records])
+            table.append(row, violations=[{"strategy": row.get("strategy", name), "mutation": row.get("mutation", ""),
+                                           "rep": rep, "seed": seed + rep, **v} for v in records])
             if progress:
                 progress(rep * len(strategies) + i + 1, total, f"{name} rep {rep}", row=row)
     return table

@@ -1,0 +1,523 @@
+"""nested-asid: which SVM ASID scheme and which nested flush rules are safe, and what they cost.
+
+Reproduces seed thread 3, "KVM: SVM: Rework ASID management" (Yosry Ahmed, RFC, Mar 2025;
+tlb-policies.md sections 3-7 and 12). An L1 VM runs an L2 on each of its vCPUs. In the
+exit-heavy workload (a cpuid_rate analogue) L2 touches a few hot pages and exits; L0 reflects the
+exit to L1 (nested #VMEXIT emulation); L1's handler touches its own pages and VMRUNs L2 again
+(nested VMRUN emulation). In the memory-bound workload L2 walks a working set the size of the
+TLB between rarer exits. L1 and L2 map the same virtual addresses (as two kernels do), so an L2
+that hits L1's entries, or the reverse, is caught as a foreign translation.
+
+Policies (strategies): `svm_upstream` (per-pCPU ASIDs with generations, L2 shares L1's ASID and
+KVM flushes it on every nested transition), `svm_rfc` (static per-VM ASIDs, a nested ASID for
+the L2s, conditional flushes) and `svm_per_vmcb` (a static ASID per VMCB, the review's proposal).
+
+Measured per policy: flushes per nested transition (VMRUNs whose TLB_CONTROL flushed, over both
+VMCBs, per transition), TLB entries dropped, L1's and L2's TLB hit rates, simulated L2 exits per
+second and the speed-up over `svm_upstream`. After the measured phase a hazard phase runs the
+events the flushes exist for (an NPT01 remap with a remote flush, L1's INVLPGA, a vmcb12 ASID
+change, vmcb12 TLB_CONTROL 3 and 1 after L1's edits, a migration, two vCPUs sharing a pCPU, and
+the RFC open question of tlb-policies.md 7.3), so a correct policy must stay clean through them.
+With `mutate` each named flush of the policy is removed in turn, one row each: `mutation` names
+it, `caught_by` says which oracle saw the stale translation, `benign` marks the removals argued
+harmless (a test shows why).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import Host
+from ..kvm import ConfigError
+from ..kvm.hyperv import HvTlbFlush
+from ..kvm.nested import POLICIES, NestedMmu
+from ..kvm.svm import TLB_CONTROL_DO_NOTHING, TLB_CONTROL_FLUSH_ALL_ASID, TLB_CONTROL_FLUSH_ASID, Vmcb12
+from ..kvm.x86 import Vcpu, Vm, kvm_flush_remote_tlbs
+from ..results import ResultTable  # noqa: F401 (the return type)
+from . import common
+from .params import Bool, Choice, Int, Size, Text, check_preset
+
+NAME = "nested-asid"
+SUMMARY = "nested SVM: ASID schemes and nested flush rules, flushes per transition, L1/L2 TLB hit rates, safety"
+SOURCE = "KVM: SVM: Rework ASID management (RFC, Mar 2025)"
+STRATEGY_NAMES = tuple(POLICIES)
+
+PARAMS = {
+    "preset": Text("epyc-9755-2s", "host preset", check=check_preset),
+    "memory": Size("4GiB", "host memory", lo=64 << 20),
+    "workload": Choice("exit-heavy", "exit-heavy: L2 exits constantly (cpuid_rate); memory-bound: L2 walks "
+                       "l2_ws_pages between exits", ("exit-heavy", "memory-bound")),
+    "vcpus": Int(1, "vCPUs of the L1 VM, each running an L2", lo=1, hi=64),
+    "pcpus": Int(1, "pCPUs the vCPUs run on (one thread per core); fewer than vcpus: they share them", lo=1, hi=64),
+    "migrate_every": Int(0, "round trips between moves of each vCPU to the next pCPU (0: never)", lo=0),
+    "round_trips": Int(4000, "measured L2 exit -> L1 -> L2 round trips per vCPU", lo=1),
+    "warmup_round_trips": Int(200, "round trips before the measurement", lo=0),
+    "l2_hot_pages": Int(16, "pages L2 touches between exits (exit-heavy)", lo=1),
+    "l1_handler_pages": Int(32, "pages L1's exit handler touches per exit", lo=1),
+    "l2_ws_pages": Int(2048, "L2's working set in 4 KiB pages (memory-bound)", lo=1),
+    "accesses_per_exit": Int(1024, "L2 accesses between exits (memory-bound)", lo=1),
+    "vmcb12_tlb_control": Int(0, "the TLB_CONTROL L1 writes in vmcb12 at every VMRUN (0, 1, 3 or 7)", 0, 7),
+    "nasids": Int(0x8000, "CPUID 0x8000000A EBX: ASIDs of the CPU (0x8000 on Rome..Turin, S. Christopherson)",
+                  2, 0x8000),
+    "min_asid": Int(1007, "first non-SEV ASID (max_sev_asid + 1; 1006 SEV ASIDs on Genoa/Turin, T. Lendacky)", 1),
+    "hazards": Bool(True, "run the hazard phase after the measurement (the events the flushes exist for)"),
+    "hazard_rfc": Bool(True, "also run the sequence of the RFC's open question (tlb-policies.md 7.3): a vCPU "
+                             "loaded in L1 mode VMRUNs its L2 where another vCPU's L2 ran"),
+    "mutate": Bool(False, "one row per named flush of each policy, that flush removed: is it caught?"),
+}
+DEFAULT_STRATEGIES = list(STRATEGY_NAMES)
+
+SUMMARY_COLUMNS = ["strategy", "mutation", "rep", "flushes_per_transition", "entries_dropped_per_transition",
+                   "l1_tlb_hit", "l2_tlb_hit", "exits_per_s", "speedup", "violations", "verdict", "caught_by",
+                   "benign"]
+METRICS = ["flushes_per_transition", "l1_tlb_hit", "l2_tlb_hit", "exits_per_s", "speedup", "violations"]
+PLOTS = [("flushes_per_transition", "flushes per nested transition"), ("exits_per_s", "simulated L2 exits per s"),
+         ("l2_tlb_hit", "L2 TLB hit rate"), ("violations", "violations")]
+
+LEGEND = {
+    "strategy": "the SVM policy: ASID scheme + nested scheme (sevsim list nested-asid)",
+    "mutation": "the flush site removed for this row (function:reason); empty: the policy as written",
+    "rep": "repetition (seed = --seed + rep)",
+    "seed": "the run's RNG seed",
+    "flushes_per_transition": "VMRUNs whose TLB_CONTROL flushed (either VMCB) per nested transition, measured phase",
+    "entries_dropped_per_transition": "TLB entries dropped by those flushes per nested transition",
+    "l1_tlb_hit": "L1's TLB hit rate (L1 or L2 DTLB) over its accesses in the measured phase",
+    "l2_tlb_hit": "L2's TLB hit rate over its accesses in the measured phase",
+    "walk_cycles_per_access": "page-walk cycles per translated access in the measured phase",
+    "exits_per_s": "simulated L2 exits per second per vCPU in the measured phase",
+    "speedup": "exits_per_s over svm_upstream's in the same configuration and repetition",
+    "round_trips": "measured round trips (L2 exit, L1 handler, nested VMRUN) per vCPU",
+    "stale_translation": "TLB hits that disagreed with the current tables",
+    "foreign_vm_translation": "TLB hits on another VM's entries (L1 on L2's, one L2 on another's)",
+    "violations": "every violation recorded (TLB and memory): 0 means SAFE",
+    "verdict": "SAFE: no violation; UNSAFE otherwise",
+    "caught_by": "the oracles that fired, by cause",
+    "benign": "true where a test argues the removed flush is harmless in this scenario",
+    "first_violation": "the first violation recorded, with the step that ran",
+    "notes": "why a row looks as it does",
+}
+
+#: flush sites whose removal this scenario cannot show to be harmful, with the reason (each has a
+#: test in tests/test_tlb_policies.py that shows the reason holds)
+BENIGN = {
+    "svm_flush_tlb_gva:invlpga": "no Hyper-V PV flushes or shadow-MMU INVLPG here (L1's INVLPGA is "
+                                 "covered by upstream's transition flush)",
+    "kvm_hv_vcpu_flush_tlb:drain": "no Hyper-V PV flush hypercalls in this scenario",
+    "kvm_hv_nested_transtion_tlb_flush:raise": "no Hyper-V PV flush hypercalls in this scenario",
+    "kvm_vcpu_flush_tlb_guest:flush_tlb_guest": "",
+    "nested_svm_transition_tlb_flush:mmu_sync(vmrun)": "D3: the engine judges L2 against NPT02 itself (gap G3): "
+                                                       "a missed sync is not visible yet",
+    "nested_svm_transition_tlb_flush:mmu_sync(vmexit)": "nothing to sync on the way to L1",
+    "pre_svm_run:fallback_asid": "the ASID pool never runs out here",
+    "svm_switch_vmcb:service_local_flushes": "",
+    "nested_svm_entry_tlb_flush:vmcb12_tlb_control(mmu_sync)": "E2's sync half: the engine judges L2 against "
+                                                                "NPT02 itself (gap G3): a missed sync is not visible yet",
+    "nested_vmcb02_prepare_control:keep_pending_flush": "",
+    "init_vmcb:flush_on_first_use": "no ASID is reused from a destroyed VM here",
+    "new_asid:wrap_flush_all_asid": "",
+    "kvm_flush_remote_tlbs:make_all_cpus_request": "",
+}
+
+GVA = 0x4000_0000      # L1's handler and L2's hot pages: the same virtual addresses
+GPA_L1 = 0x100_0000    # L1's own pages (guest-physical, L1)
+GPA_L2 = 0x100_0000    # L2's pages (guest-physical, L2)
+GPA_L1_FOR_L2 = 0x4000_0000  # where L1 keeps L2's memory (guest-physical, L1)
+PAGE = 4096
+
+
+def run(*, strategies, seed, reps, progress=None, **p) -> ResultTable:
+    bad = [s for s in strategies if s not in POLICIES]
+    if bad:
+        raise ValueError(f"unknown strategy {bad[0]!r} for {NAME}; valid: {', '.join(POLICIES)}")
+    title = (f"{NAME}: {p['workload']}, L1 VM with {p['vcpus']} vCPU(s) on {p['pcpus']} pCPU(s), "
+             f"{p['round_trips']} round trips, on {p['preset']}")
+    if p["mutate"]:
+        cases = [(s, m) for s in strategies for m in ("",) + POLICIES[s].SITES]
+    else:
+        cases = [(s, "") for s in strategies]
+    names = [f"{s}|{m}" for s, m in cases]
+
+    def one(name, seed_, rep, **kw):
+        s, m = name.split("|", 1)
+        return run_one(s, m, seed_, rep, **kw)
+
+    t = common.run_grid(title, one, strategies=names, seed=seed, reps=reps, progress=progress, scenario=NAME,
+                        legend=LEGEND, shown=SUMMARY_COLUMNS, **p)
+    base = {(r["rep"], r["mutation"]): r["exits_per_s"] for r in t.rows if r["strategy"] == "svm_upstream"}
+    for r in t.rows:
+        b = base.get((r["rep"], ""))
+        r["speedup"] = r["exits_per_s"] / b if b else None
+    if "speedup" not in t.columns:
+        t.columns.append("speedup")
+    return t
+
+
+class World:
+    """The host's tables for one L1 VM and its L2s, the vCPUs and the policy."""
+
+    def __init__(self, host: Host, policy, *, vcpus: int, pages_l1: int, pages_l2: int, hpa_base: int):
+        self.host, self.policy = host, policy
+        self.hpa_next = hpa_base
+        self.npt01 = host.create_table("nested")
+        self.l1_gpa_hpa: dict[int, int] = {}
+        self.vm = Vm(host, policy, vm_id=1, npt01=self.npt01)
+        policy.vm_init(self.vm)
+        self.pages_l1, self.pages_l2 = pages_l1, pages_l2
+        for i in range(vcpus):
+            self.add_vcpu(i)
+
+    def hpa(self, n: int) -> np.ndarray:
+        out = np.arange(self.hpa_next, self.hpa_next + n * PAGE, PAGE, dtype=np.uint64)
+        self.hpa_next += n * PAGE
+        if self.hpa_next > self.host.memory:
+            raise ConfigError(f"parameter memory: the tables need more than the host's {self.host.memory} bytes")
+        return out
+
+    def npt01_map(self, gpa1: np.ndarray) -> None:
+        new = [int(g) for g in gpa1 if int(g) not in self.l1_gpa_hpa]
+        if new:
+            h = self.hpa(len(new))
+            self.host.map_many(self.npt01, np.array(new, np.uint64), h, "4K")
+            self.l1_gpa_hpa.update(zip(new, (int(x) for x in h)))
+
+    def npt01_of(self, gpa1: np.ndarray) -> np.ndarray:
+        return np.array([self.l1_gpa_hpa[int(g)] for g in gpa1], dtype=np.uint64)
+
+    def add_vcpu(self, i: int) -> Vcpu:
+        h = self.host
+        # L1's process on this vCPU: the handler pages, at its own guest-physical pages
+        l1_gpt = h.create_table("guest")
+        gva = GVA + np.arange(self.pages_l1, dtype=np.uint64) * np.uint64(PAGE)
+        gpa1 = np.uint64(GPA_L1 + i * (self.pages_l1 + 64) * PAGE) + np.arange(self.pages_l1, dtype=np.uint64) * np.uint64(PAGE)
+        h.map_many(l1_gpt, gva, gpa1, "4K")
+        self.npt01_map(gpa1)
+        v = Vcpu(self.vm, i, l1_cr3=l1_gpt, l2_vm=100 + i, hv=HvTlbFlush())
+        self.vm.vcpus.append(v)
+        self.policy.vcpu_create(v)
+        self.l2_setup(v, i)
+        return v
+
+    def l2_setup(self, v: Vcpu, which: int) -> None:
+        """Give vCPU v an L2 (its own L2 VM `which`): L2's table, NPT12 and KVM's shadow NPT02."""
+        h = self.host
+        n = self.pages_l2
+        l2_gpt = h.create_table("guest")
+        gva = GVA + np.arange(n, dtype=np.uint64) * np.uint64(PAGE)
+        gpa2 = np.uint64(GPA_L2) + np.arange(n, dtype=np.uint64) * np.uint64(PAGE)
+        h.map_many(l2_gpt, gva, gpa2, "4K")
+        gpa1 = np.uint64(GPA_L1_FOR_L2 + which * (n + 64) * PAGE) + np.arange(n, dtype=np.uint64) * np.uint64(PAGE)
+        self.npt01_map(gpa1)
+        v.l2_cr3 = l2_gpt
+        v.l2_vm = 100 + which
+        v.arch["nested_mmu"] = NestedMmu(h, self.npt01_of, gpa2, gpa1)
+        v.arch["l2_gpa1"] = gpa1
+
+
+def run_one(strategy: str, mutation: str, seed: int, rep: int, *, preset, memory, workload, vcpus, pcpus,
+            migrate_every, round_trips, warmup_round_trips, l2_hot_pages, l1_handler_pages, l2_ws_pages,
+            accesses_per_exit, vmcb12_tlb_control, nasids, min_asid, hazards, hazard_rfc, mutate):
+    if vmcb12_tlb_control not in (0, 1, 3, 7):
+        raise ConfigError(f"parameter vmcb12_tlb_control: {vmcb12_tlb_control} is not a TLB_CONTROL value "
+                          "(0, 1, 3 or 7)")
+    if min_asid >= nasids:
+        raise ConfigError(f"parameter min_asid: {min_asid} must be below nasids = {nasids}")
+    rng = np.random.default_rng(seed)
+    host = Host.from_preset(preset, memory=memory)
+    cores = [c for ccd in common.first_threads_by_ccd(host) for c in ccd]
+    need = pcpus + (1 if migrate_every or hazards or hazard_rfc else 0)
+    if need > len(cores):
+        raise ConfigError(f"parameter pcpus: {pcpus} pCPUs (+1 to migrate to) do not fit on the {len(cores)} cores")
+    cpus = cores[:pcpus]
+    spare = cores[pcpus] if len(cores) > pcpus else None
+    policy = POLICIES[strategy](host, mutations=[mutation] if mutation else [], nasids=nasids, min_asid=min_asid)
+    memory_bound = workload == "memory-bound"
+    pages_l2 = l2_ws_pages if memory_bound else l2_hot_pages
+    world = World(host, policy, vcpus=vcpus, pages_l1=l1_handler_pages, pages_l2=pages_l2, hpa_base=64 << 20)
+    steps = common.Steps(host)
+    kc = host.kvm_cost
+    l1_batch = GVA + (np.arange(l1_handler_pages, dtype=np.uint64) * np.uint64(PAGE))
+    where: dict[int, int | None] = {}
+    last_on = {}
+    vmcb12s = {v.index: Vmcb12(asid=v.index + 1, tlb_ctl=vmcb12_tlb_control) for v in world.vm.vcpus}
+    # per-phase accounting of L1's and L2's translated accesses
+    acc = {"l1": 0, "l2": 0}
+
+    def l2_batch():
+        if memory_bound:
+            idx = rng.integers(0, pages_l2, accesses_per_exit, dtype=np.uint64)
+            return GVA + idx * np.uint64(PAGE) + (rng.integers(0, 64, accesses_per_exit, dtype=np.uint64) * np.uint64(64))
+        return GVA + np.arange(pages_l2, dtype=np.uint64) * np.uint64(PAGE)
+
+    def load(v: Vcpu, cpu: int) -> None:
+        """Schedule v on cpu: put whoever ran there, and v from wherever it was."""
+        if where.get(v.index) == cpu and last_on.get(cpu) is v:
+            return
+        if where.get(v.index) is not None:
+            policy.vcpu_put(v)
+        prev = last_on.get(cpu)
+        if prev is not None and prev is not v and where.get(prev.index) == cpu:
+            policy.vcpu_put(prev)
+            where[prev.index] = None
+        policy.vcpu_load(v, cpu)
+        where[v.index] = cpu
+        last_on[cpu] = v
+
+    def run_l2(v: Vcpu) -> None:
+        if policy.enter_guest(v) != "entered":
+            raise RuntimeError(f"{strategy}: VMRUN of L2 failed")
+        b = l2_batch()
+        host.access_virtual(v.cpu, b, False)
+        acc["l2"] += len(b)
+        policy.exit_guest(v)
+        host.spend(v.cpu, int(kc["exit_handling"]))
+        policy.nested_svm_vmexit(v)
+
+    def run_l1(v: Vcpu, vmcb12: Vmcb12, edit=None) -> None:
+        """L1 runs its exit handler, then (after `edit`, L1's own table edits) executes VMRUN."""
+        if policy.enter_guest(v) != "entered":
+            raise RuntimeError(f"{strategy}: VMRUN of L1 failed")
+        host.access_virtual(v.cpu, l1_batch, False)
+        acc["l1"] += len(l1_batch)
+        host.spend(v.cpu, int(kc["l1_exit_handler"]))
+        if edit is not None:
+            edit()
+        policy.exit_guest(v)  # L1 executes VMRUN: intercepted
+        host.spend(v.cpu, int(kc["exit_handling"]))
+        if not policy.nested_svm_vmrun(v, vmcb12):
+            raise RuntimeError(f"{strategy}: nested VMRUN refused")
+
+    def round_trip(v: Vcpu) -> None:
+        run_l2(v)
+        run_l1(v, vmcb12s[v.index])
+
+    def schedule(r: int):
+        for v in list(world.vm.vcpus)[:vcpus]:
+            k = (v.index + (r // migrate_every if migrate_every else 0)) % len(cpus)
+            load(v, cpus[k])
+            round_trip(v)
+
+    # start: every vCPU enters L1, which VMRUNs its L2
+    steps.mark("setup")
+    for v in world.vm.vcpus:
+        load(v, cpus[v.index % len(cpus)])
+        run_l1(v, vmcb12s[v.index])
+    steps.mark("warm-up")
+    for r in range(warmup_round_trips):
+        schedule(r)
+
+    # the measured phase
+    steps.mark("measured round trips")
+    vm_list = list(world.vm.vcpus)
+    issued0 = _issued(vm_list)
+    inv0 = _dropped(host)
+    c0 = host.counters
+    clk0 = {c: host.cycles(c) for c in cpus}
+    acc.update(l1=0, l2=0)
+    for r in range(round_trips):
+        schedule(warmup_round_trips + r)
+    c1 = host.counters
+    clk1 = {c: host.cycles(c) for c in cpus}
+    flushes = _issued(vm_list) - issued0
+    dropped = _dropped(host) - inv0
+    transitions = 2 * round_trips * len(vm_list)
+    d = {k: int(c1[k].sum() - c0[k].sum()) for k in ("tlb_l1_hits", "tlb_l2_hits", "tlb_misses", "walk_cycles")}
+    tlb_acc = d["tlb_l1_hits"] + d["tlb_l2_hits"] + d["tlb_misses"]
+    hit = (d["tlb_l1_hits"] + d["tlb_l2_hits"]) / tlb_acc if tlb_acc else None
+    stats = getattr(policy, "context_hit_rates", None)
+    span = max(clk1[c] - clk0[c] for c in cpus)  # the busiest pCPU's simulated time
+    exits_per_s = round_trips * len(vm_list) / len(cpus) / (span / (host.freq_ghz * 1e9)) if span else None
+
+    if hazards:
+        steps.mark("hazards")
+        hazard_phase(host, world, policy, load, round_trip, run_l1, run_l2, vmcb12s, cpus, spare, steps)
+    if hazard_rfc and spare is not None:
+        hazard_rfc_7_3(host, world, policy, load, run_l1, run_l2, vmcb12s, cpus[0], spare, steps)
+
+    safe = common.safety(host)
+    records = common.violation_records(host, steps)
+    causes = common.cause_counts(host)
+    caught = ", ".join(f"{k[2:]}={v}" for k, v in causes.items() if v)
+    l1_hit, l2_hit = _split_hits(host, policy, world) if stats is None else stats()
+    row = {
+        "strategy": strategy,
+        "mutation": mutation,
+        "rep": rep,
+        "seed": seed,
+        "flushes_per_transition": flushes / transitions,
+        "entries_dropped_per_transition": dropped / transitions,
+        "tlb_hit": hit,
+        "l1_tlb_hit": l1_hit,
+        "l2_tlb_hit": l2_hit,
+        "walk_cycles_per_access": d["walk_cycles"] / tlb_acc if tlb_acc else None,
+        "exits_per_s": exits_per_s,
+        "flush_sites": ", ".join(f"{k}={n}" for k, n in sorted(policy.sites.done.items())),
+        **{k: safe[k] for k in ("corruption", "dma", "isolation", "rmp", "tlb", "latent", "violations")},
+        **causes,
+        "verdict": common.verdict(safe),
+        "caught_by": caught,
+        "benign": (mutation in BENIGN) if mutation else None,
+        "first_violation": common.first_violation(records, safe),
+        "notes": (f"removal argued benign: {BENIGN[mutation]}" if mutation in BENIGN and BENIGN[mutation]
+                  and not safe["violations"] else ""),
+    }
+    return row, records
+
+
+def _issued(vcpus) -> int:
+    """VMRUNs that flushed (TLB_CONTROL 1, 3 or 7), over every VMCB."""
+    return sum(n for v in vcpus for name in ("vmcb01", "vmcb02") for ctl, n in v.arch[name].issued.items() if ctl)
+
+
+def _dropped(host: Host) -> int:
+    return sum(n for _, n in host.invalidation_stats().values())
+
+
+def _split_hits(host: Host, policy, world: World):
+    """L1's and L2's TLB hit rates, from the engine's per-context counters where it has them."""
+    fn = getattr(host, "context_counters", None)
+    if fn is None:
+        return None, None
+    l1 = [c for k, c in policy.contexts.ctx.items() if k[4] == world.vm.vm_id]
+    l2 = [c for k, c in policy.contexts.ctx.items() if k[4] != world.vm.vm_id]
+
+    def rate(ctxs):
+        hits = miss = 0
+        for c in ctxs:
+            s = fn(c)
+            hits += s.get("tlb_hits", 0)
+            miss += s.get("tlb_misses", 0)
+        return hits / (hits + miss) if hits + miss else None
+
+    return rate(l1), rate(l2)
+
+
+def hazard_phase(host, world, policy, load, round_trip, run_l1, run_l2, vmcb12s, cpus, spare, steps):
+    """The events each flush exists for, each followed by accesses that would use a stale entry."""
+    vm = world.vm
+    v0 = vm.vcpus[0]
+    cpu0 = cpus[0]
+    load(v0, cpu0)
+    for _ in range(2):
+        round_trip(v0)
+
+    # 1. L0 moves one of L1's pages under L2 (and one of L1's own): NPT01 changes, KVM zaps the
+    #    shadow entries through it and flushes remote TLBs (A3, B5, E4, E6)
+    steps.mark("hazard: NPT01 remap + kvm_flush_remote_tlbs")
+    mmu = v0.arch["nested_mmu"]
+    for gpa1 in (int(v0.arch["l2_gpa1"][0]), next(iter(world.l1_gpa_hpa))):
+        new = int(world.hpa(1)[0])
+        host.unmap(world.npt01, gpa1)
+        host.map(world.npt01, gpa1, new, "4K")
+        world.l1_gpa_hpa[gpa1] = new
+        mmu.l0_remapped(gpa1)
+    kvm_flush_remote_tlbs(vm, cpu0)
+    for _ in range(2):
+        round_trip(v0)
+
+    # 2. L1 remaps a page of L2's table and INVLPGAs it with L2's ASID (E7)
+    steps.mark("hazard: L1 INVLPGA after editing L2's page table")
+    gva = GVA + PAGE
+    spare_gpa2 = GPA_L2 + world.pages_l2 * PAGE  # a page of L2's that L1 maps in NPT12 here
+    gpa1 = GPA_L1_FOR_L2 + 0x1000_0000
+    world.npt01_map(np.array([gpa1], np.uint64))
+    mmu.l1_writes_npt12(spare_gpa2, gpa1)
+    mmu.sync()  # a new NPT12 entry: KVM shadows it at L2's first fault on it (no stale shadow involved)
+    run_l2(v0)  # v0 is in L1 mode
+    if policy.enter_guest(v0) != "entered":
+        raise RuntimeError("VMRUN of L1 failed")
+    host.unmap(v0.l2_cr3, gva)
+    host.map(v0.l2_cr3, gva, spare_gpa2, "4K")  # L1 edits L2's page table
+    policy.exit_guest(v0)  # INVLPGA is intercepted
+    policy.invlpga_interception(v0, gva, vmcb12s[v0.index].asid)
+    policy.enter_guest(v0)
+    policy.exit_guest(v0)  # VMRUN
+    if not policy.nested_svm_vmrun(v0, vmcb12s[v0.index]):
+        raise RuntimeError("nested VMRUN refused")
+    round_trip(v0)
+
+    # 3. L1 edits NPT12 and runs L2 with TLB_CONTROL = 3 (E2)
+    steps.mark("hazard: L1 edits NPT12, VMRUN with TLB_CONTROL=3")
+    run_l2(v0)
+    gpa1b = GPA_L1_FOR_L2 + 0x1000_0000 + PAGE
+    world.npt01_map(np.array([gpa1b], np.uint64))
+    run_l1(v0, Vmcb12(asid=vmcb12s[v0.index].asid, tlb_ctl=TLB_CONTROL_FLUSH_ASID),
+           edit=lambda: mmu.l1_writes_npt12(GPA_L2, gpa1b))  # L2's first hot page moves in L1's memory
+    round_trip(v0)
+
+    # 4. L1 remaps one of its own pages and runs L2 with TLB_CONTROL = 1, relying on it (E3)
+    steps.mark("hazard: L1 remaps its page, VMRUN with TLB_CONTROL=1")
+    run_l2(v0)
+    gpa1c = GPA_L1 + 0x0800_0000
+    world.npt01_map(np.array([gpa1c], np.uint64))
+    run_l1(v0, Vmcb12(asid=vmcb12s[v0.index].asid, tlb_ctl=TLB_CONTROL_FLUSH_ALL_ASID),
+           edit=lambda: (host.unmap(v0.l1_cr3, GVA), host.map(v0.l1_cr3, GVA, gpa1c, "4K")))
+    run_l2(v0)
+    run_l1(v0, vmcb12s[v0.index])
+    round_trip(v0)
+
+    # 5. L1 switches to another L2 (another vmcb12 ASID, another L2 VM mapping the same GVAs) (E1)
+    steps.mark("hazard: vmcb12 ASID change to another L2")
+    run_l2(v0)
+    saved = (v0.l2_cr3, v0.l2_vm, v0.arch["nested_mmu"], v0.arch["l2_gpa1"])
+    world.l2_setup(v0, 50)
+    run_l1(v0, Vmcb12(asid=vmcb12s[v0.index].asid + 50, tlb_ctl=TLB_CONTROL_DO_NOTHING))
+    run_l2(v0)
+    v0.l2_cr3, v0.l2_vm, v0.arch["nested_mmu"], v0.arch["l2_gpa1"] = saved
+    run_l1(v0, vmcb12s[v0.index])
+    round_trip(v0)
+
+    # 6. migration: fill on p0, move to p1 where L2's guest remaps a GVA and INVLPGs it, back (B2, E8, A2)
+    if spare is not None:
+        steps.mark("hazard: migration with a guest INVLPG elsewhere")
+        round_trip(v0)  # v0 is about to enter L2
+        load(v0, spare)
+        if policy.enter_guest(v0) != "entered":  # L2 on the other pCPU
+            raise RuntimeError("VMRUN of L2 failed")
+        gva2 = GVA + 2 * PAGE
+        host.unmap(v0.l2_cr3, gva2)
+        host.map(v0.l2_cr3, gva2, spare_gpa2, "4K")
+        host.invlpg(spare, gva2)  # L2's own INVLPG: not intercepted with NPT
+        host.access_virtual(spare, np.array([gva2], np.uint64), False)
+        policy.exit_guest(v0)
+        policy.nested_svm_vmexit(v0)
+        run_l1(v0, vmcb12s[v0.index])
+        load(v0, cpu0)
+        round_trip(v0)
+
+    # 7. two vCPUs of the VM alternate in L1 mode on one pCPU; their L1 processes map the same GVAs
+    #    to different pages (B1, A5)
+    steps.mark("hazard: two vCPUs share a pCPU")
+    v1 = vm.vcpus[1] if len(vm.vcpus) > 1 else world.add_vcpu(len(vm.vcpus))
+    vmcb12s.setdefault(v1.index, Vmcb12(asid=v1.index + 1, tlb_ctl=vmcb12s[v0.index].tlb_ctl))
+    run_l2(v0)  # v0 in L1 mode
+    load(v1, cpu0)
+    run_l1(v1, vmcb12s[v1.index])
+    run_l2(v1)  # v1 back in L1 mode, its L1 and L2 entries on cpu0
+    load(v0, cpu0)
+    run_l1(v0, vmcb12s[v0.index])
+    round_trip(v0)
+
+
+def hazard_rfc_7_3(host, world, policy, load, run_l1, run_l2, vmcb12s, cpu0, other, steps):
+    """tlb-policies.md 7.3, the RFC's open question: v1 is loaded on p in L2 mode and runs its L2;
+    v0, loaded there in L1 mode (so the ASID->vCPU check of L1's ASID passes), VMRUNs its own L2,
+    of another L2 VM, on the nested ASID that v1's L2 entries still tag."""
+    steps.mark("hazard: RFC 7.3 (v1's L2 entries, v0 loaded in L1 mode)")
+    vm = world.vm
+    v0 = vm.vcpus[0]
+    v1 = vm.vcpus[1]
+    load(v0, cpu0)
+    if v0.guest_mode:
+        run_l2(v0)  # v0 in L1 mode; its vmcb02 last ran here
+    run_l1(v0, vmcb12s[v0.index])
+    run_l2(v0)
+    load(v1, other)  # v1 enters L2 mode elsewhere
+    if not v1.guest_mode:
+        run_l1(v1, vmcb12s[v1.index])
+    run_l2(v1)
+    run_l1(v1, vmcb12s[v1.index])
+    load(v1, cpu0)  # loaded on p in L2 mode: only the nested ASID is recorded
+    run_l2(v1)
+    load(v0, cpu0)  # loaded in L1 mode: L1's ASID last held v0 here
+    run_l1(v0, vmcb12s[v0.index])
+    run_l2(v0)
