@@ -82,8 +82,13 @@ def cmd_list(args) -> int:
     print("Scenarios (sevsim list SCENARIO for its parameters and columns):")
     for name, m in scenarios.SCENARIOS.items():
         print(f"  {name:<20} {m.SUMMARY}")
-    print("\nStrategies (--strategy a,b,...):")
+    print("\nCache strategies (--strategy a,b,... for sev-teardown, snp-notifier-storm):")
     for name, cls in STRATEGIES.items():
+        print(f"  {name:<20} {cls.summary}")
+    from .kvm.nested import POLICIES
+
+    print("\nTLB policies (--strategy for nested-asid):")
+    for name, cls in POLICIES.items():
         print(f"  {name:<20} {cls.summary}")
     print("\nPresets (--preset):")
     for name, desc in Host.presets():
@@ -204,6 +209,10 @@ def cmd_run(args) -> int:
     params: dict[str, Any] = dict(cfg.get("params", {}))
     if args.preset:
         params["preset"] = args.preset
+    if args.mutate:
+        if "mutate" not in sc.PARAMS:
+            raise CliError(f"--mutate: scenario {sc.NAME} has no named flushes to remove")
+        params["mutate"] = True
     for item in args.set or []:
         if "=" not in item:
             raise CliError(f"--set takes NAME=VALUE, got {item!r}")
@@ -284,16 +293,19 @@ def cmd_run(args) -> int:
     if reps > 1:
         print(file=out)
         print(table.summary(sc.METRICS, baseline=baseline).format_summary(), file=out)
-    firsts = [(r["strategy"], r["rep"], r["first_violation"]) for r in table.rows if r.get("verdict") == "UNSAFE"]
+    def label(r):
+        return r["strategy"] + (f" without {r['mutation']}" if r.get("mutation") else "") + f" rep {r['rep']}"
+
+    firsts = [(label(r), r["first_violation"]) for r in table.rows if r.get("verdict") == "UNSAFE"]
     if firsts:
         print("\nWhy UNSAFE (the first violation of each unsafe row; --violations FILE lists them all):", file=out)
-        for s, rep, text in firsts:
-            print(f"  {s} rep {rep}: {text}", file=out)
-    notes = [(r["strategy"], r["rep"], r["notes"]) for r in table.rows if r.get("notes")]
+        for what, text in firsts:
+            print(f"  {what}: {text}", file=out)
+    notes = [(label(r), r["notes"]) for r in table.rows if r.get("notes")]
     if notes:
         print("\nNotes:", file=out)
-        for s, rep, text in notes:
-            print(f"  {s} rep {rep}: {text}", file=out)
+        for what, text in notes:
+            print(f"  {what}: {text}", file=out)
     return 0
 
 
@@ -319,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--csv", metavar="FILE", help="write the full table as CSV ('-': stdout)")
     r.add_argument("--violations", metavar="FILE", help="write every recorded violation as CSV ('-': stdout)")
     r.add_argument("--plot", metavar="FILE", help="write a comparison chart (.png/.svg/.pdf; needs matplotlib)")
+    r.add_argument("--mutate", action="store_true",
+                   help="TLB scenarios: one row per named flush of each policy, that flush removed")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     return p
 

@@ -79,9 +79,10 @@ class HvTlbFlush:
 
 def kvm_hv_flush_tlb(targets: Sequence["Vcpu"], gvas: Sequence[int] | None, from_l2: bool = False) -> None:
     """HVCALL_FLUSH_VIRTUAL_ADDRESS_{LIST,SPACE}: enqueue on every target's FIFO of the caller's
-    level and raise KVM_REQ_HV_TLB_FLUSH. A LIST of more than 15 entries
+    level and raise KVM_REQ_HV_TLB_FLUSH. `gvas` are the hypercall's entries as the guest wrote
+    them: a page-aligned GVA with the count of additional pages in its low 12 bits. A LIST of more than 15 entries
     (KVM_HV_TLB_FLUSH_FIFO_SIZE - 1) is not read at all and becomes a FLUSHALL (kvm_hv_flush_tlb)."""
-    entries = None if gvas is None or len(gvas) > KVM_HV_TLB_FLUSH_FIFO_SIZE - 1 else [g & ~(PAGE - 1) for g in gvas]
+    entries = None if gvas is None or len(gvas) > KVM_HV_TLB_FLUSH_FIFO_SIZE - 1 else [int(g) for g in gvas]
     for v in targets:
         v.hv.enqueue(from_l2, entries)
         v.requests |= Req.HV_TLB_FLUSH
