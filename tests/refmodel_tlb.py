@@ -171,6 +171,10 @@ class RefTlb:
         self.tables = [Table("host")]
         self.ctxs = [Ctx(HOST, 0, 0, 0, NO_TABLE, 0, 0)]
         self.cur = [0] * cpus
+        # per CPU: the context as loaded (its own CR3/PCID), its host context, the saved host state
+        self.cpu_ctx = [replace(self.ctxs[0]) for _ in range(cpus)]
+        self.host_ctx = [0] * cpus
+        self.host_saved = [replace(self.ctxs[0]) for _ in range(cpus)]
         self.t1 = [Level(l1, l1) for _ in range(cores)]
         self.t2 = [Level(l2, l2_ways) for _ in range(cores)]
         self.cost = cost
@@ -205,7 +209,7 @@ class RefTlb:
 
     def translate(self, cpu, va):
         cid = self.cur[cpu]
-        ctx = self.ctxs[cid]
+        ctx = self.cpu_ctx[cpu]
         c = self.core(cpu)
         cat, dom = (LINEAR, HOST) if ctx.mode == HOST else (COMBINED, ctx.mode)
         eptp = ctx.nested if ctx.mode == VMX else 0
@@ -306,26 +310,51 @@ class RefTlb:
         elif tlb_control == 7:
             self._note(cpu, self._drop(cpu, lambda e: e.dom == SVM and e.tag == a and not e.flags & GLOBAL))
         self.ctr["vmruns"][cpu] += 1
-        self.cur[cpu] = cid
+        self._enter(cpu, cid)
         return "entered"
+
+    def _save_guest(self, cpu):
+        c = self.cpu_ctx[cpu]
+        if c.mode != HOST:
+            t = self.ctxs[self.cur[cpu]]
+            t.cr3, t.pcid = c.cr3, c.pcid
+
+    def _enter(self, cpu, cid):
+        if self.cpu_ctx[cpu].mode == HOST:
+            self.host_saved[cpu] = replace(self.cpu_ctx[cpu])
+        else:
+            self._save_guest(cpu)
+        self.cur[cpu] = cid
+        self.cpu_ctx[cpu] = replace(self.ctxs[cid])
+
+    def set_host_context(self, cpu, cid):
+        self._save_guest(cpu)
+        self.cur[cpu] = cid
+        self.cpu_ctx[cpu] = replace(self.ctxs[cid])
+        self.host_ctx[cpu] = cid
+        self.host_saved[cpu] = replace(self.ctxs[cid])
 
     def vmentry(self, cpu, cid):
         if self.ctxs[cid].tag == 0:
             self._vpid0(cpu)
         self.ctr["vmruns"][cpu] += 1
-        self.cur[cpu] = cid
+        self._enter(cpu, cid)
 
     def _vpid0(self, cpu):
         self._note(cpu, self._drop(cpu, lambda e: e.dom in (VMX, HOST) and e.tag == 0 and e.cat != GPHYS))
 
     def vmexit(self, cpu):
-        c = self.ctxs[self.cur[cpu]]
+        c = self.cpu_ctx[cpu]
+        if c.mode == HOST:
+            return
         if c.mode == VMX and c.tag == 0:
             self._vpid0(cpu)
-        self.cur[cpu] = 0
+        self._save_guest(cpu)
+        self.cur[cpu] = self.host_ctx[cpu]
+        self.cpu_ctx[cpu] = replace(self.host_saved[cpu])
 
     def invlpg(self, cpu, va):
-        c = self.ctxs[self.cur[cpu]]
+        c = self.cpu_ctx[cpu]
         return self._note(cpu, self._drop(cpu, lambda e: e.dom == c.mode and e.tag == c.tag and (e.pcid == c.pcid or e.flags & GLOBAL), va, LIN_COMB))
 
     def invlpga(self, cpu, va, asid):
@@ -353,7 +382,7 @@ class RefTlb:
         return self._note(cpu, self._drop(cpu, lambda e: e.dom == VMX and e.tag == vpid and e.cat != GPHYS and not e.flags & GLOBAL))
 
     def invpcid(self, cpu, kind, pcid, va):
-        c = self.ctxs[self.cur[cpu]]
+        c = self.cpu_ctx[cpu]
 
         def mine(e):
             return e.dom == c.mode and e.tag == c.tag and e.cat != GPHYS
@@ -401,13 +430,8 @@ class RefTlb:
 
 
 def mov_cr3(self, cpu, table, pcid, noflush):
-    cid = self.cur[cpu]
-    c = self.ctxs[cid]
-    if cid == 0 and c.mode == HOST:
-        self.ctxs.append(replace(c, cr3=table, pcid=pcid))
-        self.cur[cpu] = len(self.ctxs) - 1
-    else:
-        c.cr3, c.pcid = table, pcid
+    c = self.cpu_ctx[cpu]
+    c.cr3, c.pcid = table, pcid
     n = 0
     if not noflush:
         n = self._drop(cpu, lambda e: e.dom == c.mode and e.tag == c.tag and e.cat != GPHYS and e.pcid == pcid

@@ -49,6 +49,9 @@ class TlbEngineVsModel(RuleBasedStateMachine):
             self.m.ctxs.append(Ctx(mode, tag, 0, cr3, nested, key, vm))
             assert cid == len(self.m.ctxs) - 1
             (self.svm if mode == SVM else self.vmx).append(cid)
+        # context 6: a second host context on host table 1 (a CPU's own host CR3)
+        self.host_ctxs = [0, self.h.create_context("host", 1)]
+        self.m.ctxs.append(Ctx(HOST, 0, 0, 1, NO_TABLE, 0, 0))
         for p in range(RUN_PAGES):
             assert self.m.tables[0].map(RUN_VA + p * 4096, RUN_HPA + p * 4096, 0, 0)
             self.h.map(0, RUN_VA + p * 4096, RUN_HPA + p * 4096)
@@ -124,11 +127,23 @@ class TlbEngineVsModel(RuleBasedStateMachine):
     def invpcid(self, cpu, kind, va):
         assert self.h.invpcid(cpu, kind, 0, va) == self.m.invpcid(cpu, kind, 0, va)
 
-    @rule(cpu=cpus, table=st.sampled_from([0, 1]), noflush=st.booleans())
-    def mov_cr3_host(self, cpu, table, noflush):
-        if self.m.ctxs[self.m.cur[cpu]].mode != HOST:
+    @rule(cpu=cpus, table=st.sampled_from([0, 1]), pcid=st.integers(0, 1), noflush=st.booleans())
+    def mov_cr3_host(self, cpu, table, pcid, noflush):
+        if self.m.cpu_ctx[cpu].mode != HOST:
             return
-        assert self.h.mov_cr3(cpu, table, 0, noflush) == self.m.mov_cr3(cpu, table, 0, noflush)
+        assert self.h.mov_cr3(cpu, table, pcid, noflush) == self.m.mov_cr3(cpu, table, pcid, noflush)
+
+    @rule(cpu=cpus, table=st.sampled_from([2, 3]), pcid=st.integers(0, 1), noflush=st.booleans())
+    def mov_cr3_guest(self, cpu, table, pcid, noflush):
+        # a guest loads another of its tables (CR3 per CPU; stored into the context at exit)
+        if self.m.cpu_ctx[cpu].mode == HOST:
+            return
+        assert self.h.mov_cr3(cpu, table, pcid, noflush) == self.m.mov_cr3(cpu, table, pcid, noflush)
+
+    @rule(cpu=cpus, i=st.integers(0, 1))
+    def set_host_context(self, cpu, i):
+        self.h.set_host_context(cpu, self.host_ctxs[i])
+        self.m.set_host_context(cpu, self.host_ctxs[i])
 
     @rule(cpu=cpus, va=st.one_of(st.none(), st.sampled_from(VAS)), asid=st.one_of(st.none(), st.integers(0, 2)),
           glob=st.booleans(), nested=st.booleans(), sync=st.booleans())
@@ -147,6 +162,9 @@ class TlbEngineVsModel(RuleBasedStateMachine):
     def agree(self):
         if not hasattr(self, "h"):
             return
+        for cpu in range(self.h.cpu_count):
+            assert (self.h.current_context(cpu), self.h.cpu_cr3(cpu)) == (
+                self.m.cur[cpu], (self.m.cpu_ctx[cpu].cr3, self.m.cpu_ctx[cpu].pcid))
         c = self.h.counters
         for name in COUNTERS:
             assert c[name].tolist() == self.m.ctr[name], name

@@ -160,14 +160,52 @@ impl Host {
         self.cur_ctx[cpu]
     }
 
-    /// Make `ctx` (a host context) the current one of `cpu`, without any flush.
+    /// Make `ctx` (a host context) the current one of `cpu` and its host context, the one a
+    /// #VMEXIT returns to, without any flush. The CPU loads the context's CR3 and PCID.
     pub fn set_host_context(&mut self, cpu: usize, ctx: u32) -> Result<()> {
         self.check_cpu("cpu", cpu)?;
         if self.context(ctx)?.mode != Mode::Host {
             return Err(EngineError::invalid("ctx", "set_host_context takes a host context; guests are entered with vmrun/vmentry"));
         }
+        self.save_guest_state(cpu);
         self.cur_ctx[cpu] = ctx;
+        self.cpu_ctx[cpu] = self.contexts[ctx as usize];
+        self.host_ctx[cpu] = ctx;
+        self.host_saved[cpu] = self.cpu_ctx[cpu];
         Ok(())
+    }
+
+    /// The CPU's (table, PCID) in CR3 now.
+    pub fn cpu_cr3(&self, cpu: usize) -> Result<(u32, u16)> {
+        self.check_cpu("cpu", cpu)?;
+        let c = &self.cpu_ctx[cpu];
+        Ok((c.cr3, c.pcid))
+    }
+
+    /// A CPU leaving guest mode stores the guest's CR3 and PCID into its context, as #VMEXIT
+    /// stores guest state into the VMCB (APM vol. 2 15.6) and VM exit into the VMCS guest-state
+    /// area (Intel SDM vol. 3C 28.3 "Saving Guest State"); the next entry of the context loads
+    /// them. Nothing for a CPU in host mode.
+    fn save_guest_state(&mut self, cpu: usize) {
+        let c = self.cpu_ctx[cpu];
+        if c.mode != Mode::Host {
+            let t = &mut self.contexts[self.cur_ctx[cpu] as usize];
+            t.cr3 = c.cr3;
+            t.pcid = c.pcid;
+        }
+    }
+
+    /// Enter guest context `ctx` on `cpu`: a CPU in host mode saves its host state (VMRUN's host
+    /// save area, APM vol. 2 15.5.1; the VMCS host-state area, SDM vol. 3C 28.5), then the
+    /// guest's state is loaded from the context.
+    fn enter(&mut self, cpu: usize, ctx: u32) {
+        if self.cpu_ctx[cpu].mode == Mode::Host {
+            self.host_saved[cpu] = self.cpu_ctx[cpu];
+        } else {
+            self.save_guest_state(cpu);
+        }
+        self.cur_ctx[cpu] = ctx;
+        self.cpu_ctx[cpu] = self.contexts[ctx as usize];
     }
 
     fn note_inval(&mut self, cpu: usize, kind: &str, dropped: u64, cycles: u64) {
@@ -210,7 +248,7 @@ impl Host {
     #[inline(always)]
     fn translate_inline(&mut self, cpu: usize, va: u64) -> Translated {
         let cid = self.cur_ctx[cpu];
-        let ctx = self.contexts[cid as usize];
+        let ctx = self.cpu_ctx[cpu];
         let core = self.topo.cpu_core[cpu] as usize;
         let (cat, dom) = if ctx.mode == Mode::Host { (CAT_LINEAR, DOM_HOST) } else { (CAT_COMBINED, ctx.mode.dom()) };
         let eptp = if ctx.mode == Mode::Vmx { ctx.nested } else { 0 };
@@ -448,14 +486,14 @@ impl Host {
             let c = cpu.at(i) as usize;
             if walked != 0 {
                 if i + AHEAD < va.len() {
-                    let ctx = &self.contexts[self.cur_ctx[cpu.at(i + AHEAD) as usize] as usize];
+                    let ctx = &self.cpu_ctx[cpu.at(i + AHEAD) as usize];
                     self.tables[ctx.cr3 as usize].prefetch(va[i + AHEAD]);
                 }
                 // a guest's walk goes on through the nested table at the guest-physical address
                 // the first stage gives (its slot prefetched AHEAD / 2 accesses ago)
                 let j = i + AHEAD / 2;
                 if j < va.len() {
-                    let ctx = &self.contexts[self.cur_ctx[cpu.at(j) as usize] as usize];
+                    let ctx = &self.cpu_ctx[cpu.at(j) as usize];
                     if ctx.nested != NO_TABLE {
                         if let Some((_, gpa)) = self.tables[ctx.cr3 as usize].walk(va[j]) {
                             self.tables[ctx.nested as usize].prefetch(gpa);
@@ -527,19 +565,26 @@ impl Host {
         }
         self.ctr.vmruns[cpu] += 1;
         self.clocks_add(cpu, ws);
-        self.cur_ctx[cpu] = ctx;
+        self.enter(cpu, ctx);
         Ok(VmrunResult::Entered)
     }
 
-    /// #VMEXIT (SVM) or VM exit (VMX): back to the host context (0). VMX with VPID 0 flushes the
-    /// VPID-0 linear and combined mappings at every entry and exit (SDM, semantics.md 4.3).
+    /// #VMEXIT (SVM) or VM exit (VMX): the guest's CR3 goes back into its context and the CPU
+    /// returns to its own host context (`set_host_context`, 0 by default) with the host CR3 it had
+    /// at entry. VMX with VPID 0 flushes the VPID-0 linear and combined mappings at every entry and
+    /// exit (SDM, semantics.md 4.3). Nothing happens on a CPU already in host mode.
     pub fn vmexit(&mut self, cpu: usize) -> Result<()> {
         self.check_cpu("cpu", cpu)?;
-        let c = self.contexts[self.cur_ctx[cpu] as usize];
+        let c = self.cpu_ctx[cpu];
+        if c.mode == Mode::Host {
+            return Ok(());
+        }
         if c.mode == Mode::Vmx && c.tag == 0 {
             self.vpid0_flush(cpu);
         }
-        self.cur_ctx[cpu] = 0;
+        self.save_guest_state(cpu);
+        self.cur_ctx[cpu] = self.host_ctx[cpu];
+        self.cpu_ctx[cpu] = self.host_saved[cpu];
         Ok(())
     }
 
@@ -563,7 +608,7 @@ impl Host {
         self.ctr.vmruns[cpu] += 1;
         let ws = self.cfg.tlb.world_switch as u64;
         self.clocks_add(cpu, ws);
-        self.cur_ctx[cpu] = ctx;
+        self.enter(cpu, ctx);
         Ok(())
     }
 
@@ -571,7 +616,7 @@ impl Host {
     // invalidations in the current context
 
     fn cur(&self, cpu: usize) -> Context {
-        self.contexts[self.cur_ctx[cpu] as usize]
+        self.cpu_ctx[cpu]
     }
 
     /// INVLPG `va` in the current context: its linear/combined translations for the current PCID
@@ -589,11 +634,12 @@ impl Host {
         Ok(n)
     }
 
-    /// MOV to CR3 in the current context: load `table` with `pcid`. Unless `noflush` (CR3 bit 63
-    /// with CR4.PCIDE), the non-global translations of that PCID go (SDM 4.10.4.1).
+    /// MOV to CR3 on `cpu` in its current context: load `table` with `pcid` into this CPU's CR3
+    /// only (CR3 is per logical CPU; another CPU in the same context keeps its own). Unless
+    /// `noflush` (CR3 bit 63 with CR4.PCIDE), the non-global translations of that PCID go (SDM
+    /// 4.10.4.1). A guest's CR3 is stored into its context at the next exit.
     pub fn mov_cr3(&mut self, cpu: usize, table: u32, pcid: u16, noflush: bool) -> Result<u64> {
         self.check_cpu("cpu", cpu)?;
-        let cid = self.cur_ctx[cpu];
         let c = self.cur(cpu);
         let need = if c.mode == Mode::Host { TableKind::Host } else { TableKind::Guest };
         if self.table_checked("table", table)?.kind != need {
@@ -602,18 +648,8 @@ impl Host {
         if pcid >= 4096 {
             return Err(EngineError::invalid("pcid", format!("pcid = {pcid} is out of range 0..=4095")));
         }
-        if cid == 0 && c.mode == Mode::Host {
-            // the shared default host context stays as it is: give the CPU its own copy
-            let mut n = c;
-            n.cr3 = table;
-            n.pcid = pcid;
-            self.contexts.push(n);
-            self.cur_ctx[cpu] = (self.contexts.len() - 1) as u32;
-        } else {
-            let ctx = &mut self.contexts[cid as usize];
-            ctx.cr3 = table;
-            ctx.pcid = pcid;
-        }
+        self.cpu_ctx[cpu].cr3 = table;
+        self.cpu_ctx[cpu].pcid = pcid;
         let mut n = 0;
         if !noflush {
             let (dom, tag) = (c.mode.dom(), c.tag);

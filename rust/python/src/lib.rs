@@ -856,7 +856,13 @@ impl PyHost {
     fn current_context(&self, cpu: &Bound<'_, PyAny>) -> PyResult<u32> {
         Ok(self.h.current_context(self.cpu(cpu, "cpu")?))
     }
-    /// Make host context `ctx` current on `cpu` (no flush).
+    /// The (table, pcid) in `cpu`'s CR3 now: per CPU, changed by `mov_cr3` on that CPU only.
+    fn cpu_cr3(&self, cpu: &Bound<'_, PyAny>) -> PyResult<(u32, u16)> {
+        let c = self.cpu(cpu, "cpu")?;
+        self.h.cpu_cr3(c).map_err(verr)
+    }
+    /// Make host context `ctx` current on `cpu` and its host context, the one `vmexit` returns
+    /// to (no flush).
     fn set_host_context(&mut self, cpu: &Bound<'_, PyAny>, ctx: &Bound<'_, PyAny>) -> PyResult<()> {
         let ctx = int_arg(ctx, "ctx", u32::MAX as u64)? as u32;
         let c = self.cpu(cpu, "cpu")?;
@@ -881,7 +887,8 @@ impl PyHost {
         let c = self.cpu(cpu, "cpu")?;
         self.h.vmentry(c, ctx).map_err(verr)
     }
-    /// #VMEXIT / VM exit: back to the host context.
+    /// #VMEXIT / VM exit: the guest's CR3 is stored into its context; back to the CPU's own host
+    /// context (`set_host_context`, 0 by default) with the host CR3 it had at entry.
     fn vmexit(&mut self, cpu: &Bound<'_, PyAny>) -> PyResult<()> {
         let c = self.cpu(cpu, "cpu")?;
         self.h.vmexit(c).map_err(verr)
