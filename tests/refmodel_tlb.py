@@ -82,6 +82,7 @@ class Ent:
     gen_cr3: int
     gen_nested: int
     vm: int
+    thr: int = 0
     stamp: int = 0
 
 
@@ -166,8 +167,10 @@ ALL = 7
 class RefTlb:
     """Translation state of a host with `cores` cores and `cpus` CPUs (cpu -> core = cpu % cores)."""
 
-    def __init__(self, cores, cpus, l1, l2, l2_ways, cost, owner_of):
+    def __init__(self, cores, cpus, l1, l2, l2_ways, cost, owner_of, smt_tagged=False):
         self.cores, self.cpus = cores, cpus
+        # the thread tag of each CPU's entries: its SMT thread if the TLB is tagged by thread
+        self.thr = [cpu // cores if smt_tagged else 0 for cpu in range(cpus)]
         self.tables = [Table("host")]
         self.ctxs = [Ctx(HOST, 0, 0, 0, NO_TABLE, 0, 0)]
         self.cur = [0] * cpus
@@ -213,9 +216,11 @@ class RefTlb:
         c = self.core(cpu)
         cat, dom = (LINEAR, HOST) if ctx.mode == HOST else (COMBINED, ctx.mode)
         eptp = ctx.nested if ctx.mode == VMX else 0
+        thr = self.thr[cpu]
 
         def m(e):
-            return e.dom == dom and e.tag == ctx.tag and e.eptp == eptp and (e.pcid == ctx.pcid or e.flags & GLOBAL)
+            return (e.dom == dom and e.tag == ctx.tag and e.eptp == eptp and e.thr == thr
+                    and (e.pcid == ctx.pcid or e.flags & GLOBAL))
 
         hit = None
         i = self.t1[c].find(va, cat, m)
@@ -256,12 +261,12 @@ class RefTlb:
                 return None
             base = Ent(0, eptp, ctx.tag, ctx.pcid, dom, cat, w["flags"] & (GLOBAL | CBIT), 0, ctx.cr3,
                        NO_TABLE if ctx.mode == HOST else ctx.nested, self.tables[ctx.cr3].gen,
-                       0 if ctx.mode == HOST else self.tables[ctx.nested].gen, ctx.vm)
+                       0 if ctx.mode == HOST else self.tables[ctx.nested].gen, ctx.vm, thr)
             if ctx.mode != HOST:
                 gtag = ctx.tag if ctx.mode == SVM else 0
 
                 def gm(e):
-                    return e.dom == dom and e.tag == gtag and e.eptp == eptp
+                    return e.dom == dom and e.tag == gtag and e.eptp == eptp and e.thr == thr
 
                 if self.t1[c].find(w["gpa"], GPHYS, gm) is not None or self.t2[c].find(w["gpa"], GPHYS, gm) is not None:
                     self.ctr["gphys_hits"][cpu] += 1
@@ -286,8 +291,13 @@ class RefTlb:
         return pa, key
 
     # -- invalidations
-    def _drop(self, cpu, pred, addr=None, cats=ALL):
+    def _drop(self, cpu, pred0, addr=None, cats=ALL):
         c = self.core(cpu)
+        thr = self.thr[cpu]
+
+        def pred(e):
+            return e.thr == thr and pred0(e)
+
         if addr is None:
             return self.t1[c].drop_where(pred) + self.t2[c].drop_where(pred)
         return self.t1[c].drop_addr(addr, cats, pred) + self.t2[c].drop_addr(addr, cats, pred)

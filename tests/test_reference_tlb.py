@@ -27,14 +27,17 @@ RUN_VA, RUN_HPA, RUN_PAGES = 0x10000000, 0x2000000, 40
 class TlbEngineVsModel(RuleBasedStateMachine):
     # the TLB geometry: L1 entries (fully associative), L2 entries, L2 ways
     GEOMETRY = (4, 16, 4)
+    # TLB entries tagged by SMT thread (the presets' setting) or shared by a core's threads
+    SMT_TAGGED = True
 
     @initialize()
     def build(self):
         l1, l2, l2_ways = self.GEOMETRY
-        self.h = sevsim.Host.from_preset("tiny", overrides={"tlb": {"l1_entries": l1, "l2_entries": l2, "l2_ways": l2_ways}})
+        self.h = sevsim.Host.from_preset("tiny", overrides={"tlb": {"l1_entries": l1, "l2_entries": l2, "l2_ways": l2_ways,
+                                                                    "smt_tagged": self.SMT_TAGGED}})
         owners = {}
         self.owners = owners
-        self.m = RefTlb(4, 8, l1, l2, l2_ways, None, lambda pa: owners.get(pa >> 12, 0))
+        self.m = RefTlb(4, 8, l1, l2, l2_ways, None, lambda pa: owners.get(pa >> 12, 0), self.SMT_TAGGED)
         # tables: 0 host (exists), 1 host, 2-3 guest, 4-5 nested
         for kind in ("host", "guest", "guest", "nested", "nested"):
             assert self.h.create_table(kind) == len(self.m.tables)
@@ -198,3 +201,13 @@ class Wide8TlbEngineVsModel(TlbEngineVsModel):
 
 TestWide8Tlb = Wide8TlbEngineVsModel.TestCase
 TestWide8Tlb.settings = SETTINGS
+
+
+class SharedTlbEngineVsModel(TlbEngineVsModel):
+    """SMT siblings share their core's entries and flushes (tlb.smt_tagged = false)."""
+
+    SMT_TAGGED = False
+
+
+TestSharedTlb = SharedTlbEngineVsModel.TestCase
+TestSharedTlb.settings = SETTINGS

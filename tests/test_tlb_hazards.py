@@ -57,3 +57,53 @@ def test_vmexit_returns_to_the_cpus_own_host_context():
     h.vmrun(3, ctx)
     h.vmexit(3)
     assert h.current_context(3) == 0 and h.cpu_cr3(3) == (0, 0)
+
+
+# -- per-thread TLB tags ------------------------------------------------------------------------
+
+def test_presets_tag_tlb_entries_by_smt_thread():
+    for name, _ in sevsim.Host.presets():
+        assert sevsim.Host.from_preset(name, memory="1GiB").features["tlb_smt_tagged"] is True
+
+
+@pytest.mark.parametrize("tagged", [True, False])
+def test_flush_on_one_smt_thread_leaves_the_siblings_entries(tagged):
+    """CPUs 0 and 4 are SMT siblings on tiny. A TLB_CONTROL=3 flush of ASID 1 on CPU 0 drops CPU 0's
+    entries only where entries carry the thread; shared entries go for both. (Before issue 11 the
+    flush always dropped the sibling's entries.)"""
+    h = sevsim.Host.from_preset("tiny", overrides={"tlb": {"smt_tagged": tagged}})
+    ctx, _, _ = svm_guest(h, 1, 0x30000, vm=1)
+    for cpu in (0, 4):
+        h.vmrun(cpu, ctx, 0)
+        h.translate(cpu, VA)
+    threads = sorted({e["thread"] for e in h.tlb_entries(0)})
+    assert threads == ([0, 1] if tagged else [0])
+    before = h.counters["tlb_misses"][4]
+    h.vmexit(0)
+    h.vmrun(0, ctx, 3)
+    left = h.tlb_entries(4)
+    assert {e["thread"] for e in left} == ({1} if tagged else set())
+    assert h.translate(4, VA) == (0x30000, 0)
+    assert h.counters["tlb_misses"][4] - before == (0 if tagged else 1)
+
+
+def test_smt_siblings_do_not_hit_each_others_entries():
+    """Two VMs hold ASID 1 on the sibling threads of one core (legal: KVM's ASIDs are per logical
+    CPU). With thread-tagged entries neither sees the other's translation (G1 in tlb-policies.md:
+    the shared TLB gave a false foreign_vm_translation and stale_translation)."""
+    h = sevsim.Host.from_preset("tiny")
+    a, _, _ = svm_guest(h, 1, 0x30000, vm=1)
+    b, _, _ = svm_guest(h, 1, 0x50000, vm=2)
+    h.vmrun(0, a)
+    h.vmrun(4, b)
+    assert h.translate(0, VA) == (0x30000, 0)
+    assert h.translate(4, VA) == (0x50000, 0)
+    assert sum(h.violation_counts().values()) == 0
+    shared = sevsim.Host.from_preset("tiny", overrides={"tlb": {"smt_tagged": False}})
+    a, _, _ = svm_guest(shared, 1, 0x30000, vm=1)
+    b, _, _ = svm_guest(shared, 1, 0x50000, vm=2)
+    shared.vmrun(0, a)
+    shared.vmrun(4, b)
+    shared.translate(0, VA)
+    assert shared.translate(4, VA) == (0x30000, 0)
+    assert shared.violation_counts()["foreign_vm_translation"] == 1

@@ -226,6 +226,8 @@ pub struct Host {
     /// area and #VMEXIT reloads it; Intel SDM vol. 3C 28.5 "Loading Host State")
     pub(crate) host_ctx: Vec<u32>,
     pub(crate) host_saved: Vec<Context>,
+    /// per CPU, the thread tag its TLB entries carry: its SMT thread with `tlb.smt_tagged`, else 0
+    pub(crate) cpu_thr: Vec<u8>,
     pub(crate) tlb1: Vec<TlbLevel>,
     pub(crate) tlb2: Vec<TlbLevel>,
     /// table walks so far, all CPUs (the translated batch watches it to prefetch walks)
@@ -291,6 +293,7 @@ impl Host {
             cpu_ctx: vec![HOST0; n],
             host_ctx: vec![0; n],
             host_saved: vec![HOST0; n],
+            cpu_thr: (0..n).map(|c| if tlb_cfg.smt_tagged { (c / topo.cores) as u8 } else { 0 }).collect(),
             tlb1: (0..topo.cores).map(|_| TlbLevel::new(tlb_cfg.l1_entries as usize, tlb_cfg.l1_entries as usize)).collect(),
             tlb2: (0..topo.cores).map(|_| TlbLevel::new(tlb_cfg.l2_entries as usize, tlb_cfg.l2_ways as usize)).collect(),
             walks: 0,

@@ -8,7 +8,10 @@
 //! context always uses nested paging here (NPT/EPT); shadow paging is not modelled.
 //!
 //! The TLB is per core and shared by the core's SMT threads [assumed; Zen competitively shares the
-//! DTLBs]; a flush on one thread drops the core's entries that match it.
+//! DTLBs]. With `tlb.smt_tagged` (the presets' AMD parts: Li et al., "TLB Poisoning Attacks on AMD
+//! Secure Encrypted Virtualization", ACSAC 2021, report the logical-core ID as part of the TLB tag)
+//! each entry also carries its logical thread: a thread hits only its own entries, and a flush
+//! on one thread drops only its own; broadcast INVLPGB reaches every thread.
 
 use crate::cache::has_avx2;
 use crate::error::{EngineError, Result};
@@ -81,6 +84,8 @@ pub struct Entry {
     /// of the nested leaf (the RMP checks compare both, semantics.md 5.3)
     pub gpa: u64,
     pub nsize: u8,
+    /// the SMT thread of the core that filled it (0 on hosts without `tlb.smt_tagged`)
+    pub thr: u8,
 }
 
 /// Key of a slot: page number at the entry's size, size, category, valid bit.

@@ -223,15 +223,21 @@ impl Host {
         INVAL_KINDS.iter().zip(&self.inval).map(|(k, v)| (*k, v[0], v[1])).collect()
     }
 
-    /// Drop, on `cpu`'s core, the entries `pred` selects (both levels).
+    /// Drop, on `cpu`'s core, the entries `pred` selects (both levels): of this thread only where
+    /// the entries carry the thread (`tlb.smt_tagged`), since a local invalidation acts on the
+    /// logical processor that executes it (APM vol. 2 INVLPGA/TLB_CONTROL, SDM INVLPG/INVEPT).
     fn drop_local(&mut self, cpu: usize, pred: impl Fn(&Entry) -> bool + Copy) -> u64 {
         let core = self.topo.cpu_core[cpu] as usize;
-        self.tlb1[core].drop_where(pred) + self.tlb2[core].drop_where(pred)
+        let thr = self.cpu_thr[cpu];
+        let p = move |e: &Entry| e.thr == thr && pred(e);
+        self.tlb1[core].drop_where(p) + self.tlb2[core].drop_where(p)
     }
 
     fn drop_local_addr(&mut self, cpu: usize, addr: u64, cats: u8, pred: impl Fn(&Entry) -> bool + Copy) -> u64 {
         let core = self.topo.cpu_core[cpu] as usize;
-        self.tlb1[core].drop_addr(addr, cats, pred) + self.tlb2[core].drop_addr(addr, cats, pred)
+        let thr = self.cpu_thr[cpu];
+        let p = move |e: &Entry| e.thr == thr && pred(e);
+        self.tlb1[core].drop_addr(addr, cats, p) + self.tlb2[core].drop_addr(addr, cats, p)
     }
 
     // ---------------------------------------------------------------------------------------
@@ -252,7 +258,10 @@ impl Host {
         let core = self.topo.cpu_core[cpu] as usize;
         let (cat, dom) = if ctx.mode == Mode::Host { (CAT_LINEAR, DOM_HOST) } else { (CAT_COMBINED, ctx.mode.dom()) };
         let eptp = if ctx.mode == Mode::Vmx { ctx.nested } else { 0 };
-        let m = |e: &Entry| e.dom == dom && e.tag == ctx.tag && e.eptp == eptp && (e.pcid == ctx.pcid || e.flags & F_GLOBAL != 0);
+        let thr = self.cpu_thr[cpu];
+        let m = |e: &Entry| {
+            e.dom == dom && e.tag == ctx.tag && e.eptp == eptp && e.thr == thr && (e.pcid == ctx.pcid || e.flags & F_GLOBAL != 0)
+        };
         let hit = if let Some(i) = self.tlb1[core].find(va, cat, m) {
             self.tlb1[core].touch(i);
             self.ctr.tlb_l1_hits[cpu] += 1;
@@ -283,7 +292,7 @@ impl Host {
                 }
                 (pa, e.flags, e.gpa + off, e.nsize)
             }
-            None => match self.fill(cpu, core, &ctx, va, cat, dom, eptp) {
+            None => match self.fill(cpu, core, thr, &ctx, va, cat, dom, eptp) {
                 Some(t) => t,
                 None => {
                     self.ctr.page_faults[cpu] += 1;
@@ -364,7 +373,7 @@ impl Host {
     /// in both levels, and the guest-physical one of a nested walk). None: a fault.
     #[allow(clippy::too_many_arguments)]
     #[inline(never)]
-    fn fill(&mut self, cpu: usize, core: usize, ctx: &Context, va: u64, cat: u8, dom: u8, eptp: u32) -> Option<(u64, u8, u64, u8)> {
+    fn fill(&mut self, cpu: usize, core: usize, thr: u8, ctx: &Context, va: u64, cat: u8, dom: u8, eptp: u32) -> Option<(u64, u8, u64, u8)> {
         self.ctr.tlb_misses[cpu] += 1;
         self.walks += 1;
         let w = walk(&self.tables, ctx, va);
@@ -396,12 +405,13 @@ impl Host {
             vm: ctx.vm,
             gpa: w.gpa & !(w.size.bytes() - 1),
             nsize: w.nested_size as u8,
+            thr,
         };
         if ctx.mode != Mode::Host {
             // the nested half: a cached guest-physical entry (tagged by ASID on SVM, by EP4TA on
             // VMX; semantics.md 3.1, 4.2) spares most of the two-dimensional walk
             let gtag = if ctx.mode == Mode::Svm { ctx.tag } else { 0 };
-            let gm = |e: &Entry| e.dom == dom && e.tag == gtag && e.eptp == eptp;
+            let gm = |e: &Entry| e.dom == dom && e.tag == gtag && e.eptp == eptp && e.thr == thr;
             let found = self.tlb1[core].find(w.gpa, CAT_GPHYS, gm).is_some() || self.tlb2[core].find(w.gpa, CAT_GPHYS, gm).is_some();
             if found {
                 self.ctr.gphys_hits[cpu] += 1;

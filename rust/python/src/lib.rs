@@ -392,7 +392,8 @@ impl PyHost {
     fn freq_ghz(&self) -> f64 {
         self.h.cfg.freq_ghz
     }
-    /// {'sme_coherent': bool, 'wbnoinvd': bool, 'vm_page_flush': bool}
+    /// {'sme_coherent': bool, 'wbnoinvd': bool, 'vm_page_flush': bool, 'tlb_smt_tagged': bool}
+    /// (tlb_smt_tagged: TLB entries carry the logical thread, the preset's `tlb.smt_tagged`)
     #[getter]
     fn features<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let f = &self.h.cfg.features;
@@ -400,6 +401,7 @@ impl PyHost {
         d.set_item("sme_coherent", f.sme_coherent)?;
         d.set_item("wbnoinvd", f.wbnoinvd)?;
         d.set_item("vm_page_flush", f.vm_page_flush)?;
+        d.set_item("tlb_smt_tagged", self.h.cfg.tlb.smt_tagged)?;
         Ok(d)
     }
     /// The cache geometry and latencies: {'l1d': {'size', 'ways', 'sets', 'latency'}, ...}
@@ -1012,7 +1014,7 @@ impl PyHost {
         self.h.flush_tlb_all_on_cpus(i, &cs).map_err(verr)
     }
     /// The TLB entries of `cpu`'s core: dicts with level, category, domain, tag, pcid, eptp,
-    /// global, cbit, size, addr, target.
+    /// global, cbit, size, addr, target, thread (the SMT thread that filled it, 0 if untagged).
     fn tlb_entries<'py>(&self, py: Python<'py>, cpu: &Bound<'_, PyAny>) -> PyResult<Vec<Bound<'py, PyDict>>> {
         let c = self.cpu(cpu, "cpu")?;
         let es = self.h.tlb_entries(c).map_err(verr)?;
@@ -1030,6 +1032,7 @@ impl PyHost {
                 d.set_item("size", sevsim_engine::translate::size_of(e.size).bytes())?;
                 d.set_item("addr", addr)?;
                 d.set_item("target", e.target)?;
+                d.set_item("thread", e.thr)?;
                 Ok(d)
             })
             .collect()
