@@ -11,7 +11,7 @@ K4, M2, G1 = 0, 1, 2
 SHIFT = {K4: 12, M2: 21, G1: 30}
 LINEAR, GPHYS, COMBINED = 0, 1, 2
 HOST, SVM, VMX = 0, 1, 2
-GLOBAL, CBIT = 1, 2
+GLOBAL, CBIT, RDONLY = 1, 2, 4
 NO_TABLE = 2**32 - 1
 NASID = 32768
 
@@ -184,7 +184,7 @@ class RefTlb:
         self.owner_of = owner_of
         self.pending = []
         self.ctr = {k: [0] * cpus for k in ("tlb_l1_hits", "tlb_l2_hits", "tlb_misses", "gphys_hits", "gphys_misses",
-                                            "page_faults", "tlb_flush_ops", "tlb_dropped", "vmruns", "vmrun_failures")}
+                                            "page_faults", "write_faults", "tlb_flush_ops", "tlb_dropped", "vmruns", "vmrun_failures")}
         self.violations = []
 
     def core(self, cpu):
@@ -196,12 +196,12 @@ class RefTlb:
             return None
         s1, out1, f1 = w1
         if ctx.mode == HOST or ctx.nested == NO_TABLE:
-            return dict(target=out1, size=s1, flags=f1, gpa=0, nsize=s1)
+            return dict(target=out1, size=s1, flags=f1, gpa=0, nsize=s1, nflags=f1)
         w2 = self.tables[ctx.nested].walk(out1)
         if w2 is None:
             return None
-        s2, out2, _ = w2
-        return dict(target=out2, size=min(s1, s2), flags=f1, gpa=out1, nsize=s2)
+        s2, out2, f2 = w2
+        return dict(target=out2, size=min(s1, s2), flags=f1 | (f2 & RDONLY), gpa=out1, nsize=s2, nflags=f2)
 
     def current(self, e, ctx):
         return (e.src_cr3 == ctx.cr3 and e.gen_cr3 == self.tables[ctx.cr3].gen
@@ -210,7 +210,7 @@ class RefTlb:
     def violate(self, cause, cpu, cid, ctx, va, pa, true_pa):
         self.violations.append((cause, cpu, va, pa, true_pa, cid))
 
-    def translate(self, cpu, va):
+    def translate(self, cpu, va, write=False):
         cid = self.cur[cpu]
         ctx = self.cpu_ctx[cpu]
         c = self.core(cpu)
@@ -245,7 +245,12 @@ class RefTlb:
                 if e.vm != ctx.vm:
                     self.violate("foreign_vm_translation", cpu, cid, ctx, va, pa, pa)
                 w = self.walk(ctx, va)
-                if w is not None and w["target"] == pa and (w["flags"] & CBIT) == (e.flags & CBIT):
+                same = w is not None and w["target"] == pa and (w["flags"] & CBIT) == (e.flags & CBIT)
+                if same and (w["flags"] & RDONLY) != (e.flags & RDONLY):
+                    # a writable entry over a read-only leaf: stale for a write; never refreshed
+                    if write and not e.flags & RDONLY:
+                        self.violate("stale_translation", cpu, cid, ctx, va, pa, w["target"])
+                elif same:
                     e.src_cr3, e.gen_cr3 = ctx.cr3, self.tables[ctx.cr3].gen
                     if ctx.mode != HOST:
                         e.src_nested, e.gen_nested = ctx.nested, self.tables[ctx.nested].gen
@@ -259,7 +264,7 @@ class RefTlb:
             if w is None:
                 self.ctr["page_faults"][cpu] += 1
                 return None
-            base = Ent(0, eptp, ctx.tag, ctx.pcid, dom, cat, w["flags"] & (GLOBAL | CBIT), 0, ctx.cr3,
+            base = Ent(0, eptp, ctx.tag, ctx.pcid, dom, cat, w["flags"] & (GLOBAL | CBIT | RDONLY), 0, ctx.cr3,
                        NO_TABLE if ctx.mode == HOST else ctx.nested, self.tables[ctx.cr3].gen,
                        0 if ctx.mode == HOST else self.tables[ctx.nested].gen, ctx.vm, thr)
             if ctx.mode != HOST:
@@ -274,7 +279,7 @@ class RefTlb:
                     self.ctr["gphys_misses"][cpu] += 1
                     ns = w["nsize"]
                     ge = replace(base, target=w["target"] - (w["gpa"] & ((1 << SHIFT[ns]) - 1)), tag=gtag, cat=GPHYS,
-                                 flags=0, pcid=0)
+                                 flags=w["nflags"] & RDONLY, pcid=0)
                     s2 = M2 if ns == G1 else ns
                     self.t2[c].insert(w["gpa"], s2, replace(ge, target=w["target"] - (w["gpa"] & ((1 << SHIFT[s2]) - 1))))
                     self.t1[c].insert(w["gpa"], ns, ge)
@@ -283,6 +288,9 @@ class RefTlb:
             s2 = M2 if size == G1 else size
             self.t2[c].insert(va, s2, replace(base, target=w["target"] - (va & ((1 << SHIFT[s2]) - 1))))
             pa, flags = w["target"], w["flags"]
+        if write and flags & RDONLY:
+            self.ctr["write_faults"][cpu] += 1
+            return None
         key = ctx.key if flags & CBIT else 0
         if ctx.mode != HOST:
             o = self.owner_of(pa)

@@ -7,13 +7,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 import sevsim
-from refmodel_tlb import CBIT, GLOBAL, HOST, NO_TABLE, SVM, VMX, Ctx, RefTlb, Table
+from refmodel_tlb import CBIT, GLOBAL, HOST, RDONLY, NO_TABLE, SVM, VMX, Ctx, RefTlb, Table
 
 VAS = [0x400000, 0x401000, 0x402000, 0x600000, 0x40000000, 0xFFFF800000000000]
 GPAS = [0x1000, 0x2000, 0x200000, 0x400000, 0x40000000]
 HPAS = [0x100000, 0x101000, 0x200000, 0x400000, 0x1000000, 0x2000000]
 SIZES = {0: "4K", 1: "2M", 2: "1G"}
-COUNTERS = ["tlb_l1_hits", "tlb_l2_hits", "tlb_misses", "gphys_hits", "gphys_misses", "page_faults",
+COUNTERS = ["tlb_l1_hits", "tlb_l2_hits", "tlb_misses", "gphys_hits", "gphys_misses", "page_faults", "write_faults",
             "tlb_flush_ops", "tlb_dropped", "vmruns", "vmrun_failures"]
 
 cpus = st.integers(0, 7)
@@ -60,15 +60,15 @@ class TlbEngineVsModel(RuleBasedStateMachine):
             self.h.map(0, RUN_VA + p * 4096, RUN_HPA + p * 4096)
 
     @rule(table=st.integers(0, 5), va=st.integers(0, len(VAS) - 1), tgt=st.integers(0, 5), size=st.integers(0, 2),
-          cbit=st.booleans(), glob=st.booleans())
-    def map(self, table, va, tgt, size, cbit, glob):
+          cbit=st.booleans(), glob=st.booleans(), ro=st.booleans())
+    def map(self, table, va, tgt, size, cbit, glob, ro):
         t = self.m.tables[table]
         addr = (GPAS[va % len(GPAS)] if t.kind == "nested" else VAS[va])
         target = GPAS[tgt % len(GPAS)] if t.kind == "guest" else HPAS[tgt]
-        flags = (CBIT if cbit else 0) | (GLOBAL if glob else 0)
+        flags = (CBIT if cbit else 0) | (GLOBAL if glob else 0) | (RDONLY if ro else 0)
         ok = t.map(addr, target, size, flags)
         try:
-            self.h.map(table, addr, target, SIZES[size], cbit=cbit, global_=glob)
+            self.h.map(table, addr, target, SIZES[size], cbit=cbit, global_=glob, writable=not ro)
             assert ok, "engine mapped what the model refused"
         except ValueError:
             assert not ok, "engine refused what the model mapped"
@@ -93,14 +93,16 @@ class TlbEngineVsModel(RuleBasedStateMachine):
         self.h.vmexit(cpu)
         self.m.vmexit(cpu)
 
-    @rule(cpu=cpus, va=st.sampled_from(VAS))
-    def translate(self, cpu, va):
-        assert self.h.translate(cpu, va) == self.m.translate(cpu, va)
+    @rule(cpu=cpus, va=st.sampled_from(VAS), write=st.booleans())
+    def translate(self, cpu, va, write):
+        assert self.h.translate(cpu, va, write) == self.m.translate(cpu, va, write)
 
-    @rule(cpu=cpus, vas=st.lists(st.sampled_from(VAS), min_size=1, max_size=20))
-    def translate_batch(self, cpu, vas):
-        got = self.h.access_virtual(cpu, np.array(vas, np.uint64), return_levels=True)["levels"].tolist()
-        want = [self.m.translate(cpu, va) for va in vas]
+    @rule(cpu=cpus, acc=st.lists(st.tuples(st.sampled_from(VAS), st.booleans()), min_size=1, max_size=20))
+    def translate_batch(self, cpu, acc):
+        vas, writes = [a for a, _ in acc], [w for _, w in acc]
+        got = self.h.access_virtual(cpu, np.array(vas, np.uint64), np.array(writes, bool),
+                                    return_levels=True)["levels"].tolist()
+        want = [self.m.translate(cpu, va, w) for va, w in acc]
         assert [g == 7 for g in got] == [w is None for w in want]
 
     @rule(cpu=cpus, pages=st.lists(st.integers(0, RUN_PAGES - 1), min_size=1, max_size=60))

@@ -107,3 +107,48 @@ def test_smt_siblings_do_not_hit_each_others_entries():
     shared.translate(0, VA)
     assert shared.translate(4, VA) == (0x30000, 0)
     assert shared.violation_counts()["foreign_vm_translation"] == 1
+
+
+# -- write permission ---------------------------------------------------------------------------
+
+def test_write_through_a_read_only_leaf_is_a_recorded_fault():
+    """A write through a read-only guest or nested leaf faults: None / level 7, counted in
+    write_faults, the memory untouched; a read goes through. (Before issue 11 leaves had no R/W bit.)"""
+    for ro_stage in ("guest", "nested"):
+        h = sevsim.Host.from_preset("tiny")
+        gt = h.create_table("guest")
+        nt = h.create_table("nested")
+        h.map(gt, VA, 0x1000, writable=ro_stage != "guest")
+        h.map(nt, 0x1000, 0x30000, writable=ro_stage != "nested")
+        ctx = h.create_context("svm", gt, nested=nt, tag=1, vm=1)
+        h.vmrun(0, ctx)
+        assert h.translate(0, VA, write=True) is None
+        r = h.access_virtual(0, np.array([VA, VA], np.uint64), np.array([False, True]), return_levels=True)
+        assert r["levels"][1] == 7 and r["page_fault"] == 1
+        assert h.counters["write_faults"][0] == 2 and h.counters["writes"][0] == 0
+        assert not any(e["writable"] for e in h.tlb_entries(0) if e["category"] == "combined")
+        assert sum(h.violation_counts().values()) == 0
+
+
+def test_write_through_a_stale_writable_entry_is_caught():
+    """KVM write-protects a page for dirty logging (the leaf becomes read-only) and must flush: a
+    guest write through the writable TLB entry left behind is a stale translation; a read through
+    it is not; after INVLPGA the write faults as it should."""
+    h = sevsim.Host.from_preset("tiny")
+    ctx, gt, nt = svm_guest(h, 1, 0x30000, vm=1)
+    h.vmrun(0, ctx)
+    assert h.translate(0, VA, write=True) == (0x30000, 0)
+    h.unmap(nt, 0x1000)
+    h.map(nt, 0x1000, 0x30000, writable=False)
+    assert h.translate(0, VA) == (0x30000, 0)
+    assert sum(h.violation_counts().values()) == 0
+    assert h.translate(0, VA, write=True) == (0x30000, 0)
+    (v,) = h.violations
+    assert (v.cause, v.va, v.pa, v.ctx) == ("stale_translation", VA, 0x30000, ctx)
+    assert h.translate(0, VA, write=True) == (0x30000, 0)  # checked again, not refreshed
+    assert h.violation_counts()["stale_translation"] == 2
+    h.vmexit(0)
+    h.invlpga(0, VA, 1)
+    h.vmrun(0, ctx)
+    assert h.translate(0, VA, write=True) is None
+    assert h.counters["write_faults"][0] == 1 and h.violation_counts()["stale_translation"] == 2

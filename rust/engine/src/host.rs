@@ -88,6 +88,8 @@ counters!(
     walk_cycles,
     /// translations with no mapping (#PF / #NPF), counted and not performed
     page_faults,
+    /// writes through a read-only leaf or TLB entry (#PF / #NPF), counted and not performed
+    write_faults,
     /// TLB invalidation operations executed and the entries they dropped
     tlb_flush_ops,
     tlb_dropped,

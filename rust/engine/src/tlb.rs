@@ -15,7 +15,7 @@
 
 use crate::cache::has_avx2;
 use crate::error::{EngineError, Result};
-use crate::paging::{PageSize, Table, F_GLOBAL};
+use crate::paging::{PageSize, Table, F_GLOBAL, F_RDONLY};
 
 pub const CAT_LINEAR: u8 = 0;
 pub const CAT_GPHYS: u8 = 1;
@@ -423,18 +423,23 @@ pub struct Walk {
     pub gpa: u64,
     pub gpa_frame: u64,
     pub nested_size: PageSize,
+    /// the nested leaf's flags (guest contexts; the host leaf's otherwise)
+    pub nflags: u8,
 }
 
 /// Walk the tables of `ctx` for `va`: None is a page fault (no mapping at some stage).
 pub fn walk(tables: &[Table], ctx: &Context, va: u64) -> Option<Walk> {
     let (l1, out1) = tables[ctx.cr3 as usize].walk(va)?;
     if ctx.mode == Mode::Host || ctx.nested == NO_TABLE {
-        return Some(Walk { target: out1, size: l1.size, flags: l1.flags, gpa: 0, gpa_frame: 0, nested_size: l1.size });
+        return Some(Walk { target: out1, size: l1.size, flags: l1.flags, gpa: 0, gpa_frame: 0, nested_size: l1.size, nflags: l1.flags });
     }
     let (l2, out2) = tables[ctx.nested as usize].walk(out1)?;
-    // a combined translation covers the smaller of the two leaves
+    // a combined translation covers the smaller of the two leaves; it is writable only if both
+    // leaves are (APM vol. 2 15.25.5: a nested walk checks the guest's and the nested table's
+    // permissions; SDM vol. 3C 29.3.3.2: a write needs EPT write access)
     let size = l1.size.min(l2.size);
-    Some(Walk { target: out2, size, flags: l1.flags, gpa: out1, gpa_frame: out1 & !(l2.size.bytes() - 1), nested_size: l2.size })
+    let flags = l1.flags | (l2.flags & F_RDONLY);
+    Some(Walk { target: out2, size, flags, gpa: out1, gpa_frame: out1 & !(l2.size.bytes() - 1), nested_size: l2.size, nflags: l2.flags })
 }
 
 /// INVLPGB operands (semantics.md 3.7): rAX flags, ECX count/stride, EDX PCID/ASID.

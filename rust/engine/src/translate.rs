@@ -5,7 +5,7 @@
 
 use crate::error::{EngineError, Result};
 use crate::host::{by_geometry, Col, Host};
-use crate::paging::{canonical, Leaf, PageSize, Table, TableKind, F_CBIT, F_GLOBAL};
+use crate::paging::{canonical, Leaf, PageSize, Table, TableKind, F_CBIT, F_GLOBAL, F_RDONLY};
 use crate::tlb::*;
 use crate::violation::{Cause, Violation};
 
@@ -246,13 +246,19 @@ impl Host {
     /// Translate `va` in `cpu`'s current context through its TLBs, filling them on a miss, and
     /// check what it finds against the current tables. Charges the translation's cost.
     pub fn translate(&mut self, cpu: usize, va: u64) -> Translated {
-        self.translate_inline(cpu, va)
+        self.translate_inline(cpu, va, false)
+    }
+
+    /// `translate` for a read (`write` false) or a write: a write through a read-only leaf or
+    /// TLB entry is a fault (#PF / #NPF), counted in `write_faults` and not performed.
+    pub fn translate_access(&mut self, cpu: usize, va: u64, write: bool) -> Translated {
+        self.translate_inline(cpu, va, write)
     }
 
     /// `translate`, inlined into the translated batch loops (the TLB hit path is most of a
     /// translated access; the miss path stays out of line).
     #[inline(always)]
-    fn translate_inline(&mut self, cpu: usize, va: u64) -> Translated {
+    fn translate_inline(&mut self, cpu: usize, va: u64, write: bool) -> Translated {
         let cid = self.cur_ctx[cpu];
         let ctx = self.cpu_ctx[cpu];
         let core = self.topo.cpu_core[cpu] as usize;
@@ -286,7 +292,7 @@ impl Host {
                 let off = va & (size.bytes() - 1);
                 let pa = e.target + off;
                 if !self.entry_is_current(&e, &ctx) {
-                    self.check_hit(cpu, cid, &ctx, va, pa, e, lvl, i);
+                    self.check_hit(cpu, cid, &ctx, va, pa, e, lvl, i, write);
                 } else if e.vm != ctx.vm {
                     self.translation_violation(Cause::ForeignVmTranslation, cpu, cid, &ctx, va, pa, pa);
                 }
@@ -300,6 +306,12 @@ impl Host {
                 }
             },
         };
+        if write && flags & F_RDONLY != 0 {
+            // a write through a read-only translation, from the TLB or the walk, faults (a stale
+            // read-only entry may fault spuriously: SDM vol. 3A 4.10.4.3)
+            self.ctr.write_faults[cpu] += 1;
+            return Translated::Fault;
+        }
         let key = if flags & F_CBIT != 0 { ctx.key } else { 0 };
         // SNP: a private access checks the RMP entry's ASID, GPA and size against the nested
         // mapping (semantics.md 5.3); a refusal is recorded and the access not made
@@ -325,14 +337,22 @@ impl Host {
                 || (e.src_nested == ctx.nested && e.gen_nested == self.tables[ctx.nested as usize].gen as u32))
     }
 
-    /// The oracle's slow path: re-walk and compare; refresh the entry's source if it agrees.
+    /// The oracle's slow path: re-walk and compare; refresh the entry's source if it agrees. An
+    /// entry that still allows writes where the leaf no longer does is stale for a write (KVM's
+    /// write protection for dirty logging relies on that flush), harmless for a read; it is not
+    /// refreshed, so the next write through it is checked again.
     #[allow(clippy::too_many_arguments)]
-    fn check_hit(&mut self, cpu: usize, cid: u32, ctx: &Context, va: u64, pa: u64, e: Entry, lvl: u8, slot: usize) {
+    fn check_hit(&mut self, cpu: usize, cid: u32, ctx: &Context, va: u64, pa: u64, e: Entry, lvl: u8, slot: usize, write: bool) {
         if e.vm != ctx.vm {
             self.translation_violation(Cause::ForeignVmTranslation, cpu, cid, ctx, va, pa, pa);
         }
         let truth = walk(&self.tables, ctx, va);
         match truth {
+            Some(w) if w.target == pa && (w.flags & F_CBIT) == (e.flags & F_CBIT) && (w.flags & F_RDONLY) != (e.flags & F_RDONLY) => {
+                if write && e.flags & F_RDONLY == 0 {
+                    self.translation_violation(Cause::StaleTranslation, cpu, cid, ctx, va, pa, w.target);
+                }
+            }
             Some(w) if w.target == pa && (w.flags & F_CBIT) == (e.flags & F_CBIT) => {
                 let core = self.topo.cpu_core[cpu] as usize;
                 let t = if lvl == 1 { &mut self.tlb1[core] } else { &mut self.tlb2[core] };
@@ -396,7 +416,7 @@ impl Host {
             pcid: ctx.pcid,
             dom,
             cat,
-            flags: w.flags & (F_GLOBAL | F_CBIT),
+            flags: w.flags & (F_GLOBAL | F_CBIT | F_RDONLY),
             size: 0,
             src_cr3: ctx.cr3,
             src_nested,
@@ -419,7 +439,14 @@ impl Host {
             } else {
                 self.ctr.gphys_misses[cpu] += 1;
                 // the guest-physical entry maps the nested leaf's frame (HPA = leaf + offset)
-                let ge = Entry { target: w.target - (w.gpa & (w.nested_size.bytes() - 1)), tag: gtag, cat: CAT_GPHYS, flags: 0, pcid: 0, ..base };
+                let ge = Entry {
+                    target: w.target - (w.gpa & (w.nested_size.bytes() - 1)),
+                    tag: gtag,
+                    cat: CAT_GPHYS,
+                    flags: w.nflags & F_RDONLY,
+                    pcid: 0,
+                    ..base
+                };
                 let s2 = if w.nested_size == PageSize::G1 { PageSize::M2 } else { w.nested_size };
                 let ge2 = Entry { target: w.target - (w.gpa & (s2.bytes() - 1)), ..ge };
                 self.tlb2[core].insert(w.gpa, s2, ge2);
@@ -512,7 +539,7 @@ impl Host {
                 }
             }
             let walks = self.walks;
-            let t = self.translate_inline(c, va[i]);
+            let t = self.translate_inline(c, va[i], write.at(i));
             walked = (walked << 1) | (self.walks != walks) as u64;
             let l = match t {
                 Translated::Ok { pa, key } if pa < self.mem.bytes => {

@@ -9,7 +9,7 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString};
 use sevsim_engine::config::{self, parse_size, HostConfig, DEFAULT_PROFILE};
 use sevsim_engine::host::{Col, Counters, FlushOp, Host, LEVEL_NAMES};
 use sevsim_engine::violation::{Cause, Violation, CAUSES};
-use sevsim_engine::paging::{PageSize, TableKind, F_CBIT, F_GLOBAL};
+use sevsim_engine::paging::{PageSize, TableKind, F_CBIT, F_GLOBAL, F_RDONLY};
 use sevsim_engine::rmp::RmpState;
 use sevsim_engine::snp::PAGE_OFFSET;
 use sevsim_engine::tlb::{Context, Invlpgb, Mode, NO_TABLE};
@@ -787,27 +787,30 @@ impl PyHost {
         Ok(self.h.create_table(k))
     }
     /// Map [addr, addr + size) of `table` to `target`; size 4K, 2M or 1G; `cbit` selects the
-    /// encrypted (C=1) view, `global_` the global bit. Overlapping leaves are refused.
-    #[pyo3(signature = (table, addr, target, size=None, *, cbit=false, global_=false))]
+    /// encrypted (C=1) view, `global_` the global bit, `writable` the R/W bit (a write through a
+    /// read-only leaf faults). Overlapping leaves are refused.
+    #[pyo3(signature = (table, addr, target, size=None, *, cbit=false, global_=false, writable=true))]
+    #[allow(clippy::too_many_arguments)]
     fn map(&mut self, table: &Bound<'_, PyAny>, addr: &Bound<'_, PyAny>, target: &Bound<'_, PyAny>, size: Option<&Bound<'_, PyAny>>,
-           cbit: bool, global_: bool) -> PyResult<()> {
+           cbit: bool, global_: bool, writable: bool) -> PyResult<()> {
         let table = int_arg(table, "table", u32::MAX as u64)? as u32;
         let addr = int_arg(addr, "addr", u64::MAX)?;
         let target = int_arg(target, "target", u64::MAX)?;
         let size = match size { Some(s) if !s.is_none() => page_size_arg(s)?, _ => PageSize::K4 };
-        let flags = if cbit { F_CBIT } else { 0 } | if global_ { F_GLOBAL } else { 0 };
+        let flags = if cbit { F_CBIT } else { 0 } | if global_ { F_GLOBAL } else { 0 } | if writable { 0 } else { F_RDONLY };
         self.h.map(table, addr, target, size, flags).map_err(verr)
     }
     /// Map many pages at once: addr[i] -> target[i] (uint64 arrays), all of one size and flags.
     /// All or nothing: a bad one (ValueError naming its index) leaves the table as it was.
-    #[pyo3(signature = (table, addr, target, size=None, *, cbit=false, global_=false))]
+    #[pyo3(signature = (table, addr, target, size=None, *, cbit=false, global_=false, writable=true))]
+    #[allow(clippy::too_many_arguments)]
     fn map_many(&mut self, table: &Bound<'_, PyAny>, addr: PyReadonlyArray1<'_, u64>, target: PyReadonlyArray1<'_, u64>,
-                size: Option<&Bound<'_, PyAny>>, cbit: bool, global_: bool) -> PyResult<()> {
+                size: Option<&Bound<'_, PyAny>>, cbit: bool, global_: bool, writable: bool) -> PyResult<()> {
         let table = int_arg(table, "table", u32::MAX as u64)? as u32;
         let (mut o1, mut o2) = (Vec::new(), Vec::new());
         let (a, t) = (contiguous(&addr, &mut o1), contiguous(&target, &mut o2));
         let size = match size { Some(s) if !s.is_none() => page_size_arg(s)?, _ => PageSize::K4 };
-        let flags = if cbit { F_CBIT } else { 0 } | if global_ { F_GLOBAL } else { 0 };
+        let flags = if cbit { F_CBIT } else { 0 } | if global_ { F_GLOBAL } else { 0 } | if writable { 0 } else { F_RDONLY };
         self.h.map_many(table, a, t, size, flags).map_err(verr)
     }
     /// Remove the leaf of `table` that maps `addr`; returns whether there was one.
@@ -895,15 +898,17 @@ impl PyHost {
         let c = self.cpu(cpu, "cpu")?;
         self.h.vmexit(c).map_err(verr)
     }
-    /// Translate one address in `cpu`'s current context (through and into its TLBs): (pa, key), or
-    /// None for a fault.
-    fn translate(&mut self, cpu: &Bound<'_, PyAny>, va: &Bound<'_, PyAny>) -> PyResult<Option<(u64, u16)>> {
+    /// Translate one address in `cpu`'s current context (through and into its TLBs) for a read, or
+    /// a write if `write`: (pa, key), or None for a fault (no mapping, or a write through a
+    /// read-only translation: counted in `write_faults`).
+    #[pyo3(signature = (cpu, va, write=false))]
+    fn translate(&mut self, cpu: &Bound<'_, PyAny>, va: &Bound<'_, PyAny>, write: bool) -> PyResult<Option<(u64, u16)>> {
         let c = self.cpu(cpu, "cpu")?;
         let va = int_arg(va, "va", u64::MAX)?;
         if !sevsim_engine::paging::canonical(va) {
             return Err(PyValueError::new_err(format!("va = {va:#x} is not a canonical address")));
         }
-        Ok(match self.h.translate(c, va) {
+        Ok(match self.h.translate_access(c, va, write) {
             Translated::Ok { pa, key } => Some((pa, key)),
             Translated::Fault | Translated::RmpFault => None,
         })
@@ -1033,6 +1038,7 @@ impl PyHost {
                 d.set_item("addr", addr)?;
                 d.set_item("target", e.target)?;
                 d.set_item("thread", e.thr)?;
+                d.set_item("writable", e.flags & F_RDONLY == 0)?;
                 Ok(d)
             })
             .collect()
