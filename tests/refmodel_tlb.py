@@ -161,6 +161,8 @@ class Level:
 
 
 LIN_COMB = (1 << LINEAR) | (1 << COMBINED)
+# per-context counters, in the engine's order (context.rs CTX_COUNTERS)
+CTX_COUNTERS = ("tlb_l1_hits", "tlb_l2_hits", "tlb_misses", "gphys_hits", "page_faults", "write_faults")
 ALL = 7
 
 
@@ -186,6 +188,18 @@ class RefTlb:
         self.ctr = {k: [0] * cpus for k in ("tlb_l1_hits", "tlb_l2_hits", "tlb_misses", "gphys_hits", "gphys_misses",
                                             "page_faults", "write_faults", "tlb_flush_ops", "tlb_dropped", "vmruns", "vmrun_failures")}
         self.violations = []
+        self.ctx_ctr = {}
+
+    def cc(self, cid, name):
+        row = self.ctx_ctr.setdefault(cid, dict.fromkeys(CTX_COUNTERS, 0))
+        row[name] += 1
+
+    def set_context(self, cid, tag=None, nested=None, vm=None, key=None):
+        c = self.ctxs[cid]
+        c.tag = c.tag if tag is None else tag
+        c.nested = c.nested if nested is None else nested
+        c.vm = c.vm if vm is None else vm
+        c.key = c.key if key is None else key
 
     def core(self, cpu):
         return cpu % self.cores
@@ -227,12 +241,14 @@ class RefTlb:
         if i is not None:
             self.t1[c].touch(i)
             self.ctr["tlb_l1_hits"][cpu] += 1
+            self.cc(cid, "tlb_l1_hits")
             hit = (self.t1[c], i)
         else:
             i = self.t2[c].find(va, cat, m)
             if i is not None:
                 self.t2[c].touch(i)
                 self.ctr["tlb_l2_hits"][cpu] += 1
+                self.cc(cid, "tlb_l2_hits")
                 e = self.t2[c].ents[i]
                 self.t1[c].insert(va, e.size, e)
                 hit = (self.t2[c], i)
@@ -260,9 +276,11 @@ class RefTlb:
                 self.violate("foreign_vm_translation", cpu, cid, ctx, va, pa, pa)
         else:
             self.ctr["tlb_misses"][cpu] += 1
+            self.cc(cid, "tlb_misses")
             w = self.walk(ctx, va)
             if w is None:
                 self.ctr["page_faults"][cpu] += 1
+                self.cc(cid, "page_faults")
                 return None
             base = Ent(0, eptp, ctx.tag, ctx.pcid, dom, cat, w["flags"] & (GLOBAL | CBIT | RDONLY), 0, ctx.cr3,
                        NO_TABLE if ctx.mode == HOST else ctx.nested, self.tables[ctx.cr3].gen,
@@ -275,6 +293,7 @@ class RefTlb:
 
                 if self.t1[c].find(w["gpa"], GPHYS, gm) is not None or self.t2[c].find(w["gpa"], GPHYS, gm) is not None:
                     self.ctr["gphys_hits"][cpu] += 1
+                    self.cc(cid, "gphys_hits")
                 else:
                     self.ctr["gphys_misses"][cpu] += 1
                     ns = w["nsize"]
@@ -290,6 +309,7 @@ class RefTlb:
             pa, flags = w["target"], w["flags"]
         if write and flags & RDONLY:
             self.ctr["write_faults"][cpu] += 1
+            self.cc(cid, "write_faults")
             return None
         key = ctx.key if flags & CBIT else 0
         if ctx.mode != HOST:

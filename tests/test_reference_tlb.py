@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 import sevsim
-from refmodel_tlb import CBIT, GLOBAL, HOST, RDONLY, NO_TABLE, SVM, VMX, Ctx, RefTlb, Table
+from refmodel_tlb import CBIT, CTX_COUNTERS, GLOBAL, HOST, RDONLY, NO_TABLE, SVM, VMX, Ctx, RefTlb, Table
 
 VAS = [0x400000, 0x401000, 0x402000, 0x600000, 0x40000000, 0xFFFF800000000000]
 GPAS = [0x1000, 0x2000, 0x200000, 0x400000, 0x40000000]
@@ -145,6 +145,14 @@ class TlbEngineVsModel(RuleBasedStateMachine):
             return
         assert self.h.mov_cr3(cpu, table, pcid, noflush) == self.m.mov_cr3(cpu, table, pcid, noflush)
 
+    @rule(i=st.integers(0, 4), tag=st.one_of(st.none(), st.integers(0, 2)), nested=st.one_of(st.none(), st.sampled_from([4, 5])),
+          vm=st.one_of(st.none(), st.integers(1, 3)))
+    def set_context(self, i, tag, nested, vm):
+        # KVM gives a VMCB a new ASID, another nested table, or the context another VM's use
+        cid = (self.svm + self.vmx)[i]
+        self.h.set_context(cid, tag=tag, nested=nested, vm=vm)
+        self.m.set_context(cid, tag, nested, vm)
+
     @rule(cpu=cpus, i=st.integers(0, 1))
     def set_host_context(self, cpu, i):
         self.h.set_host_context(cpu, self.host_ctxs[i])
@@ -170,6 +178,9 @@ class TlbEngineVsModel(RuleBasedStateMachine):
         for cpu in range(self.h.cpu_count):
             assert (self.h.current_context(cpu), self.h.cpu_cr3(cpu)) == (
                 self.m.cur[cpu], (self.m.cpu_ctx[cpu].cr3, self.m.cpu_ctx[cpu].pcid))
+        cc = self.h.context_counters()
+        for name in CTX_COUNTERS:
+            assert cc[name].tolist() == [self.m.ctx_ctr.get(i, {}).get(name, 0) for i in range(len(self.m.ctxs))], name
         c = self.h.counters
         for name in COUNTERS:
             assert c[name].tolist() == self.m.ctr[name], name

@@ -152,3 +152,82 @@ def test_write_through_a_stale_writable_entry_is_caught():
     h.vmrun(0, ctx)
     assert h.translate(0, VA, write=True) is None
     assert h.counters["write_faults"][0] == 1 and h.violation_counts()["stale_translation"] == 2
+
+
+# -- contexts can change; counters per context --------------------------------------------------
+
+def test_a_new_asid_takes_effect_at_the_next_vmrun_and_the_oracle_follows():
+    """KVM gives a VMCB a new ASID (set_context): the CPU running it keeps the old one until it
+    re-enters; then the old ASID's entries are not used. Re-pointing the context at another VM
+    makes a hit on the first VM's entries a foreign_vm_translation."""
+    h = sevsim.Host.from_preset("tiny")
+    ctx, _, _ = svm_guest(h, 1, 0x30000, vm=1)
+    h.vmrun(0, ctx)
+    h.translate(0, VA)
+    h.set_context(ctx, tag=2)
+    assert h.context(ctx)["tag"] == 2
+    h.translate(0, VA)
+    assert h.counters["tlb_l1_hits"][0] == 1  # still ASID 1 until the next VMRUN
+    h.vmexit(0)
+    h.vmrun(0, ctx)
+    h.translate(0, VA)
+    assert h.counters["tlb_misses"][0] == 2
+    assert {e["tag"] for e in h.tlb_entries(0)} == {1, 2}
+    h.vmexit(0)
+    h.set_context(ctx, vm=7)
+    h.vmrun(0, ctx)
+    h.translate(0, VA)
+    assert h.violation_counts()["foreign_vm_translation"] == 1
+
+
+def test_a_context_can_move_to_another_nested_table():
+    h = sevsim.Host.from_preset("tiny")
+    ctx, _, nt = svm_guest(h, 1, 0x30000, vm=1)
+    nt2 = h.create_table("nested")
+    h.map(nt2, 0x1000, 0x50000)
+    h.set_context(ctx, nested=nt2)
+    h.vmrun(0, ctx, 3)
+    assert h.translate(0, VA) == (0x50000, 0)
+    assert h.context(ctx)["nested"] == nt2
+
+
+def test_counters_per_context_separate_l1_and_l2_guests():
+    """Two guests on one CPU: each context's TLB hits, misses and walks are its own."""
+    h = sevsim.Host.from_preset("tiny")
+    l1, _, _ = svm_guest(h, 1, 0x30000, vm=1)
+    l2, _, _ = svm_guest(h, 2, 0x50000, vm=1)
+    h.vmrun(0, l1)
+    h.access_virtual(0, np.full(5, VA, np.uint64))
+    h.vmexit(0)
+    h.vmrun(0, l2)
+    h.access_virtual(0, np.full(3, VA, np.uint64))
+    assert h.context_counters(l1) == dict(tlb_l1_hits=4, tlb_l2_hits=0, tlb_misses=1, gphys_hits=0, page_faults=0,
+                                          write_faults=0)
+    assert h.context_counters(l2)["tlb_l1_hits"] == 2 and h.context_counters(l2)["tlb_misses"] == 1
+    assert h.context_counters()["tlb_l1_hits"].tolist() == [0, 4, 2]
+
+
+# -- bad input to the new calls: ValueError/TypeError naming the argument, the engine unchanged --
+
+@pytest.mark.parametrize("call, exc, pattern", [
+    (lambda h, c: h.set_context(99, tag=1), ValueError, r"ctx = 99: no such context"),
+    (lambda h, c: h.set_context(c, tag=70000), ValueError, r"tag = 70000 is out of range"),
+    (lambda h, c: h.set_context(c, tag=40000), ValueError, r"ASID 40000 is out of range"),
+    (lambda h, c: h.set_context(c, nested=0), ValueError, r"nested = 0 is not a nested"),
+    (lambda h, c: h.set_context(c, nested=50), ValueError, r"nested = 50: no such table"),
+    (lambda h, c: h.set_context(0, nested=1), ValueError, r"nested.*host context"),
+    (lambda h, c: h.set_context(0, tag=1), ValueError, r"tag.*host context has ASID/VPID 0"),
+    (lambda h, c: h.set_context(c, key=1 << 20), ValueError, r"key"),
+    (lambda h, c: h.set_context(c, vm="a"), TypeError, r"vm must be an int"),
+    (lambda h, c: h.context(5), ValueError, r"ctx = 5: no such context"),
+    (lambda h, c: h.context_counters(-1), ValueError, r"ctx = -1"),
+    (lambda h, c: h.cpu_cr3(8), ValueError, r"cpu = 8"),
+    (lambda h, c: h.translate(0, VA, write=None), TypeError, r"write"),
+])
+def test_bad_context_calls(call, exc, pattern):
+    h = sevsim.Host.from_preset("tiny")
+    ctx, _, nt = svm_guest(h, 1, 0x30000, vm=1)
+    before = [h.context(i) for i in (0, ctx)]
+    with pytest.raises(exc, match=pattern):
+        call(h, ctx)
+    assert [h.context(i) for i in (0, ctx)] == before

@@ -230,6 +230,8 @@ pub struct Host {
     pub(crate) host_saved: Vec<Context>,
     /// per CPU, the thread tag its TLB entries carry: its SMT thread with `tlb.smt_tagged`, else 0
     pub(crate) cpu_thr: Vec<u8>,
+    /// per context, the `context::CTX_COUNTERS` (a flat array, one row per context)
+    pub(crate) ctx_ctr: Vec<u64>,
     pub(crate) tlb1: Vec<TlbLevel>,
     pub(crate) tlb2: Vec<TlbLevel>,
     /// table walks so far, all CPUs (the translated batch watches it to prefetch walks)
@@ -295,6 +297,7 @@ impl Host {
             cpu_ctx: vec![HOST0; n],
             host_ctx: vec![0; n],
             host_saved: vec![HOST0; n],
+            ctx_ctr: vec![0; crate::context::CTX_COUNTERS.len()],
             cpu_thr: (0..n).map(|c| if tlb_cfg.smt_tagged { (c / topo.cores) as u8 } else { 0 }).collect(),
             tlb1: (0..topo.cores).map(|_| TlbLevel::new(tlb_cfg.l1_entries as usize, tlb_cfg.l1_entries as usize)).collect(),
             tlb2: (0..topo.cores).map(|_| TlbLevel::new(tlb_cfg.l2_entries as usize, tlb_cfg.l2_ways as usize)).collect(),

@@ -3,6 +3,7 @@
 //! translation, isolation). Semantics: semantics.md sections 3 and 4 (APM vol. 2 ch. 15 via kernel
 //! sources; Intel SDM vol. 3C "Caching Translation Information").
 
+use crate::context::{CC_GPHYS, CC_L1, CC_L2, CC_MISS, CC_PF, CC_WF, CTX_COUNTERS};
 use crate::error::{EngineError, Result};
 use crate::host::{by_geometry, Col, Host};
 use crate::paging::{canonical, Leaf, PageSize, Table, TableKind, F_CBIT, F_GLOBAL, F_RDONLY};
@@ -68,7 +69,7 @@ impl Host {
         (self.tables.len() - 1) as u32
     }
 
-    fn table_checked(&self, arg: &str, id: u32) -> Result<&Table> {
+    pub(crate) fn table_checked(&self, arg: &str, id: u32) -> Result<&Table> {
         self.tables
             .get(id as usize)
             .ok_or_else(|| EngineError::invalid(arg, format!("{arg} = {id}: no such table (there are {})", self.tables.len())))
@@ -118,94 +119,6 @@ impl Host {
 
     pub fn table(&self, id: u32) -> Result<&Table> {
         self.table_checked("table", id)
-    }
-
-    /// Register a translation context. Host contexts translate through a host table; SVM and VMX
-    /// guest contexts through a guest table and a nested table (NPT/EPT).
-    pub fn create_context(&mut self, ctx: Context) -> Result<u32> {
-        let need = if ctx.mode == Mode::Host { TableKind::Host } else { TableKind::Guest };
-        if self.table_checked("cr3", ctx.cr3)?.kind != need {
-            return Err(EngineError::invalid("cr3", format!("cr3 = {}: a {:?} context needs a {need:?} table", ctx.cr3, ctx.mode)));
-        }
-        if ctx.mode != Mode::Host && self.table_checked("nested", ctx.nested)?.kind != TableKind::Nested {
-            return Err(EngineError::invalid("nested", format!("nested = {} is not a nested (NPT/EPT) table", ctx.nested)));
-        }
-        if ctx.pcid >= 4096 {
-            return Err(EngineError::invalid("pcid", format!("pcid = {} is out of range 0..=4095", ctx.pcid)));
-        }
-        match ctx.mode {
-            Mode::Host if ctx.tag != 0 => return Err(EngineError::invalid("tag", "a host context has ASID/VPID 0")),
-            Mode::Svm if ctx.tag as u32 >= NASID => {
-                return Err(EngineError::invalid("tag", format!("ASID {} is out of range 0..{NASID}", ctx.tag)))
-            }
-            _ => {}
-        }
-        self.check_key("key", ctx.key as u64)?;
-        let mut c = ctx;
-        if c.mode == Mode::Host {
-            c.nested = NO_TABLE;
-        }
-        self.contexts.push(c);
-        Ok((self.contexts.len() - 1) as u32)
-    }
-
-    pub fn context(&self, id: u32) -> Result<Context> {
-        self.contexts
-            .get(id as usize)
-            .copied()
-            .ok_or_else(|| EngineError::invalid("ctx", format!("ctx = {id}: no such context")))
-    }
-
-    pub fn current_context(&self, cpu: usize) -> u32 {
-        self.cur_ctx[cpu]
-    }
-
-    /// Make `ctx` (a host context) the current one of `cpu` and its host context, the one a
-    /// #VMEXIT returns to, without any flush. The CPU loads the context's CR3 and PCID.
-    pub fn set_host_context(&mut self, cpu: usize, ctx: u32) -> Result<()> {
-        self.check_cpu("cpu", cpu)?;
-        if self.context(ctx)?.mode != Mode::Host {
-            return Err(EngineError::invalid("ctx", "set_host_context takes a host context; guests are entered with vmrun/vmentry"));
-        }
-        self.save_guest_state(cpu);
-        self.cur_ctx[cpu] = ctx;
-        self.cpu_ctx[cpu] = self.contexts[ctx as usize];
-        self.host_ctx[cpu] = ctx;
-        self.host_saved[cpu] = self.cpu_ctx[cpu];
-        Ok(())
-    }
-
-    /// The CPU's (table, PCID) in CR3 now.
-    pub fn cpu_cr3(&self, cpu: usize) -> Result<(u32, u16)> {
-        self.check_cpu("cpu", cpu)?;
-        let c = &self.cpu_ctx[cpu];
-        Ok((c.cr3, c.pcid))
-    }
-
-    /// A CPU leaving guest mode stores the guest's CR3 and PCID into its context, as #VMEXIT
-    /// stores guest state into the VMCB (APM vol. 2 15.6) and VM exit into the VMCS guest-state
-    /// area (Intel SDM vol. 3C 28.3 "Saving Guest State"); the next entry of the context loads
-    /// them. Nothing for a CPU in host mode.
-    fn save_guest_state(&mut self, cpu: usize) {
-        let c = self.cpu_ctx[cpu];
-        if c.mode != Mode::Host {
-            let t = &mut self.contexts[self.cur_ctx[cpu] as usize];
-            t.cr3 = c.cr3;
-            t.pcid = c.pcid;
-        }
-    }
-
-    /// Enter guest context `ctx` on `cpu`: a CPU in host mode saves its host state (VMRUN's host
-    /// save area, APM vol. 2 15.5.1; the VMCS host-state area, SDM vol. 3C 28.5), then the
-    /// guest's state is loaded from the context.
-    fn enter(&mut self, cpu: usize, ctx: u32) {
-        if self.cpu_ctx[cpu].mode == Mode::Host {
-            self.host_saved[cpu] = self.cpu_ctx[cpu];
-        } else {
-            self.save_guest_state(cpu);
-        }
-        self.cur_ctx[cpu] = ctx;
-        self.cpu_ctx[cpu] = self.contexts[ctx as usize];
     }
 
     fn note_inval(&mut self, cpu: usize, kind: &str, dropped: u64, cycles: u64) {
@@ -268,13 +181,16 @@ impl Host {
         let m = |e: &Entry| {
             e.dom == dom && e.tag == ctx.tag && e.eptp == eptp && e.thr == thr && (e.pcid == ctx.pcid || e.flags & F_GLOBAL != 0)
         };
+        let cc = cid as usize * CTX_COUNTERS.len();
         let hit = if let Some(i) = self.tlb1[core].find(va, cat, m) {
             self.tlb1[core].touch(i);
             self.ctr.tlb_l1_hits[cpu] += 1;
+            self.ctx_ctr[cc + CC_L1] += 1;
             Some((1u8, i))
         } else if let Some(i) = self.tlb2[core].find(va, cat, m) {
             self.tlb2[core].touch(i);
             self.ctr.tlb_l2_hits[cpu] += 1;
+            self.ctx_ctr[cc + CC_L2] += 1;
             let lat = self.cfg.tlb.l2_latency as u64;
             self.clocks_add(cpu, lat);
             // promote into the L1 (the L2 keeps its copy)
@@ -298,10 +214,11 @@ impl Host {
                 }
                 (pa, e.flags, e.gpa + off, e.nsize)
             }
-            None => match self.fill(cpu, core, thr, &ctx, va, cat, dom, eptp) {
+            None => match self.fill(cpu, core, thr, cc, &ctx, va, cat, dom, eptp) {
                 Some(t) => t,
                 None => {
                     self.ctr.page_faults[cpu] += 1;
+                    self.ctx_ctr[cc + CC_PF] += 1;
                     return Translated::Fault;
                 }
             },
@@ -310,6 +227,7 @@ impl Host {
             // a write through a read-only translation, from the TLB or the walk, faults (a stale
             // read-only entry may fault spuriously: SDM vol. 3A 4.10.4.3)
             self.ctr.write_faults[cpu] += 1;
+            self.ctx_ctr[cc + CC_WF] += 1;
             return Translated::Fault;
         }
         let key = if flags & F_CBIT != 0 { ctx.key } else { 0 };
@@ -393,8 +311,9 @@ impl Host {
     /// in both levels, and the guest-physical one of a nested walk). None: a fault.
     #[allow(clippy::too_many_arguments)]
     #[inline(never)]
-    fn fill(&mut self, cpu: usize, core: usize, thr: u8, ctx: &Context, va: u64, cat: u8, dom: u8, eptp: u32) -> Option<(u64, u8, u64, u8)> {
+    fn fill(&mut self, cpu: usize, core: usize, thr: u8, cc: usize, ctx: &Context, va: u64, cat: u8, dom: u8, eptp: u32) -> Option<(u64, u8, u64, u8)> {
         self.ctr.tlb_misses[cpu] += 1;
+        self.ctx_ctr[cc + CC_MISS] += 1;
         self.walks += 1;
         let w = walk(&self.tables, ctx, va);
         let t = &self.cfg.tlb;
@@ -435,6 +354,7 @@ impl Host {
             let found = self.tlb1[core].find(w.gpa, CAT_GPHYS, gm).is_some() || self.tlb2[core].find(w.gpa, CAT_GPHYS, gm).is_some();
             if found {
                 self.ctr.gphys_hits[cpu] += 1;
+                self.ctx_ctr[cc + CC_GPHYS] += 1;
                 cost = t.walk_guest_only as u64;
             } else {
                 self.ctr.gphys_misses[cpu] += 1;

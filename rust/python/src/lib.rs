@@ -16,6 +16,8 @@ use sevsim_engine::tlb::{Context, Invlpgb, Mode, NO_TABLE};
 use sevsim_engine::translate::{Translated, VmrunResult};
 use sevsim_engine::EngineError;
 
+mod tlb;
+
 fn verr(e: EngineError) -> PyErr {
     PyValueError::new_err(e.to_string())
 }
@@ -856,6 +858,26 @@ impl PyHost {
         self.h
             .create_context(Context { mode, tag, pcid, cr3, nested: nested.unwrap_or(NO_TABLE), key, vm })
             .map_err(verr)
+    }
+    /// Change context `ctx`: its tag (ASID/VPID), nested table, VM or key (None: unchanged), as
+    /// KVM gives a VMCB a new ASID or another nested table. Checked like create_context (the
+    /// context unchanged on an error); it takes effect at the context's next entry.
+    #[pyo3(signature = (ctx, *, tag=None, nested=None, vm=None, key=None))]
+    fn set_context(&mut self, ctx: &Bound<'_, PyAny>, tag: Option<&Bound<'_, PyAny>>, nested: Option<&Bound<'_, PyAny>>,
+                   vm: Option<&Bound<'_, PyAny>>, key: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        self.tlb_set_context(ctx, tag, nested, vm, key)
+    }
+    /// Context `ctx` as stored (a guest's CR3/PCID as of its last exit): {mode, tag, pcid, cr3,
+    /// nested, key, vm}.
+    fn context<'py>(&self, py: Python<'py>, ctx: &Bound<'_, PyAny>) -> PyResult<Bound<'py, PyDict>> {
+        self.tlb_context(py, ctx)
+    }
+    /// Per-context TLB counters, counted for the context the CPU was in: {name: int} for `ctx`,
+    /// or {name: uint64 array indexed by context} without it. Names: tlb_l1_hits, tlb_l2_hits,
+    /// tlb_misses (each a walk), gphys_hits, page_faults, write_faults.
+    #[pyo3(signature = (ctx=None))]
+    fn context_counters<'py>(&self, py: Python<'py>, ctx: Option<&Bound<'_, PyAny>>) -> PyResult<Bound<'py, PyDict>> {
+        self.tlb_context_counters(py, ctx)
     }
     /// The context `cpu` translates with now.
     fn current_context(&self, cpu: &Bound<'_, PyAny>) -> PyResult<u32> {
