@@ -11,7 +11,7 @@ K4, M2, G1 = 0, 1, 2
 SHIFT = {K4: 12, M2: 21, G1: 30}
 LINEAR, GPHYS, COMBINED = 0, 1, 2
 HOST, SVM, VMX = 0, 1, 2
-GLOBAL, CBIT = 1, 2
+GLOBAL, CBIT, RDONLY = 1, 2, 4
 NO_TABLE = 2**32 - 1
 NASID = 32768
 
@@ -82,6 +82,7 @@ class Ent:
     gen_cr3: int
     gen_nested: int
     vm: int
+    thr: int = 0
     stamp: int = 0
 
 
@@ -160,25 +161,45 @@ class Level:
 
 
 LIN_COMB = (1 << LINEAR) | (1 << COMBINED)
+# per-context counters, in the engine's order (context.rs CTX_COUNTERS)
+CTX_COUNTERS = ("tlb_l1_hits", "tlb_l2_hits", "tlb_misses", "gphys_hits", "page_faults", "write_faults")
 ALL = 7
 
 
 class RefTlb:
     """Translation state of a host with `cores` cores and `cpus` CPUs (cpu -> core = cpu % cores)."""
 
-    def __init__(self, cores, cpus, l1, l2, l2_ways, cost, owner_of):
+    def __init__(self, cores, cpus, l1, l2, l2_ways, cost, owner_of, smt_tagged=False):
         self.cores, self.cpus = cores, cpus
+        # the thread tag of each CPU's entries: its SMT thread if the TLB is tagged by thread
+        self.thr = [cpu // cores if smt_tagged else 0 for cpu in range(cpus)]
         self.tables = [Table("host")]
         self.ctxs = [Ctx(HOST, 0, 0, 0, NO_TABLE, 0, 0)]
         self.cur = [0] * cpus
+        # per CPU: the context as loaded (its own CR3/PCID), its host context, the saved host state
+        self.cpu_ctx = [replace(self.ctxs[0]) for _ in range(cpus)]
+        self.host_ctx = [0] * cpus
+        self.host_saved = [replace(self.ctxs[0]) for _ in range(cpus)]
         self.t1 = [Level(l1, l1) for _ in range(cores)]
         self.t2 = [Level(l2, l2_ways) for _ in range(cores)]
         self.cost = cost
         self.owner_of = owner_of
         self.pending = []
         self.ctr = {k: [0] * cpus for k in ("tlb_l1_hits", "tlb_l2_hits", "tlb_misses", "gphys_hits", "gphys_misses",
-                                            "page_faults", "tlb_flush_ops", "tlb_dropped", "vmruns", "vmrun_failures")}
+                                            "page_faults", "write_faults", "tlb_flush_ops", "tlb_dropped", "vmruns", "vmrun_failures")}
         self.violations = []
+        self.ctx_ctr = {}
+
+    def cc(self, cid, name):
+        row = self.ctx_ctr.setdefault(cid, dict.fromkeys(CTX_COUNTERS, 0))
+        row[name] += 1
+
+    def set_context(self, cid, tag=None, nested=None, vm=None, key=None):
+        c = self.ctxs[cid]
+        c.tag = c.tag if tag is None else tag
+        c.nested = c.nested if nested is None else nested
+        c.vm = c.vm if vm is None else vm
+        c.key = c.key if key is None else key
 
     def core(self, cpu):
         return cpu % self.cores
@@ -189,12 +210,12 @@ class RefTlb:
             return None
         s1, out1, f1 = w1
         if ctx.mode == HOST or ctx.nested == NO_TABLE:
-            return dict(target=out1, size=s1, flags=f1, gpa=0, nsize=s1)
+            return dict(target=out1, size=s1, flags=f1, gpa=0, nsize=s1, nflags=f1)
         w2 = self.tables[ctx.nested].walk(out1)
         if w2 is None:
             return None
-        s2, out2, _ = w2
-        return dict(target=out2, size=min(s1, s2), flags=f1, gpa=out1, nsize=s2)
+        s2, out2, f2 = w2
+        return dict(target=out2, size=min(s1, s2), flags=f1 | (f2 & RDONLY), gpa=out1, nsize=s2, nflags=f2)
 
     def current(self, e, ctx):
         return (e.src_cr3 == ctx.cr3 and e.gen_cr3 == self.tables[ctx.cr3].gen
@@ -203,27 +224,31 @@ class RefTlb:
     def violate(self, cause, cpu, cid, ctx, va, pa, true_pa):
         self.violations.append((cause, cpu, va, pa, true_pa, cid))
 
-    def translate(self, cpu, va):
+    def translate(self, cpu, va, write=False):
         cid = self.cur[cpu]
-        ctx = self.ctxs[cid]
+        ctx = self.cpu_ctx[cpu]
         c = self.core(cpu)
         cat, dom = (LINEAR, HOST) if ctx.mode == HOST else (COMBINED, ctx.mode)
         eptp = ctx.nested if ctx.mode == VMX else 0
+        thr = self.thr[cpu]
 
         def m(e):
-            return e.dom == dom and e.tag == ctx.tag and e.eptp == eptp and (e.pcid == ctx.pcid or e.flags & GLOBAL)
+            return (e.dom == dom and e.tag == ctx.tag and e.eptp == eptp and e.thr == thr
+                    and (e.pcid == ctx.pcid or e.flags & GLOBAL))
 
         hit = None
         i = self.t1[c].find(va, cat, m)
         if i is not None:
             self.t1[c].touch(i)
             self.ctr["tlb_l1_hits"][cpu] += 1
+            self.cc(cid, "tlb_l1_hits")
             hit = (self.t1[c], i)
         else:
             i = self.t2[c].find(va, cat, m)
             if i is not None:
                 self.t2[c].touch(i)
                 self.ctr["tlb_l2_hits"][cpu] += 1
+                self.cc(cid, "tlb_l2_hits")
                 e = self.t2[c].ents[i]
                 self.t1[c].insert(va, e.size, e)
                 hit = (self.t2[c], i)
@@ -236,7 +261,12 @@ class RefTlb:
                 if e.vm != ctx.vm:
                     self.violate("foreign_vm_translation", cpu, cid, ctx, va, pa, pa)
                 w = self.walk(ctx, va)
-                if w is not None and w["target"] == pa and (w["flags"] & CBIT) == (e.flags & CBIT):
+                same = w is not None and w["target"] == pa and (w["flags"] & CBIT) == (e.flags & CBIT)
+                if same and (w["flags"] & RDONLY) != (e.flags & RDONLY):
+                    # a writable entry over a read-only leaf: stale for a write; never refreshed
+                    if write and not e.flags & RDONLY:
+                        self.violate("stale_translation", cpu, cid, ctx, va, pa, w["target"])
+                elif same:
                     e.src_cr3, e.gen_cr3 = ctx.cr3, self.tables[ctx.cr3].gen
                     if ctx.mode != HOST:
                         e.src_nested, e.gen_nested = ctx.nested, self.tables[ctx.nested].gen
@@ -246,26 +276,29 @@ class RefTlb:
                 self.violate("foreign_vm_translation", cpu, cid, ctx, va, pa, pa)
         else:
             self.ctr["tlb_misses"][cpu] += 1
+            self.cc(cid, "tlb_misses")
             w = self.walk(ctx, va)
             if w is None:
                 self.ctr["page_faults"][cpu] += 1
+                self.cc(cid, "page_faults")
                 return None
-            base = Ent(0, eptp, ctx.tag, ctx.pcid, dom, cat, w["flags"] & (GLOBAL | CBIT), 0, ctx.cr3,
+            base = Ent(0, eptp, ctx.tag, ctx.pcid, dom, cat, w["flags"] & (GLOBAL | CBIT | RDONLY), 0, ctx.cr3,
                        NO_TABLE if ctx.mode == HOST else ctx.nested, self.tables[ctx.cr3].gen,
-                       0 if ctx.mode == HOST else self.tables[ctx.nested].gen, ctx.vm)
+                       0 if ctx.mode == HOST else self.tables[ctx.nested].gen, ctx.vm, thr)
             if ctx.mode != HOST:
                 gtag = ctx.tag if ctx.mode == SVM else 0
 
                 def gm(e):
-                    return e.dom == dom and e.tag == gtag and e.eptp == eptp
+                    return e.dom == dom and e.tag == gtag and e.eptp == eptp and e.thr == thr
 
                 if self.t1[c].find(w["gpa"], GPHYS, gm) is not None or self.t2[c].find(w["gpa"], GPHYS, gm) is not None:
                     self.ctr["gphys_hits"][cpu] += 1
+                    self.cc(cid, "gphys_hits")
                 else:
                     self.ctr["gphys_misses"][cpu] += 1
                     ns = w["nsize"]
                     ge = replace(base, target=w["target"] - (w["gpa"] & ((1 << SHIFT[ns]) - 1)), tag=gtag, cat=GPHYS,
-                                 flags=0, pcid=0)
+                                 flags=w["nflags"] & RDONLY, pcid=0)
                     s2 = M2 if ns == G1 else ns
                     self.t2[c].insert(w["gpa"], s2, replace(ge, target=w["target"] - (w["gpa"] & ((1 << SHIFT[s2]) - 1))))
                     self.t1[c].insert(w["gpa"], ns, ge)
@@ -274,6 +307,10 @@ class RefTlb:
             s2 = M2 if size == G1 else size
             self.t2[c].insert(va, s2, replace(base, target=w["target"] - (va & ((1 << SHIFT[s2]) - 1))))
             pa, flags = w["target"], w["flags"]
+        if write and flags & RDONLY:
+            self.ctr["write_faults"][cpu] += 1
+            self.cc(cid, "write_faults")
+            return None
         key = ctx.key if flags & CBIT else 0
         if ctx.mode != HOST:
             o = self.owner_of(pa)
@@ -282,8 +319,13 @@ class RefTlb:
         return pa, key
 
     # -- invalidations
-    def _drop(self, cpu, pred, addr=None, cats=ALL):
+    def _drop(self, cpu, pred0, addr=None, cats=ALL):
         c = self.core(cpu)
+        thr = self.thr[cpu]
+
+        def pred(e):
+            return e.thr == thr and pred0(e)
+
         if addr is None:
             return self.t1[c].drop_where(pred) + self.t2[c].drop_where(pred)
         return self.t1[c].drop_addr(addr, cats, pred) + self.t2[c].drop_addr(addr, cats, pred)
@@ -306,26 +348,51 @@ class RefTlb:
         elif tlb_control == 7:
             self._note(cpu, self._drop(cpu, lambda e: e.dom == SVM and e.tag == a and not e.flags & GLOBAL))
         self.ctr["vmruns"][cpu] += 1
-        self.cur[cpu] = cid
+        self._enter(cpu, cid)
         return "entered"
+
+    def _save_guest(self, cpu):
+        c = self.cpu_ctx[cpu]
+        if c.mode != HOST:
+            t = self.ctxs[self.cur[cpu]]
+            t.cr3, t.pcid = c.cr3, c.pcid
+
+    def _enter(self, cpu, cid):
+        if self.cpu_ctx[cpu].mode == HOST:
+            self.host_saved[cpu] = replace(self.cpu_ctx[cpu])
+        else:
+            self._save_guest(cpu)
+        self.cur[cpu] = cid
+        self.cpu_ctx[cpu] = replace(self.ctxs[cid])
+
+    def set_host_context(self, cpu, cid):
+        self._save_guest(cpu)
+        self.cur[cpu] = cid
+        self.cpu_ctx[cpu] = replace(self.ctxs[cid])
+        self.host_ctx[cpu] = cid
+        self.host_saved[cpu] = replace(self.ctxs[cid])
 
     def vmentry(self, cpu, cid):
         if self.ctxs[cid].tag == 0:
             self._vpid0(cpu)
         self.ctr["vmruns"][cpu] += 1
-        self.cur[cpu] = cid
+        self._enter(cpu, cid)
 
     def _vpid0(self, cpu):
         self._note(cpu, self._drop(cpu, lambda e: e.dom in (VMX, HOST) and e.tag == 0 and e.cat != GPHYS))
 
     def vmexit(self, cpu):
-        c = self.ctxs[self.cur[cpu]]
+        c = self.cpu_ctx[cpu]
+        if c.mode == HOST:
+            return
         if c.mode == VMX and c.tag == 0:
             self._vpid0(cpu)
-        self.cur[cpu] = 0
+        self._save_guest(cpu)
+        self.cur[cpu] = self.host_ctx[cpu]
+        self.cpu_ctx[cpu] = replace(self.host_saved[cpu])
 
     def invlpg(self, cpu, va):
-        c = self.ctxs[self.cur[cpu]]
+        c = self.cpu_ctx[cpu]
         return self._note(cpu, self._drop(cpu, lambda e: e.dom == c.mode and e.tag == c.tag and (e.pcid == c.pcid or e.flags & GLOBAL), va, LIN_COMB))
 
     def invlpga(self, cpu, va, asid):
@@ -353,7 +420,7 @@ class RefTlb:
         return self._note(cpu, self._drop(cpu, lambda e: e.dom == VMX and e.tag == vpid and e.cat != GPHYS and not e.flags & GLOBAL))
 
     def invpcid(self, cpu, kind, pcid, va):
-        c = self.ctxs[self.cur[cpu]]
+        c = self.cpu_ctx[cpu]
 
         def mine(e):
             return e.dom == c.mode and e.tag == c.tag and e.cat != GPHYS
@@ -401,13 +468,8 @@ class RefTlb:
 
 
 def mov_cr3(self, cpu, table, pcid, noflush):
-    cid = self.cur[cpu]
-    c = self.ctxs[cid]
-    if cid == 0 and c.mode == HOST:
-        self.ctxs.append(replace(c, cr3=table, pcid=pcid))
-        self.cur[cpu] = len(self.ctxs) - 1
-    else:
-        c.cr3, c.pcid = table, pcid
+    c = self.cpu_ctx[cpu]
+    c.cr3, c.pcid = table, pcid
     n = 0
     if not noflush:
         n = self._drop(cpu, lambda e: e.dom == c.mode and e.tag == c.tag and e.cat != GPHYS and e.pcid == pcid

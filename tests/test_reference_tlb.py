@@ -7,13 +7,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 import sevsim
-from refmodel_tlb import CBIT, GLOBAL, HOST, NO_TABLE, SVM, VMX, Ctx, RefTlb, Table
+from refmodel_tlb import CBIT, CTX_COUNTERS, GLOBAL, HOST, RDONLY, NO_TABLE, SVM, VMX, Ctx, RefTlb, Table
 
 VAS = [0x400000, 0x401000, 0x402000, 0x600000, 0x40000000, 0xFFFF800000000000]
 GPAS = [0x1000, 0x2000, 0x200000, 0x400000, 0x40000000]
 HPAS = [0x100000, 0x101000, 0x200000, 0x400000, 0x1000000, 0x2000000]
 SIZES = {0: "4K", 1: "2M", 2: "1G"}
-COUNTERS = ["tlb_l1_hits", "tlb_l2_hits", "tlb_misses", "gphys_hits", "gphys_misses", "page_faults",
+COUNTERS = ["tlb_l1_hits", "tlb_l2_hits", "tlb_misses", "gphys_hits", "gphys_misses", "page_faults", "write_faults",
             "tlb_flush_ops", "tlb_dropped", "vmruns", "vmrun_failures"]
 
 cpus = st.integers(0, 7)
@@ -27,14 +27,17 @@ RUN_VA, RUN_HPA, RUN_PAGES = 0x10000000, 0x2000000, 40
 class TlbEngineVsModel(RuleBasedStateMachine):
     # the TLB geometry: L1 entries (fully associative), L2 entries, L2 ways
     GEOMETRY = (4, 16, 4)
+    # TLB entries tagged by SMT thread (the presets' setting) or shared by a core's threads
+    SMT_TAGGED = True
 
     @initialize()
     def build(self):
         l1, l2, l2_ways = self.GEOMETRY
-        self.h = sevsim.Host.from_preset("tiny", overrides={"tlb": {"l1_entries": l1, "l2_entries": l2, "l2_ways": l2_ways}})
+        self.h = sevsim.Host.from_preset("tiny", overrides={"tlb": {"l1_entries": l1, "l2_entries": l2, "l2_ways": l2_ways,
+                                                                    "smt_tagged": self.SMT_TAGGED}})
         owners = {}
         self.owners = owners
-        self.m = RefTlb(4, 8, l1, l2, l2_ways, None, lambda pa: owners.get(pa >> 12, 0))
+        self.m = RefTlb(4, 8, l1, l2, l2_ways, None, lambda pa: owners.get(pa >> 12, 0), self.SMT_TAGGED)
         # tables: 0 host (exists), 1 host, 2-3 guest, 4-5 nested
         for kind in ("host", "guest", "guest", "nested", "nested"):
             assert self.h.create_table(kind) == len(self.m.tables)
@@ -49,20 +52,23 @@ class TlbEngineVsModel(RuleBasedStateMachine):
             self.m.ctxs.append(Ctx(mode, tag, 0, cr3, nested, key, vm))
             assert cid == len(self.m.ctxs) - 1
             (self.svm if mode == SVM else self.vmx).append(cid)
+        # context 6: a second host context on host table 1 (a CPU's own host CR3)
+        self.host_ctxs = [0, self.h.create_context("host", 1)]
+        self.m.ctxs.append(Ctx(HOST, 0, 0, 1, NO_TABLE, 0, 0))
         for p in range(RUN_PAGES):
             assert self.m.tables[0].map(RUN_VA + p * 4096, RUN_HPA + p * 4096, 0, 0)
             self.h.map(0, RUN_VA + p * 4096, RUN_HPA + p * 4096)
 
     @rule(table=st.integers(0, 5), va=st.integers(0, len(VAS) - 1), tgt=st.integers(0, 5), size=st.integers(0, 2),
-          cbit=st.booleans(), glob=st.booleans())
-    def map(self, table, va, tgt, size, cbit, glob):
+          cbit=st.booleans(), glob=st.booleans(), ro=st.booleans())
+    def map(self, table, va, tgt, size, cbit, glob, ro):
         t = self.m.tables[table]
         addr = (GPAS[va % len(GPAS)] if t.kind == "nested" else VAS[va])
         target = GPAS[tgt % len(GPAS)] if t.kind == "guest" else HPAS[tgt]
-        flags = (CBIT if cbit else 0) | (GLOBAL if glob else 0)
+        flags = (CBIT if cbit else 0) | (GLOBAL if glob else 0) | (RDONLY if ro else 0)
         ok = t.map(addr, target, size, flags)
         try:
-            self.h.map(table, addr, target, SIZES[size], cbit=cbit, global_=glob)
+            self.h.map(table, addr, target, SIZES[size], cbit=cbit, global_=glob, writable=not ro)
             assert ok, "engine mapped what the model refused"
         except ValueError:
             assert not ok, "engine refused what the model mapped"
@@ -87,14 +93,16 @@ class TlbEngineVsModel(RuleBasedStateMachine):
         self.h.vmexit(cpu)
         self.m.vmexit(cpu)
 
-    @rule(cpu=cpus, va=st.sampled_from(VAS))
-    def translate(self, cpu, va):
-        assert self.h.translate(cpu, va) == self.m.translate(cpu, va)
+    @rule(cpu=cpus, va=st.sampled_from(VAS), write=st.booleans())
+    def translate(self, cpu, va, write):
+        assert self.h.translate(cpu, va, write) == self.m.translate(cpu, va, write)
 
-    @rule(cpu=cpus, vas=st.lists(st.sampled_from(VAS), min_size=1, max_size=20))
-    def translate_batch(self, cpu, vas):
-        got = self.h.access_virtual(cpu, np.array(vas, np.uint64), return_levels=True)["levels"].tolist()
-        want = [self.m.translate(cpu, va) for va in vas]
+    @rule(cpu=cpus, acc=st.lists(st.tuples(st.sampled_from(VAS), st.booleans()), min_size=1, max_size=20))
+    def translate_batch(self, cpu, acc):
+        vas, writes = [a for a, _ in acc], [w for _, w in acc]
+        got = self.h.access_virtual(cpu, np.array(vas, np.uint64), np.array(writes, bool),
+                                    return_levels=True)["levels"].tolist()
+        want = [self.m.translate(cpu, va, w) for va, w in acc]
         assert [g == 7 for g in got] == [w is None for w in want]
 
     @rule(cpu=cpus, pages=st.lists(st.integers(0, RUN_PAGES - 1), min_size=1, max_size=60))
@@ -124,11 +132,31 @@ class TlbEngineVsModel(RuleBasedStateMachine):
     def invpcid(self, cpu, kind, va):
         assert self.h.invpcid(cpu, kind, 0, va) == self.m.invpcid(cpu, kind, 0, va)
 
-    @rule(cpu=cpus, table=st.sampled_from([0, 1]), noflush=st.booleans())
-    def mov_cr3_host(self, cpu, table, noflush):
-        if self.m.ctxs[self.m.cur[cpu]].mode != HOST:
+    @rule(cpu=cpus, table=st.sampled_from([0, 1]), pcid=st.integers(0, 1), noflush=st.booleans())
+    def mov_cr3_host(self, cpu, table, pcid, noflush):
+        if self.m.cpu_ctx[cpu].mode != HOST:
             return
-        assert self.h.mov_cr3(cpu, table, 0, noflush) == self.m.mov_cr3(cpu, table, 0, noflush)
+        assert self.h.mov_cr3(cpu, table, pcid, noflush) == self.m.mov_cr3(cpu, table, pcid, noflush)
+
+    @rule(cpu=cpus, table=st.sampled_from([2, 3]), pcid=st.integers(0, 1), noflush=st.booleans())
+    def mov_cr3_guest(self, cpu, table, pcid, noflush):
+        # a guest loads another of its tables (CR3 per CPU; stored into the context at exit)
+        if self.m.cpu_ctx[cpu].mode == HOST:
+            return
+        assert self.h.mov_cr3(cpu, table, pcid, noflush) == self.m.mov_cr3(cpu, table, pcid, noflush)
+
+    @rule(i=st.integers(0, 4), tag=st.one_of(st.none(), st.integers(0, 2)), nested=st.one_of(st.none(), st.sampled_from([4, 5])),
+          vm=st.one_of(st.none(), st.integers(1, 3)))
+    def set_context(self, i, tag, nested, vm):
+        # KVM gives a VMCB a new ASID, another nested table, or the context another VM's use
+        cid = (self.svm + self.vmx)[i]
+        self.h.set_context(cid, tag=tag, nested=nested, vm=vm)
+        self.m.set_context(cid, tag, nested, vm)
+
+    @rule(cpu=cpus, i=st.integers(0, 1))
+    def set_host_context(self, cpu, i):
+        self.h.set_host_context(cpu, self.host_ctxs[i])
+        self.m.set_host_context(cpu, self.host_ctxs[i])
 
     @rule(cpu=cpus, va=st.one_of(st.none(), st.sampled_from(VAS)), asid=st.one_of(st.none(), st.integers(0, 2)),
           glob=st.booleans(), nested=st.booleans(), sync=st.booleans())
@@ -147,6 +175,12 @@ class TlbEngineVsModel(RuleBasedStateMachine):
     def agree(self):
         if not hasattr(self, "h"):
             return
+        for cpu in range(self.h.cpu_count):
+            assert (self.h.current_context(cpu), self.h.cpu_cr3(cpu)) == (
+                self.m.cur[cpu], (self.m.cpu_ctx[cpu].cr3, self.m.cpu_ctx[cpu].pcid))
+        cc = self.h.context_counters()
+        for name in CTX_COUNTERS:
+            assert cc[name].tolist() == [self.m.ctx_ctr.get(i, {}).get(name, 0) for i in range(len(self.m.ctxs))], name
         c = self.h.counters
         for name in COUNTERS:
             assert c[name].tolist() == self.m.ctr[name], name
@@ -180,3 +214,13 @@ class Wide8TlbEngineVsModel(TlbEngineVsModel):
 
 TestWide8Tlb = Wide8TlbEngineVsModel.TestCase
 TestWide8Tlb.settings = SETTINGS
+
+
+class SharedTlbEngineVsModel(TlbEngineVsModel):
+    """SMT siblings share their core's entries and flushes (tlb.smt_tagged = false)."""
+
+    SMT_TAGGED = False
+
+
+TestSharedTlb = SharedTlbEngineVsModel.TestCase
+TestSharedTlb.settings = SETTINGS

@@ -145,6 +145,10 @@ pub struct TlbConfig {
     pub tlbsync: u32,
     /// SVM: FLUSHBYASID (CPUID 8000_000A EDX[6]); without it TLB_CONTROL 3 and 7 are invalid
     pub flushbyasid: bool,
+    /// entries are tagged with the logical thread that filled them (SMT siblings neither share
+    /// entries nor flushes); absent: false
+    #[serde(default)]
+    pub smt_tagged: bool,
 }
 
 /// SEV-SNP host costs (cycles, bandwidths in GB/s).

@@ -88,6 +88,8 @@ counters!(
     walk_cycles,
     /// translations with no mapping (#PF / #NPF), counted and not performed
     page_faults,
+    /// writes through a read-only leaf or TLB entry (#PF / #NPF), counted and not performed
+    write_faults,
     /// TLB invalidation operations executed and the entries they dropped
     tlb_flush_ops,
     tlb_dropped,
@@ -159,6 +161,9 @@ impl<'a, T: Copy> Col<'a, T> {
 
 const NONE: usize = usize::MAX;
 
+/// Context 0: the host's own table, ASID/VPID 0, PCID 0.
+const HOST0: Context = Context { mode: Mode::Host, tag: 0, pcid: 0, cr3: 0, nested: NO_TABLE, key: 0, vm: 0 };
+
 /// `$self.$f::<W1, W2, W3>(args)` with the (L1, L2, L3) associativities as constants for the
 /// common geometries (set operations without a dispatch, set indices without a multiply), else
 /// with them read at run time (0). Used by the AVX2-compiled batch loops.
@@ -215,6 +220,18 @@ pub struct Host {
     pub(crate) tables: Vec<Table>,
     pub(crate) contexts: Vec<Context>,
     pub(crate) cur_ctx: Vec<u32>,
+    /// per CPU, the context it translates with as loaded: CR3 and PCID are the CPU's own (MOV CR3
+    /// changes them here only), the rest is copied from `contexts[cur_ctx]` at entry
+    pub(crate) cpu_ctx: Vec<Context>,
+    /// per CPU, its host context (set_host_context) and the host state saved at VM entry, which
+    /// #VMEXIT / VM exit restores (APM vol. 2 15.5.1: VMRUN saves host state to the host save
+    /// area and #VMEXIT reloads it; Intel SDM vol. 3C 28.5 "Loading Host State")
+    pub(crate) host_ctx: Vec<u32>,
+    pub(crate) host_saved: Vec<Context>,
+    /// per CPU, the thread tag its TLB entries carry: its SMT thread with `tlb.smt_tagged`, else 0
+    pub(crate) cpu_thr: Vec<u8>,
+    /// per context, the `context::CTX_COUNTERS` (a flat array, one row per context)
+    pub(crate) ctx_ctr: Vec<u64>,
     pub(crate) tlb1: Vec<TlbLevel>,
     pub(crate) tlb2: Vec<TlbLevel>,
     /// table walks so far, all CPUs (the translated batch watches it to prefetch walks)
@@ -275,8 +292,13 @@ impl Host {
                 crate::snp::build_direct_map(&mut t, bytes);
                 vec![t]
             },
-            contexts: vec![Context { mode: Mode::Host, tag: 0, pcid: 0, cr3: 0, nested: NO_TABLE, key: 0, vm: 0 }],
+            contexts: vec![HOST0],
             cur_ctx: vec![0; n],
+            cpu_ctx: vec![HOST0; n],
+            host_ctx: vec![0; n],
+            host_saved: vec![HOST0; n],
+            ctx_ctr: vec![0; crate::context::CTX_COUNTERS.len()],
+            cpu_thr: (0..n).map(|c| if tlb_cfg.smt_tagged { (c / topo.cores) as u8 } else { 0 }).collect(),
             tlb1: (0..topo.cores).map(|_| TlbLevel::new(tlb_cfg.l1_entries as usize, tlb_cfg.l1_entries as usize)).collect(),
             tlb2: (0..topo.cores).map(|_| TlbLevel::new(tlb_cfg.l2_entries as usize, tlb_cfg.l2_ways as usize)).collect(),
             walks: 0,

@@ -5,6 +5,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod context;
 pub mod directory;
 pub mod error;
 pub mod host;

@@ -63,7 +63,9 @@ pub enum TableKind {
 pub const F_GLOBAL: u8 = 1;
 /// The C-bit: the access uses the encryption key of the context (guest) or the host's SME key.
 pub const F_CBIT: u8 = 2;
-pub const F_WRITABLE: u8 = 4;
+/// The complement of the leaf's R/W bit (APM vol. 2 5.4.1 "Read/Write (R/W) Bit"; Intel SDM vol. 3A
+/// 4.6; an EPT leaf's bit 1 "write access", SDM vol. 3C 29.3.2): a leaf is writable unless marked.
+pub const F_RDONLY: u8 = 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Leaf {

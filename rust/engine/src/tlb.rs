@@ -8,11 +8,14 @@
 //! context always uses nested paging here (NPT/EPT); shadow paging is not modelled.
 //!
 //! The TLB is per core and shared by the core's SMT threads [assumed; Zen competitively shares the
-//! DTLBs]; a flush on one thread drops the core's entries that match it.
+//! DTLBs]. With `tlb.smt_tagged` (the presets' AMD parts: Li et al., "TLB Poisoning Attacks on AMD
+//! Secure Encrypted Virtualization", ACSAC 2021, report the logical-core ID as part of the TLB tag)
+//! each entry also carries its logical thread: a thread hits only its own entries, and a flush
+//! on one thread drops only its own; broadcast INVLPGB reaches every thread.
 
 use crate::cache::has_avx2;
 use crate::error::{EngineError, Result};
-use crate::paging::{PageSize, Table, F_GLOBAL};
+use crate::paging::{PageSize, Table, F_GLOBAL, F_RDONLY};
 
 pub const CAT_LINEAR: u8 = 0;
 pub const CAT_GPHYS: u8 = 1;
@@ -81,6 +84,8 @@ pub struct Entry {
     /// of the nested leaf (the RMP checks compare both, semantics.md 5.3)
     pub gpa: u64,
     pub nsize: u8,
+    /// the SMT thread of the core that filled it (0 on hosts without `tlb.smt_tagged`)
+    pub thr: u8,
 }
 
 /// Key of a slot: page number at the entry's size, size, category, valid bit.
@@ -418,18 +423,23 @@ pub struct Walk {
     pub gpa: u64,
     pub gpa_frame: u64,
     pub nested_size: PageSize,
+    /// the nested leaf's flags (guest contexts; the host leaf's otherwise)
+    pub nflags: u8,
 }
 
 /// Walk the tables of `ctx` for `va`: None is a page fault (no mapping at some stage).
 pub fn walk(tables: &[Table], ctx: &Context, va: u64) -> Option<Walk> {
     let (l1, out1) = tables[ctx.cr3 as usize].walk(va)?;
     if ctx.mode == Mode::Host || ctx.nested == NO_TABLE {
-        return Some(Walk { target: out1, size: l1.size, flags: l1.flags, gpa: 0, gpa_frame: 0, nested_size: l1.size });
+        return Some(Walk { target: out1, size: l1.size, flags: l1.flags, gpa: 0, gpa_frame: 0, nested_size: l1.size, nflags: l1.flags });
     }
     let (l2, out2) = tables[ctx.nested as usize].walk(out1)?;
-    // a combined translation covers the smaller of the two leaves
+    // a combined translation covers the smaller of the two leaves; it is writable only if both
+    // leaves are (APM vol. 2 15.25.5: a nested walk checks the guest's and the nested table's
+    // permissions; SDM vol. 3C 29.3.3.2: a write needs EPT write access)
     let size = l1.size.min(l2.size);
-    Some(Walk { target: out2, size, flags: l1.flags, gpa: out1, gpa_frame: out1 & !(l2.size.bytes() - 1), nested_size: l2.size })
+    let flags = l1.flags | (l2.flags & F_RDONLY);
+    Some(Walk { target: out2, size, flags, gpa: out1, gpa_frame: out1 & !(l2.size.bytes() - 1), nested_size: l2.size, nflags: l2.flags })
 }
 
 /// INVLPGB operands (semantics.md 3.7): rAX flags, ECX count/stride, EDX PCID/ASID.

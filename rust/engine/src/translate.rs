@@ -3,9 +3,10 @@
 //! translation, isolation). Semantics: semantics.md sections 3 and 4 (APM vol. 2 ch. 15 via kernel
 //! sources; Intel SDM vol. 3C "Caching Translation Information").
 
+use crate::context::{CC_GPHYS, CC_L1, CC_L2, CC_MISS, CC_PF, CC_WF, CTX_COUNTERS};
 use crate::error::{EngineError, Result};
 use crate::host::{by_geometry, Col, Host};
-use crate::paging::{canonical, Leaf, PageSize, Table, TableKind, F_CBIT, F_GLOBAL};
+use crate::paging::{canonical, Leaf, PageSize, Table, TableKind, F_CBIT, F_GLOBAL, F_RDONLY};
 use crate::tlb::*;
 use crate::violation::{Cause, Violation};
 
@@ -68,7 +69,7 @@ impl Host {
         (self.tables.len() - 1) as u32
     }
 
-    fn table_checked(&self, arg: &str, id: u32) -> Result<&Table> {
+    pub(crate) fn table_checked(&self, arg: &str, id: u32) -> Result<&Table> {
         self.tables
             .get(id as usize)
             .ok_or_else(|| EngineError::invalid(arg, format!("{arg} = {id}: no such table (there are {})", self.tables.len())))
@@ -120,56 +121,6 @@ impl Host {
         self.table_checked("table", id)
     }
 
-    /// Register a translation context. Host contexts translate through a host table; SVM and VMX
-    /// guest contexts through a guest table and a nested table (NPT/EPT).
-    pub fn create_context(&mut self, ctx: Context) -> Result<u32> {
-        let need = if ctx.mode == Mode::Host { TableKind::Host } else { TableKind::Guest };
-        if self.table_checked("cr3", ctx.cr3)?.kind != need {
-            return Err(EngineError::invalid("cr3", format!("cr3 = {}: a {:?} context needs a {need:?} table", ctx.cr3, ctx.mode)));
-        }
-        if ctx.mode != Mode::Host && self.table_checked("nested", ctx.nested)?.kind != TableKind::Nested {
-            return Err(EngineError::invalid("nested", format!("nested = {} is not a nested (NPT/EPT) table", ctx.nested)));
-        }
-        if ctx.pcid >= 4096 {
-            return Err(EngineError::invalid("pcid", format!("pcid = {} is out of range 0..=4095", ctx.pcid)));
-        }
-        match ctx.mode {
-            Mode::Host if ctx.tag != 0 => return Err(EngineError::invalid("tag", "a host context has ASID/VPID 0")),
-            Mode::Svm if ctx.tag as u32 >= NASID => {
-                return Err(EngineError::invalid("tag", format!("ASID {} is out of range 0..{NASID}", ctx.tag)))
-            }
-            _ => {}
-        }
-        self.check_key("key", ctx.key as u64)?;
-        let mut c = ctx;
-        if c.mode == Mode::Host {
-            c.nested = NO_TABLE;
-        }
-        self.contexts.push(c);
-        Ok((self.contexts.len() - 1) as u32)
-    }
-
-    pub fn context(&self, id: u32) -> Result<Context> {
-        self.contexts
-            .get(id as usize)
-            .copied()
-            .ok_or_else(|| EngineError::invalid("ctx", format!("ctx = {id}: no such context")))
-    }
-
-    pub fn current_context(&self, cpu: usize) -> u32 {
-        self.cur_ctx[cpu]
-    }
-
-    /// Make `ctx` (a host context) the current one of `cpu`, without any flush.
-    pub fn set_host_context(&mut self, cpu: usize, ctx: u32) -> Result<()> {
-        self.check_cpu("cpu", cpu)?;
-        if self.context(ctx)?.mode != Mode::Host {
-            return Err(EngineError::invalid("ctx", "set_host_context takes a host context; guests are entered with vmrun/vmentry"));
-        }
-        self.cur_ctx[cpu] = ctx;
-        Ok(())
-    }
-
     fn note_inval(&mut self, cpu: usize, kind: &str, dropped: u64, cycles: u64) {
         let k = kind_index(kind);
         self.inval[k][0] += 1;
@@ -185,15 +136,21 @@ impl Host {
         INVAL_KINDS.iter().zip(&self.inval).map(|(k, v)| (*k, v[0], v[1])).collect()
     }
 
-    /// Drop, on `cpu`'s core, the entries `pred` selects (both levels).
+    /// Drop, on `cpu`'s core, the entries `pred` selects (both levels): of this thread only where
+    /// the entries carry the thread (`tlb.smt_tagged`), since a local invalidation acts on the
+    /// logical processor that executes it (APM vol. 2 INVLPGA/TLB_CONTROL, SDM INVLPG/INVEPT).
     fn drop_local(&mut self, cpu: usize, pred: impl Fn(&Entry) -> bool + Copy) -> u64 {
         let core = self.topo.cpu_core[cpu] as usize;
-        self.tlb1[core].drop_where(pred) + self.tlb2[core].drop_where(pred)
+        let thr = self.cpu_thr[cpu];
+        let p = move |e: &Entry| e.thr == thr && pred(e);
+        self.tlb1[core].drop_where(p) + self.tlb2[core].drop_where(p)
     }
 
     fn drop_local_addr(&mut self, cpu: usize, addr: u64, cats: u8, pred: impl Fn(&Entry) -> bool + Copy) -> u64 {
         let core = self.topo.cpu_core[cpu] as usize;
-        self.tlb1[core].drop_addr(addr, cats, pred) + self.tlb2[core].drop_addr(addr, cats, pred)
+        let thr = self.cpu_thr[cpu];
+        let p = move |e: &Entry| e.thr == thr && pred(e);
+        self.tlb1[core].drop_addr(addr, cats, p) + self.tlb2[core].drop_addr(addr, cats, p)
     }
 
     // ---------------------------------------------------------------------------------------
@@ -202,26 +159,38 @@ impl Host {
     /// Translate `va` in `cpu`'s current context through its TLBs, filling them on a miss, and
     /// check what it finds against the current tables. Charges the translation's cost.
     pub fn translate(&mut self, cpu: usize, va: u64) -> Translated {
-        self.translate_inline(cpu, va)
+        self.translate_inline(cpu, va, false)
+    }
+
+    /// `translate` for a read (`write` false) or a write: a write through a read-only leaf or
+    /// TLB entry is a fault (#PF / #NPF), counted in `write_faults` and not performed.
+    pub fn translate_access(&mut self, cpu: usize, va: u64, write: bool) -> Translated {
+        self.translate_inline(cpu, va, write)
     }
 
     /// `translate`, inlined into the translated batch loops (the TLB hit path is most of a
     /// translated access; the miss path stays out of line).
     #[inline(always)]
-    fn translate_inline(&mut self, cpu: usize, va: u64) -> Translated {
+    fn translate_inline(&mut self, cpu: usize, va: u64, write: bool) -> Translated {
         let cid = self.cur_ctx[cpu];
-        let ctx = self.contexts[cid as usize];
+        let ctx = self.cpu_ctx[cpu];
         let core = self.topo.cpu_core[cpu] as usize;
         let (cat, dom) = if ctx.mode == Mode::Host { (CAT_LINEAR, DOM_HOST) } else { (CAT_COMBINED, ctx.mode.dom()) };
         let eptp = if ctx.mode == Mode::Vmx { ctx.nested } else { 0 };
-        let m = |e: &Entry| e.dom == dom && e.tag == ctx.tag && e.eptp == eptp && (e.pcid == ctx.pcid || e.flags & F_GLOBAL != 0);
+        let thr = self.cpu_thr[cpu];
+        let m = |e: &Entry| {
+            e.dom == dom && e.tag == ctx.tag && e.eptp == eptp && e.thr == thr && (e.pcid == ctx.pcid || e.flags & F_GLOBAL != 0)
+        };
+        let cc = cid as usize * CTX_COUNTERS.len();
         let hit = if let Some(i) = self.tlb1[core].find(va, cat, m) {
             self.tlb1[core].touch(i);
             self.ctr.tlb_l1_hits[cpu] += 1;
+            self.ctx_ctr[cc + CC_L1] += 1;
             Some((1u8, i))
         } else if let Some(i) = self.tlb2[core].find(va, cat, m) {
             self.tlb2[core].touch(i);
             self.ctr.tlb_l2_hits[cpu] += 1;
+            self.ctx_ctr[cc + CC_L2] += 1;
             let lat = self.cfg.tlb.l2_latency as u64;
             self.clocks_add(cpu, lat);
             // promote into the L1 (the L2 keeps its copy)
@@ -239,20 +208,28 @@ impl Host {
                 let off = va & (size.bytes() - 1);
                 let pa = e.target + off;
                 if !self.entry_is_current(&e, &ctx) {
-                    self.check_hit(cpu, cid, &ctx, va, pa, e, lvl, i);
+                    self.check_hit(cpu, cid, &ctx, va, pa, e, lvl, i, write);
                 } else if e.vm != ctx.vm {
                     self.translation_violation(Cause::ForeignVmTranslation, cpu, cid, &ctx, va, pa, pa);
                 }
                 (pa, e.flags, e.gpa + off, e.nsize)
             }
-            None => match self.fill(cpu, core, &ctx, va, cat, dom, eptp) {
+            None => match self.fill(cpu, core, thr, cc, &ctx, va, cat, dom, eptp) {
                 Some(t) => t,
                 None => {
                     self.ctr.page_faults[cpu] += 1;
+                    self.ctx_ctr[cc + CC_PF] += 1;
                     return Translated::Fault;
                 }
             },
         };
+        if write && flags & F_RDONLY != 0 {
+            // a write through a read-only translation, from the TLB or the walk, faults (a stale
+            // read-only entry may fault spuriously: SDM vol. 3A 4.10.4.3)
+            self.ctr.write_faults[cpu] += 1;
+            self.ctx_ctr[cc + CC_WF] += 1;
+            return Translated::Fault;
+        }
         let key = if flags & F_CBIT != 0 { ctx.key } else { 0 };
         // SNP: a private access checks the RMP entry's ASID, GPA and size against the nested
         // mapping (semantics.md 5.3); a refusal is recorded and the access not made
@@ -278,14 +255,22 @@ impl Host {
                 || (e.src_nested == ctx.nested && e.gen_nested == self.tables[ctx.nested as usize].gen as u32))
     }
 
-    /// The oracle's slow path: re-walk and compare; refresh the entry's source if it agrees.
+    /// The oracle's slow path: re-walk and compare; refresh the entry's source if it agrees. An
+    /// entry that still allows writes where the leaf no longer does is stale for a write (KVM's
+    /// write protection for dirty logging relies on that flush), harmless for a read; it is not
+    /// refreshed, so the next write through it is checked again.
     #[allow(clippy::too_many_arguments)]
-    fn check_hit(&mut self, cpu: usize, cid: u32, ctx: &Context, va: u64, pa: u64, e: Entry, lvl: u8, slot: usize) {
+    fn check_hit(&mut self, cpu: usize, cid: u32, ctx: &Context, va: u64, pa: u64, e: Entry, lvl: u8, slot: usize, write: bool) {
         if e.vm != ctx.vm {
             self.translation_violation(Cause::ForeignVmTranslation, cpu, cid, ctx, va, pa, pa);
         }
         let truth = walk(&self.tables, ctx, va);
         match truth {
+            Some(w) if w.target == pa && (w.flags & F_CBIT) == (e.flags & F_CBIT) && (w.flags & F_RDONLY) != (e.flags & F_RDONLY) => {
+                if write && e.flags & F_RDONLY == 0 {
+                    self.translation_violation(Cause::StaleTranslation, cpu, cid, ctx, va, pa, w.target);
+                }
+            }
             Some(w) if w.target == pa && (w.flags & F_CBIT) == (e.flags & F_CBIT) => {
                 let core = self.topo.cpu_core[cpu] as usize;
                 let t = if lvl == 1 { &mut self.tlb1[core] } else { &mut self.tlb2[core] };
@@ -326,8 +311,9 @@ impl Host {
     /// in both levels, and the guest-physical one of a nested walk). None: a fault.
     #[allow(clippy::too_many_arguments)]
     #[inline(never)]
-    fn fill(&mut self, cpu: usize, core: usize, ctx: &Context, va: u64, cat: u8, dom: u8, eptp: u32) -> Option<(u64, u8, u64, u8)> {
+    fn fill(&mut self, cpu: usize, core: usize, thr: u8, cc: usize, ctx: &Context, va: u64, cat: u8, dom: u8, eptp: u32) -> Option<(u64, u8, u64, u8)> {
         self.ctr.tlb_misses[cpu] += 1;
+        self.ctx_ctr[cc + CC_MISS] += 1;
         self.walks += 1;
         let w = walk(&self.tables, ctx, va);
         let t = &self.cfg.tlb;
@@ -349,7 +335,7 @@ impl Host {
             pcid: ctx.pcid,
             dom,
             cat,
-            flags: w.flags & (F_GLOBAL | F_CBIT),
+            flags: w.flags & (F_GLOBAL | F_CBIT | F_RDONLY),
             size: 0,
             src_cr3: ctx.cr3,
             src_nested,
@@ -358,20 +344,29 @@ impl Host {
             vm: ctx.vm,
             gpa: w.gpa & !(w.size.bytes() - 1),
             nsize: w.nested_size as u8,
+            thr,
         };
         if ctx.mode != Mode::Host {
             // the nested half: a cached guest-physical entry (tagged by ASID on SVM, by EP4TA on
             // VMX; semantics.md 3.1, 4.2) spares most of the two-dimensional walk
             let gtag = if ctx.mode == Mode::Svm { ctx.tag } else { 0 };
-            let gm = |e: &Entry| e.dom == dom && e.tag == gtag && e.eptp == eptp;
+            let gm = |e: &Entry| e.dom == dom && e.tag == gtag && e.eptp == eptp && e.thr == thr;
             let found = self.tlb1[core].find(w.gpa, CAT_GPHYS, gm).is_some() || self.tlb2[core].find(w.gpa, CAT_GPHYS, gm).is_some();
             if found {
                 self.ctr.gphys_hits[cpu] += 1;
+                self.ctx_ctr[cc + CC_GPHYS] += 1;
                 cost = t.walk_guest_only as u64;
             } else {
                 self.ctr.gphys_misses[cpu] += 1;
                 // the guest-physical entry maps the nested leaf's frame (HPA = leaf + offset)
-                let ge = Entry { target: w.target - (w.gpa & (w.nested_size.bytes() - 1)), tag: gtag, cat: CAT_GPHYS, flags: 0, pcid: 0, ..base };
+                let ge = Entry {
+                    target: w.target - (w.gpa & (w.nested_size.bytes() - 1)),
+                    tag: gtag,
+                    cat: CAT_GPHYS,
+                    flags: w.nflags & F_RDONLY,
+                    pcid: 0,
+                    ..base
+                };
                 let s2 = if w.nested_size == PageSize::G1 { PageSize::M2 } else { w.nested_size };
                 let ge2 = Entry { target: w.target - (w.gpa & (s2.bytes() - 1)), ..ge };
                 self.tlb2[core].insert(w.gpa, s2, ge2);
@@ -448,14 +443,14 @@ impl Host {
             let c = cpu.at(i) as usize;
             if walked != 0 {
                 if i + AHEAD < va.len() {
-                    let ctx = &self.contexts[self.cur_ctx[cpu.at(i + AHEAD) as usize] as usize];
+                    let ctx = &self.cpu_ctx[cpu.at(i + AHEAD) as usize];
                     self.tables[ctx.cr3 as usize].prefetch(va[i + AHEAD]);
                 }
                 // a guest's walk goes on through the nested table at the guest-physical address
                 // the first stage gives (its slot prefetched AHEAD / 2 accesses ago)
                 let j = i + AHEAD / 2;
                 if j < va.len() {
-                    let ctx = &self.contexts[self.cur_ctx[cpu.at(j) as usize] as usize];
+                    let ctx = &self.cpu_ctx[cpu.at(j) as usize];
                     if ctx.nested != NO_TABLE {
                         if let Some((_, gpa)) = self.tables[ctx.cr3 as usize].walk(va[j]) {
                             self.tables[ctx.nested as usize].prefetch(gpa);
@@ -464,7 +459,7 @@ impl Host {
                 }
             }
             let walks = self.walks;
-            let t = self.translate_inline(c, va[i]);
+            let t = self.translate_inline(c, va[i], write.at(i));
             walked = (walked << 1) | (self.walks != walks) as u64;
             let l = match t {
                 Translated::Ok { pa, key } if pa < self.mem.bytes => {
@@ -527,19 +522,26 @@ impl Host {
         }
         self.ctr.vmruns[cpu] += 1;
         self.clocks_add(cpu, ws);
-        self.cur_ctx[cpu] = ctx;
+        self.enter(cpu, ctx);
         Ok(VmrunResult::Entered)
     }
 
-    /// #VMEXIT (SVM) or VM exit (VMX): back to the host context (0). VMX with VPID 0 flushes the
-    /// VPID-0 linear and combined mappings at every entry and exit (SDM, semantics.md 4.3).
+    /// #VMEXIT (SVM) or VM exit (VMX): the guest's CR3 goes back into its context and the CPU
+    /// returns to its own host context (`set_host_context`, 0 by default) with the host CR3 it had
+    /// at entry. VMX with VPID 0 flushes the VPID-0 linear and combined mappings at every entry and
+    /// exit (SDM, semantics.md 4.3). Nothing happens on a CPU already in host mode.
     pub fn vmexit(&mut self, cpu: usize) -> Result<()> {
         self.check_cpu("cpu", cpu)?;
-        let c = self.contexts[self.cur_ctx[cpu] as usize];
+        let c = self.cpu_ctx[cpu];
+        if c.mode == Mode::Host {
+            return Ok(());
+        }
         if c.mode == Mode::Vmx && c.tag == 0 {
             self.vpid0_flush(cpu);
         }
-        self.cur_ctx[cpu] = 0;
+        self.save_guest_state(cpu);
+        self.cur_ctx[cpu] = self.host_ctx[cpu];
+        self.cpu_ctx[cpu] = self.host_saved[cpu];
         Ok(())
     }
 
@@ -563,7 +565,7 @@ impl Host {
         self.ctr.vmruns[cpu] += 1;
         let ws = self.cfg.tlb.world_switch as u64;
         self.clocks_add(cpu, ws);
-        self.cur_ctx[cpu] = ctx;
+        self.enter(cpu, ctx);
         Ok(())
     }
 
@@ -571,7 +573,7 @@ impl Host {
     // invalidations in the current context
 
     fn cur(&self, cpu: usize) -> Context {
-        self.contexts[self.cur_ctx[cpu] as usize]
+        self.cpu_ctx[cpu]
     }
 
     /// INVLPG `va` in the current context: its linear/combined translations for the current PCID
@@ -589,11 +591,12 @@ impl Host {
         Ok(n)
     }
 
-    /// MOV to CR3 in the current context: load `table` with `pcid`. Unless `noflush` (CR3 bit 63
-    /// with CR4.PCIDE), the non-global translations of that PCID go (SDM 4.10.4.1).
+    /// MOV to CR3 on `cpu` in its current context: load `table` with `pcid` into this CPU's CR3
+    /// only (CR3 is per logical CPU; another CPU in the same context keeps its own). Unless
+    /// `noflush` (CR3 bit 63 with CR4.PCIDE), the non-global translations of that PCID go (SDM
+    /// 4.10.4.1). A guest's CR3 is stored into its context at the next exit.
     pub fn mov_cr3(&mut self, cpu: usize, table: u32, pcid: u16, noflush: bool) -> Result<u64> {
         self.check_cpu("cpu", cpu)?;
-        let cid = self.cur_ctx[cpu];
         let c = self.cur(cpu);
         let need = if c.mode == Mode::Host { TableKind::Host } else { TableKind::Guest };
         if self.table_checked("table", table)?.kind != need {
@@ -602,18 +605,8 @@ impl Host {
         if pcid >= 4096 {
             return Err(EngineError::invalid("pcid", format!("pcid = {pcid} is out of range 0..=4095")));
         }
-        if cid == 0 && c.mode == Mode::Host {
-            // the shared default host context stays as it is: give the CPU its own copy
-            let mut n = c;
-            n.cr3 = table;
-            n.pcid = pcid;
-            self.contexts.push(n);
-            self.cur_ctx[cpu] = (self.contexts.len() - 1) as u32;
-        } else {
-            let ctx = &mut self.contexts[cid as usize];
-            ctx.cr3 = table;
-            ctx.pcid = pcid;
-        }
+        self.cpu_ctx[cpu].cr3 = table;
+        self.cpu_ctx[cpu].pcid = pcid;
         let mut n = 0;
         if !noflush {
             let (dom, tag) = (c.mode.dom(), c.tag);

@@ -9,12 +9,14 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString};
 use sevsim_engine::config::{self, parse_size, HostConfig, DEFAULT_PROFILE};
 use sevsim_engine::host::{Col, Counters, FlushOp, Host, LEVEL_NAMES};
 use sevsim_engine::violation::{Cause, Violation, CAUSES};
-use sevsim_engine::paging::{PageSize, TableKind, F_CBIT, F_GLOBAL};
+use sevsim_engine::paging::{PageSize, TableKind, F_CBIT, F_GLOBAL, F_RDONLY};
 use sevsim_engine::rmp::RmpState;
 use sevsim_engine::snp::PAGE_OFFSET;
 use sevsim_engine::tlb::{Context, Invlpgb, Mode, NO_TABLE};
 use sevsim_engine::translate::{Translated, VmrunResult};
 use sevsim_engine::EngineError;
+
+mod tlb;
 
 fn verr(e: EngineError) -> PyErr {
     PyValueError::new_err(e.to_string())
@@ -392,7 +394,8 @@ impl PyHost {
     fn freq_ghz(&self) -> f64 {
         self.h.cfg.freq_ghz
     }
-    /// {'sme_coherent': bool, 'wbnoinvd': bool, 'vm_page_flush': bool}
+    /// {'sme_coherent': bool, 'wbnoinvd': bool, 'vm_page_flush': bool, 'tlb_smt_tagged': bool}
+    /// (tlb_smt_tagged: TLB entries carry the logical thread, the preset's `tlb.smt_tagged`)
     #[getter]
     fn features<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let f = &self.h.cfg.features;
@@ -401,6 +404,7 @@ impl PyHost {
         d.set_item("wbnoinvd", f.wbnoinvd)?;
         d.set_item("vm_page_flush", f.vm_page_flush)?;
         d.set_item("snp", f.snp)?;
+        d.set_item("tlb_smt_tagged", self.h.cfg.tlb.smt_tagged)?;
         Ok(d)
     }
     /// KVM's software costs from the profile's `kvm` table (cycles, or GB/s where the name says
@@ -796,27 +800,30 @@ impl PyHost {
         Ok(self.h.create_table(k))
     }
     /// Map [addr, addr + size) of `table` to `target`; size 4K, 2M or 1G; `cbit` selects the
-    /// encrypted (C=1) view, `global_` the global bit. Overlapping leaves are refused.
-    #[pyo3(signature = (table, addr, target, size=None, *, cbit=false, global_=false))]
+    /// encrypted (C=1) view, `global_` the global bit, `writable` the R/W bit (a write through a
+    /// read-only leaf faults). Overlapping leaves are refused.
+    #[pyo3(signature = (table, addr, target, size=None, *, cbit=false, global_=false, writable=true))]
+    #[allow(clippy::too_many_arguments)]
     fn map(&mut self, table: &Bound<'_, PyAny>, addr: &Bound<'_, PyAny>, target: &Bound<'_, PyAny>, size: Option<&Bound<'_, PyAny>>,
-           cbit: bool, global_: bool) -> PyResult<()> {
+           cbit: bool, global_: bool, writable: bool) -> PyResult<()> {
         let table = int_arg(table, "table", u32::MAX as u64)? as u32;
         let addr = int_arg(addr, "addr", u64::MAX)?;
         let target = int_arg(target, "target", u64::MAX)?;
         let size = match size { Some(s) if !s.is_none() => page_size_arg(s)?, _ => PageSize::K4 };
-        let flags = if cbit { F_CBIT } else { 0 } | if global_ { F_GLOBAL } else { 0 };
+        let flags = if cbit { F_CBIT } else { 0 } | if global_ { F_GLOBAL } else { 0 } | if writable { 0 } else { F_RDONLY };
         self.h.map(table, addr, target, size, flags).map_err(verr)
     }
     /// Map many pages at once: addr[i] -> target[i] (uint64 arrays), all of one size and flags.
     /// All or nothing: a bad one (ValueError naming its index) leaves the table as it was.
-    #[pyo3(signature = (table, addr, target, size=None, *, cbit=false, global_=false))]
+    #[pyo3(signature = (table, addr, target, size=None, *, cbit=false, global_=false, writable=true))]
+    #[allow(clippy::too_many_arguments)]
     fn map_many(&mut self, table: &Bound<'_, PyAny>, addr: PyReadonlyArray1<'_, u64>, target: PyReadonlyArray1<'_, u64>,
-                size: Option<&Bound<'_, PyAny>>, cbit: bool, global_: bool) -> PyResult<()> {
+                size: Option<&Bound<'_, PyAny>>, cbit: bool, global_: bool, writable: bool) -> PyResult<()> {
         let table = int_arg(table, "table", u32::MAX as u64)? as u32;
         let (mut o1, mut o2) = (Vec::new(), Vec::new());
         let (a, t) = (contiguous(&addr, &mut o1), contiguous(&target, &mut o2));
         let size = match size { Some(s) if !s.is_none() => page_size_arg(s)?, _ => PageSize::K4 };
-        let flags = if cbit { F_CBIT } else { 0 } | if global_ { F_GLOBAL } else { 0 };
+        let flags = if cbit { F_CBIT } else { 0 } | if global_ { F_GLOBAL } else { 0 } | if writable { 0 } else { F_RDONLY };
         self.h.map_many(table, a, t, size, flags).map_err(verr)
     }
     /// Remove the leaf of `table` that maps `addr`; returns whether there was one.
@@ -863,11 +870,37 @@ impl PyHost {
             .create_context(Context { mode, tag, pcid, cr3, nested: nested.unwrap_or(NO_TABLE), key, vm })
             .map_err(verr)
     }
+    /// Change context `ctx`: its tag (ASID/VPID), nested table, VM or key (None: unchanged), as
+    /// KVM gives a VMCB a new ASID or another nested table. Checked like create_context (the
+    /// context unchanged on an error); it takes effect at the context's next entry.
+    #[pyo3(signature = (ctx, *, tag=None, nested=None, vm=None, key=None))]
+    fn set_context(&mut self, ctx: &Bound<'_, PyAny>, tag: Option<&Bound<'_, PyAny>>, nested: Option<&Bound<'_, PyAny>>,
+                   vm: Option<&Bound<'_, PyAny>>, key: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        self.tlb_set_context(ctx, tag, nested, vm, key)
+    }
+    /// Context `ctx` as stored (a guest's CR3/PCID as of its last exit): {mode, tag, pcid, cr3,
+    /// nested, key, vm}.
+    fn context<'py>(&self, py: Python<'py>, ctx: &Bound<'_, PyAny>) -> PyResult<Bound<'py, PyDict>> {
+        self.tlb_context(py, ctx)
+    }
+    /// Per-context TLB counters, counted for the context the CPU was in: {name: int} for `ctx`,
+    /// or {name: uint64 array indexed by context} without it. Names: tlb_l1_hits, tlb_l2_hits,
+    /// tlb_misses (each a walk), gphys_hits, page_faults, write_faults.
+    #[pyo3(signature = (ctx=None))]
+    fn context_counters<'py>(&self, py: Python<'py>, ctx: Option<&Bound<'_, PyAny>>) -> PyResult<Bound<'py, PyDict>> {
+        self.tlb_context_counters(py, ctx)
+    }
     /// The context `cpu` translates with now.
     fn current_context(&self, cpu: &Bound<'_, PyAny>) -> PyResult<u32> {
         Ok(self.h.current_context(self.cpu(cpu, "cpu")?))
     }
-    /// Make host context `ctx` current on `cpu` (no flush).
+    /// The (table, pcid) in `cpu`'s CR3 now: per CPU, changed by `mov_cr3` on that CPU only.
+    fn cpu_cr3(&self, cpu: &Bound<'_, PyAny>) -> PyResult<(u32, u16)> {
+        let c = self.cpu(cpu, "cpu")?;
+        self.h.cpu_cr3(c).map_err(verr)
+    }
+    /// Make host context `ctx` current on `cpu` and its host context, the one `vmexit` returns
+    /// to (no flush).
     fn set_host_context(&mut self, cpu: &Bound<'_, PyAny>, ctx: &Bound<'_, PyAny>) -> PyResult<()> {
         let ctx = int_arg(ctx, "ctx", u32::MAX as u64)? as u32;
         let c = self.cpu(cpu, "cpu")?;
@@ -892,20 +925,23 @@ impl PyHost {
         let c = self.cpu(cpu, "cpu")?;
         self.h.vmentry(c, ctx).map_err(verr)
     }
-    /// #VMEXIT / VM exit: back to the host context.
+    /// #VMEXIT / VM exit: the guest's CR3 is stored into its context; back to the CPU's own host
+    /// context (`set_host_context`, 0 by default) with the host CR3 it had at entry.
     fn vmexit(&mut self, cpu: &Bound<'_, PyAny>) -> PyResult<()> {
         let c = self.cpu(cpu, "cpu")?;
         self.h.vmexit(c).map_err(verr)
     }
-    /// Translate one address in `cpu`'s current context (through and into its TLBs): (pa, key), or
-    /// None for a fault.
-    fn translate(&mut self, cpu: &Bound<'_, PyAny>, va: &Bound<'_, PyAny>) -> PyResult<Option<(u64, u16)>> {
+    /// Translate one address in `cpu`'s current context (through and into its TLBs) for a read, or
+    /// a write if `write`: (pa, key), or None for a fault (no mapping, or a write through a
+    /// read-only translation: counted in `write_faults`).
+    #[pyo3(signature = (cpu, va, write=false))]
+    fn translate(&mut self, cpu: &Bound<'_, PyAny>, va: &Bound<'_, PyAny>, write: bool) -> PyResult<Option<(u64, u16)>> {
         let c = self.cpu(cpu, "cpu")?;
         let va = int_arg(va, "va", u64::MAX)?;
         if !sevsim_engine::paging::canonical(va) {
             return Err(PyValueError::new_err(format!("va = {va:#x} is not a canonical address")));
         }
-        Ok(match self.h.translate(c, va) {
+        Ok(match self.h.translate_access(c, va, write) {
             Translated::Ok { pa, key } => Some((pa, key)),
             Translated::Fault | Translated::RmpFault => None,
         })
@@ -1016,7 +1052,7 @@ impl PyHost {
         self.h.flush_tlb_all_on_cpus(i, &cs).map_err(verr)
     }
     /// The TLB entries of `cpu`'s core: dicts with level, category, domain, tag, pcid, eptp,
-    /// global, cbit, size, addr, target.
+    /// global, cbit, size, addr, target, thread (the SMT thread that filled it, 0 if untagged).
     fn tlb_entries<'py>(&self, py: Python<'py>, cpu: &Bound<'_, PyAny>) -> PyResult<Vec<Bound<'py, PyDict>>> {
         let c = self.cpu(cpu, "cpu")?;
         let es = self.h.tlb_entries(c).map_err(verr)?;
@@ -1034,6 +1070,8 @@ impl PyHost {
                 d.set_item("size", sevsim_engine::translate::size_of(e.size).bytes())?;
                 d.set_item("addr", addr)?;
                 d.set_item("target", e.target)?;
+                d.set_item("thread", e.thr)?;
+                d.set_item("writable", e.flags & F_RDONLY == 0)?;
                 Ok(d)
             })
             .collect()

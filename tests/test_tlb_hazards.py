@@ -1,0 +1,233 @@
+"""The TLB hazards of issue 11, each as a named test through the Python API: per-CPU CR3, per-thread
+TLB tags, write permission, partial translations, nested truth. Each fails on the engine before the
+issue or on the bug its docstring names."""
+
+import numpy as np
+import pytest
+
+import sevsim
+
+VA = 0x400000
+
+
+def svm_guest(h, asid, hpa, vm, gpa=0x1000):
+    gt = h.create_table("guest")
+    h.map(gt, VA, gpa)
+    nt = h.create_table("nested")
+    h.map(nt, gpa, hpa)
+    return h.create_context("svm", gt, nested=nt, tag=asid, vm=vm), gt, nt
+
+
+# -- CR3 and PCID are per CPU ------------------------------------------------------------------
+
+def test_mov_cr3_on_cpu0_does_not_move_cpu1():
+    """Two CPUs in one context; CPU 0 loads another guest table. CPU 1 keeps translating through
+    the table it entered with. (Before issue 11 mov_cr3 rewrote the shared context, so CPU 1 moved.)"""
+    h = sevsim.Host.from_preset("tiny")
+    ctx, gt, nt = svm_guest(h, 1, 0x30000, vm=1)
+    gt2 = h.create_table("guest")
+    h.map(gt2, VA, 0x2000)
+    h.map(nt, 0x2000, 0x50000)
+    for cpu in (0, 1):
+        assert h.vmrun(cpu, ctx, 0) == "entered"
+    h.mov_cr3(0, gt2, pcid=3)
+    assert h.cpu_cr3(0) == (gt2, 3) and h.cpu_cr3(1) == (gt, 0)
+    assert h.translate(0, VA) == (0x50000, 0)
+    assert h.translate(1, VA) == (0x30000, 0)
+    assert sum(h.violation_counts().values()) == 0
+    # the exit stores CPU 0's CR3 into the context (the VMCB save area): the next entry loads it
+    h.vmexit(0)
+    assert h.vmrun(2, ctx, 0) == "entered"
+    assert h.cpu_cr3(2) == (gt2, 3) and h.cpu_cr3(1) == (gt, 0)
+
+
+def test_vmexit_returns_to_the_cpus_own_host_context():
+    """A CPU given its own host context returns to it, with the host CR3 it had at VMRUN.
+    (Before issue 11 every vmexit went to context 0.)"""
+    h = sevsim.Host.from_preset("tiny")
+    ht = h.create_table("host")
+    hc = h.create_context("host", ht, pcid=7)
+    ctx, _, _ = svm_guest(h, 1, 0x30000, vm=1)
+    h.set_host_context(2, hc)
+    assert h.cpu_cr3(2) == (ht, 7)
+    h.mov_cr3(2, 0, pcid=9, noflush=True)
+    h.vmrun(2, ctx)
+    h.vmexit(2)
+    assert h.current_context(2) == hc and h.cpu_cr3(2) == (0, 9)
+    h.vmrun(3, ctx)
+    h.vmexit(3)
+    assert h.current_context(3) == 0 and h.cpu_cr3(3) == (0, 0)
+
+
+# -- per-thread TLB tags ------------------------------------------------------------------------
+
+def test_presets_tag_tlb_entries_by_smt_thread():
+    for name, _ in sevsim.Host.presets():
+        assert sevsim.Host.from_preset(name, memory="1GiB").features["tlb_smt_tagged"] is True
+
+
+@pytest.mark.parametrize("tagged", [True, False])
+def test_flush_on_one_smt_thread_leaves_the_siblings_entries(tagged):
+    """CPUs 0 and 4 are SMT siblings on tiny. A TLB_CONTROL=3 flush of ASID 1 on CPU 0 drops CPU 0's
+    entries only where entries carry the thread; shared entries go for both. (Before issue 11 the
+    flush always dropped the sibling's entries.)"""
+    h = sevsim.Host.from_preset("tiny", overrides={"tlb": {"smt_tagged": tagged}})
+    ctx, _, _ = svm_guest(h, 1, 0x30000, vm=1)
+    for cpu in (0, 4):
+        h.vmrun(cpu, ctx, 0)
+        h.translate(cpu, VA)
+    threads = sorted({e["thread"] for e in h.tlb_entries(0)})
+    assert threads == ([0, 1] if tagged else [0])
+    before = h.counters["tlb_misses"][4]
+    h.vmexit(0)
+    h.vmrun(0, ctx, 3)
+    left = h.tlb_entries(4)
+    assert {e["thread"] for e in left} == ({1} if tagged else set())
+    assert h.translate(4, VA) == (0x30000, 0)
+    assert h.counters["tlb_misses"][4] - before == (0 if tagged else 1)
+
+
+def test_smt_siblings_do_not_hit_each_others_entries():
+    """Two VMs hold ASID 1 on the sibling threads of one core (legal: KVM's ASIDs are per logical
+    CPU). With thread-tagged entries neither sees the other's translation (G1 in tlb-policies.md:
+    the shared TLB gave a false foreign_vm_translation and stale_translation)."""
+    h = sevsim.Host.from_preset("tiny")
+    a, _, _ = svm_guest(h, 1, 0x30000, vm=1)
+    b, _, _ = svm_guest(h, 1, 0x50000, vm=2)
+    h.vmrun(0, a)
+    h.vmrun(4, b)
+    assert h.translate(0, VA) == (0x30000, 0)
+    assert h.translate(4, VA) == (0x50000, 0)
+    assert sum(h.violation_counts().values()) == 0
+    shared = sevsim.Host.from_preset("tiny", overrides={"tlb": {"smt_tagged": False}})
+    a, _, _ = svm_guest(shared, 1, 0x30000, vm=1)
+    b, _, _ = svm_guest(shared, 1, 0x50000, vm=2)
+    shared.vmrun(0, a)
+    shared.vmrun(4, b)
+    shared.translate(0, VA)
+    assert shared.translate(4, VA) == (0x30000, 0)
+    assert shared.violation_counts()["foreign_vm_translation"] == 1
+
+
+# -- write permission ---------------------------------------------------------------------------
+
+def test_write_through_a_read_only_leaf_is_a_recorded_fault():
+    """A write through a read-only guest or nested leaf faults: None / level 7, counted in
+    write_faults, the memory untouched; a read goes through. (Before issue 11 leaves had no R/W bit.)"""
+    for ro_stage in ("guest", "nested"):
+        h = sevsim.Host.from_preset("tiny")
+        gt = h.create_table("guest")
+        nt = h.create_table("nested")
+        h.map(gt, VA, 0x1000, writable=ro_stage != "guest")
+        h.map(nt, 0x1000, 0x30000, writable=ro_stage != "nested")
+        ctx = h.create_context("svm", gt, nested=nt, tag=1, vm=1)
+        h.vmrun(0, ctx)
+        assert h.translate(0, VA, write=True) is None
+        r = h.access_virtual(0, np.array([VA, VA], np.uint64), np.array([False, True]), return_levels=True)
+        assert r["levels"][1] == 7 and r["page_fault"] == 1
+        assert h.counters["write_faults"][0] == 2 and h.counters["writes"][0] == 0
+        assert not any(e["writable"] for e in h.tlb_entries(0) if e["category"] == "combined")
+        assert sum(h.violation_counts().values()) == 0
+
+
+def test_write_through_a_stale_writable_entry_is_caught():
+    """KVM write-protects a page for dirty logging (the leaf becomes read-only) and must flush: a
+    guest write through the writable TLB entry left behind is a stale translation; a read through
+    it is not; after INVLPGA the write faults as it should."""
+    h = sevsim.Host.from_preset("tiny")
+    ctx, gt, nt = svm_guest(h, 1, 0x30000, vm=1)
+    h.vmrun(0, ctx)
+    assert h.translate(0, VA, write=True) == (0x30000, 0)
+    h.unmap(nt, 0x1000)
+    h.map(nt, 0x1000, 0x30000, writable=False)
+    assert h.translate(0, VA) == (0x30000, 0)
+    assert sum(h.violation_counts().values()) == 0
+    assert h.translate(0, VA, write=True) == (0x30000, 0)
+    (v,) = h.violations
+    assert (v.cause, v.va, v.pa, v.ctx) == ("stale_translation", VA, 0x30000, ctx)
+    assert h.translate(0, VA, write=True) == (0x30000, 0)  # checked again, not refreshed
+    assert h.violation_counts()["stale_translation"] == 2
+    h.vmexit(0)
+    h.invlpga(0, VA, 1)
+    h.vmrun(0, ctx)
+    assert h.translate(0, VA, write=True) is None
+    assert h.counters["write_faults"][0] == 1 and h.violation_counts()["stale_translation"] == 2
+
+
+# -- contexts can change; counters per context --------------------------------------------------
+
+def test_a_new_asid_takes_effect_at_the_next_vmrun_and_the_oracle_follows():
+    """KVM gives a VMCB a new ASID (set_context): the CPU running it keeps the old one until it
+    re-enters; then the old ASID's entries are not used. Re-pointing the context at another VM
+    makes a hit on the first VM's entries a foreign_vm_translation."""
+    h = sevsim.Host.from_preset("tiny")
+    ctx, _, _ = svm_guest(h, 1, 0x30000, vm=1)
+    h.vmrun(0, ctx)
+    h.translate(0, VA)
+    h.set_context(ctx, tag=2)
+    assert h.context(ctx)["tag"] == 2
+    h.translate(0, VA)
+    assert h.counters["tlb_l1_hits"][0] == 1  # still ASID 1 until the next VMRUN
+    h.vmexit(0)
+    h.vmrun(0, ctx)
+    h.translate(0, VA)
+    assert h.counters["tlb_misses"][0] == 2
+    assert {e["tag"] for e in h.tlb_entries(0)} == {1, 2}
+    h.vmexit(0)
+    h.set_context(ctx, vm=7)
+    h.vmrun(0, ctx)
+    h.translate(0, VA)
+    assert h.violation_counts()["foreign_vm_translation"] == 1
+
+
+def test_a_context_can_move_to_another_nested_table():
+    h = sevsim.Host.from_preset("tiny")
+    ctx, _, nt = svm_guest(h, 1, 0x30000, vm=1)
+    nt2 = h.create_table("nested")
+    h.map(nt2, 0x1000, 0x50000)
+    h.set_context(ctx, nested=nt2)
+    h.vmrun(0, ctx, 3)
+    assert h.translate(0, VA) == (0x50000, 0)
+    assert h.context(ctx)["nested"] == nt2
+
+
+def test_counters_per_context_separate_l1_and_l2_guests():
+    """Two guests on one CPU: each context's TLB hits, misses and walks are its own."""
+    h = sevsim.Host.from_preset("tiny")
+    l1, _, _ = svm_guest(h, 1, 0x30000, vm=1)
+    l2, _, _ = svm_guest(h, 2, 0x50000, vm=1)
+    h.vmrun(0, l1)
+    h.access_virtual(0, np.full(5, VA, np.uint64))
+    h.vmexit(0)
+    h.vmrun(0, l2)
+    h.access_virtual(0, np.full(3, VA, np.uint64))
+    assert h.context_counters(l1) == dict(tlb_l1_hits=4, tlb_l2_hits=0, tlb_misses=1, gphys_hits=0, page_faults=0,
+                                          write_faults=0)
+    assert h.context_counters(l2)["tlb_l1_hits"] == 2 and h.context_counters(l2)["tlb_misses"] == 1
+    assert h.context_counters()["tlb_l1_hits"].tolist() == [0, 4, 2]
+
+
+# -- bad input to the new calls: ValueError/TypeError naming the argument, the engine unchanged --
+
+@pytest.mark.parametrize("call, exc, pattern", [
+    (lambda h, c: h.set_context(99, tag=1), ValueError, r"ctx = 99: no such context"),
+    (lambda h, c: h.set_context(c, tag=70000), ValueError, r"tag = 70000 is out of range"),
+    (lambda h, c: h.set_context(c, tag=40000), ValueError, r"ASID 40000 is out of range"),
+    (lambda h, c: h.set_context(c, nested=0), ValueError, r"nested = 0 is not a nested"),
+    (lambda h, c: h.set_context(c, nested=50), ValueError, r"nested = 50: no such table"),
+    (lambda h, c: h.set_context(0, nested=1), ValueError, r"nested.*host context"),
+    (lambda h, c: h.set_context(0, tag=1), ValueError, r"tag.*host context has ASID/VPID 0"),
+    (lambda h, c: h.set_context(c, key=1 << 20), ValueError, r"key"),
+    (lambda h, c: h.set_context(c, vm="a"), TypeError, r"vm must be an int"),
+    (lambda h, c: h.context(5), ValueError, r"ctx = 5: no such context"),
+    (lambda h, c: h.context_counters(-1), ValueError, r"ctx = -1"),
+    (lambda h, c: h.cpu_cr3(8), ValueError, r"cpu = 8"),
+    (lambda h, c: h.translate(0, VA, write=None), TypeError, r"write"),
+])
+def test_bad_context_calls(call, exc, pattern):
+    h = sevsim.Host.from_preset("tiny")
+    ctx, _, nt = svm_guest(h, 1, 0x30000, vm=1)
+    before = [h.context(i) for i in (0, ctx)]
+    with pytest.raises(exc, match=pattern):
+        call(h, ctx)
+    assert [h.context(i) for i in (0, ctx)] == before
