@@ -52,8 +52,10 @@ PARAMS = {
     "migrate_every": Int(0, "round trips between moves of each vCPU to the next pCPU (0: never)", lo=0),
     "round_trips": Int(4000, "measured L2 exit -> L1 -> L2 round trips per vCPU", lo=1),
     "warmup_round_trips": Int(200, "round trips before the measurement", lo=0),
-    "l2_hot_pages": Int(16, "pages L2 touches between exits (exit-heavy)", lo=1),
+    "l2_hot_pages": Int(16, "pages L2 touches between exits (exit-heavy): code, stack, data", lo=1),
+    "l2_hot_accesses": Int(64, "L2's accesses between exits (exit-heavy), random lines of its hot pages", lo=1),
     "l1_handler_pages": Int(32, "pages L1's exit handler touches per exit", lo=1),
+    "l1_handler_accesses": Int(128, "L1's accesses per exit, random lines of its handler pages", lo=1),
     "l2_ws_pages": Int(2048, "L2's working set in 4 KiB pages (memory-bound)", lo=1),
     "accesses_per_exit": Int(1024, "L2 accesses between exits (memory-bound)", lo=1),
     "vmcb12_tlb_control": Int(0, "the TLB_CONTROL L1 writes in vmcb12 at every VMRUN (0, 1, 3 or 7)", 0, 7),
@@ -225,7 +227,8 @@ class World:
 
 
 def run_one(strategy: str, mutation: str, seed: int, rep: int, *, preset, memory, workload, vcpus, pcpus,
-            migrate_every, round_trips, warmup_round_trips, l2_hot_pages, l1_handler_pages, l2_ws_pages,
+            migrate_every, round_trips, warmup_round_trips, l2_hot_pages, l2_hot_accesses, l1_handler_pages,
+            l1_handler_accesses, l2_ws_pages,
             accesses_per_exit, vmcb12_tlb_control, nasids, min_asid, hazards, hazard_rfc, mutate):
     if vmcb12_tlb_control not in (0, 1, 3, 7):
         raise ConfigError(f"parameter vmcb12_tlb_control: {vmcb12_tlb_control} is not a TLB_CONTROL value "
@@ -246,7 +249,12 @@ def run_one(strategy: str, mutation: str, seed: int, rep: int, *, preset, memory
     world = World(host, policy, vcpus=vcpus, pages_l1=l1_handler_pages, pages_l2=pages_l2, hpa_base=64 << 20)
     steps = common.Steps(host)
     kc = host.kvm_cost
-    l1_batch = GVA + (np.arange(l1_handler_pages, dtype=np.uint64) * np.uint64(PAGE))
+    def lines(pages: int, n: int) -> np.ndarray:
+        """n random lines of the first `pages` pages at GVA, every page touched at least once."""
+        idx = np.concatenate([np.arange(min(pages, n), dtype=np.uint64),
+                              rng.integers(0, pages, max(0, n - pages), dtype=np.uint64)])
+        return GVA + idx * np.uint64(PAGE) + rng.integers(0, 64, len(idx), dtype=np.uint64) * np.uint64(64)
+
     where: dict[int, int | None] = {}
     last_on = {}
     vmcb12s = {v.index: Vmcb12(asid=v.index + 1, tlb_ctl=vmcb12_tlb_control) for v in world.vm.vcpus}
@@ -254,10 +262,7 @@ def run_one(strategy: str, mutation: str, seed: int, rep: int, *, preset, memory
     acc = {"l1": 0, "l2": 0}
 
     def l2_batch():
-        if memory_bound:
-            idx = rng.integers(0, pages_l2, accesses_per_exit, dtype=np.uint64)
-            return GVA + idx * np.uint64(PAGE) + (rng.integers(0, 64, accesses_per_exit, dtype=np.uint64) * np.uint64(64))
-        return GVA + np.arange(pages_l2, dtype=np.uint64) * np.uint64(PAGE)
+        return lines(pages_l2, accesses_per_exit if memory_bound else l2_hot_accesses)
 
     def load(v: Vcpu, cpu: int) -> None:
         """Schedule v on cpu: put whoever ran there, and v from wherever it was."""
@@ -287,8 +292,9 @@ def run_one(strategy: str, mutation: str, seed: int, rep: int, *, preset, memory
         """L1 runs its exit handler, then (after `edit`, L1's own table edits) executes VMRUN."""
         if policy.enter_guest(v) != "entered":
             raise RuntimeError(f"{strategy}: VMRUN of L1 failed")
-        host.access_virtual(v.cpu, l1_batch, False)
-        acc["l1"] += len(l1_batch)
+        b = lines(l1_handler_pages, l1_handler_accesses)
+        host.access_virtual(v.cpu, b, False)
+        acc["l1"] += len(b)
         host.spend(v.cpu, int(kc["l1_exit_handler"]))
         if edit is not None:
             edit()
@@ -322,11 +328,13 @@ def run_one(strategy: str, mutation: str, seed: int, rep: int, *, preset, memory
     issued0 = _issued(vm_list)
     inv0 = _dropped(host)
     c0 = host.counters
+    k0 = host.context_counters()
     clk0 = {c: host.cycles(c) for c in cpus}
     acc.update(l1=0, l2=0)
     for r in range(round_trips):
         schedule(warmup_round_trips + r)
     c1 = host.counters
+    k1 = host.context_counters()
     clk1 = {c: host.cycles(c) for c in cpus}
     flushes = _issued(vm_list) - issued0
     dropped = _dropped(host) - inv0
@@ -334,7 +342,6 @@ def run_one(strategy: str, mutation: str, seed: int, rep: int, *, preset, memory
     d = {k: int(c1[k].sum() - c0[k].sum()) for k in ("tlb_l1_hits", "tlb_l2_hits", "tlb_misses", "walk_cycles")}
     tlb_acc = d["tlb_l1_hits"] + d["tlb_l2_hits"] + d["tlb_misses"]
     hit = (d["tlb_l1_hits"] + d["tlb_l2_hits"]) / tlb_acc if tlb_acc else None
-    stats = getattr(policy, "context_hit_rates", None)
     span = max(clk1[c] - clk0[c] for c in cpus)  # the busiest pCPU's simulated time
     exits_per_s = round_trips * len(vm_list) / len(cpus) / (span / (host.freq_ghz * 1e9)) if span else None
 
@@ -348,7 +355,7 @@ def run_one(strategy: str, mutation: str, seed: int, rep: int, *, preset, memory
     records = common.violation_records(host, steps)
     causes = common.cause_counts(host)
     caught = ", ".join(f"{k[2:]}={v}" for k, v in causes.items() if v)
-    l1_hit, l2_hit = _split_hits(host, policy, world) if stats is None else stats()
+    l1_hit, l2_hit = _split_hits(host, policy, world, k0, k1)
     row = {
         "strategy": strategy,
         "mutation": mutation,
@@ -385,23 +392,25 @@ def _dropped(host: Host) -> int:
     return sum(n for _, n in host.invalidation_stats().values())
 
 
-def _split_hits(host: Host, policy, world: World):
-    """L1's and L2's TLB hit rates, from the engine's per-context counters where it has them."""
-    fn = getattr(host, "context_counters", None)
-    if fn is None:
-        return None, None
-    l1 = [c for k, c in policy.contexts.ctx.items() if k[4] == world.vm.vm_id]
-    l2 = [c for k, c in policy.contexts.ctx.items() if k[4] != world.vm.vm_id]
+def _split_hits(host: Host, policy, world: World, before: dict, after: dict):
+    """L1's and L2's TLB hit rates over the measured phase, from the engine's per-context counters:
+    L1's contexts are those of the L1 VM's id, L2's the others."""
+    def rate(vm_pred):
+        n_after = len(after["tlb_misses"])  # contexts made later (the hazard phase) are not measured
+        idx = [c for k, c in policy.contexts.ctx.items() if vm_pred(k[4]) and c < n_after]
+        if not idx:
+            return None
 
-    def rate(ctxs):
-        hits = miss = 0
-        for c in ctxs:
-            s = fn(c)
-            hits += s.get("tlb_hits", 0)
-            miss += s.get("tlb_misses", 0)
-        return hits / (hits + miss) if hits + miss else None
+        def tot(name):
+            a = after[name]
+            b = before[name]
+            return int(sum(int(a[c]) - (int(b[c]) if c < len(b) else 0) for c in idx))
 
-    return rate(l1), rate(l2)
+        hits = tot("tlb_l1_hits") + tot("tlb_l2_hits")
+        n = hits + tot("tlb_misses")
+        return hits / n if n else None
+
+    return rate(lambda vm: vm == world.vm.vm_id), rate(lambda vm: vm != world.vm.vm_id)
 
 
 def hazard_phase(host, world, policy, load, round_trip, run_l1, run_l2, vmcb12s, cpus, spare, steps):
