@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .hyperv import kvm_hv_nested_transtion_tlb_flush
-from .svm import (TLB_CONTROL_DO_NOTHING, TLB_CONTROL_FLUSH_ALL_ASID, SvmPerVmcb, SvmPolicy, SvmRfc,
-                  SvmUpstream, Vmcb12)
+from .svm import (TLB_CONTROL_DO_NOTHING, TLB_CONTROL_FLUSH_ALL_ASID, TLB_CONTROL_FLUSH_ASID, SvmPerVmcb,
+                  SvmPolicy, SvmRfc, SvmUpstream, Vmcb12)
 from .x86 import Req, Vcpu, kvm_make_request, kvm_service_local_tlb_flush_requests
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -120,6 +120,26 @@ class NsvmUpstream:
         """Forced leave (svm_leave_nested()): no TLB flush request."""
         vcpu.guest_mode = False
         self.svm_switch_vmcb(vcpu, "vmcb01")
+
+    # the vendor-neutral names the scenarios use (VMX has the same, vmx.py)
+    def nested_vmrun(self, vcpu: Vcpu, vmcb12: Vmcb12) -> bool:
+        return self.nested_svm_vmrun(vcpu, vmcb12)
+
+    def nested_vmexit(self, vcpu: Vcpu) -> None:
+        self.nested_svm_vmexit(vcpu)
+
+    def l1_invalidate_gva(self, vcpu: Vcpu, gva: int, tag: int) -> None:
+        """L1's INVLPGA(gva, ASID tag), intercepted."""
+        self.invlpga_interception(vcpu, gva, tag)
+
+    def l1_flushes_l2_mappings(self, vcpu: Vcpu, vmcb12: Vmcb12) -> Vmcb12:
+        """L1 changed NPT12: on SVM it asks for the flush in vmcb12 (TLB_CONTROL_FLUSH_ASID) at its
+        next VMRUN; returns the vmcb12 to run with."""
+        return Vmcb12(asid=vmcb12.asid, tlb_ctl=TLB_CONTROL_FLUSH_ASID)
+
+    def flush_count(self, vcpus) -> int:
+        """VMRUNs that flushed (TLB_CONTROL 1, 3 or 7), over every VMCB of `vcpus`."""
+        return sum(n for v in vcpus for name in ("vmcb01", "vmcb02") for ctl, n in v.arch[name].issued.items() if ctl)
 
 
 class NsvmRfc(NsvmUpstream):

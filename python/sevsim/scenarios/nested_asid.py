@@ -30,7 +30,9 @@ import numpy as np
 from .. import Host
 from ..kvm import ConfigError
 from ..kvm.hyperv import HvTlbFlush
-from ..kvm.nested import POLICIES, NestedMmu
+from ..kvm.nested import POLICIES as SVM_POLICIES
+from ..kvm.nested import NestedMmu
+from ..kvm.vmx import VmxUpstream
 from ..kvm.svm import TLB_CONTROL_DO_NOTHING, TLB_CONTROL_FLUSH_ALL_ASID, TLB_CONTROL_FLUSH_ASID, Vmcb12
 from ..kvm.x86 import Req, Vcpu, Vm, kvm_flush_remote_tlbs, kvm_make_request
 from ..results import ResultTable  # noqa: F401 (the return type)
@@ -40,6 +42,8 @@ from .params import Bool, Choice, Int, Size, Text, check_preset
 NAME = "nested-asid"
 SUMMARY = "nested SVM: ASID schemes and nested flush rules, flushes per transition, L1/L2 TLB hit rates, safety"
 SOURCE = "KVM: SVM: Rework ASID management (RFC, Mar 2025)"
+#: the policies by name: the SVM ones, and VMX (with nested VMX) for reference
+POLICIES = {**SVM_POLICIES, "vmx_upstream": VmxUpstream}
 STRATEGY_NAMES = tuple(POLICIES)
 
 PARAMS = {
@@ -77,11 +81,12 @@ PLOTS = [("flushes_per_transition", "flushes per nested transition"), ("exits_pe
          ("l2_tlb_hit", "L2 TLB hit rate"), ("violations", "violations")]
 
 LEGEND = {
-    "strategy": "the SVM policy: ASID scheme + nested scheme (sevsim list nested-asid)",
+    "strategy": "the policy: an SVM ASID scheme with its nested scheme, or VMX with nested VMX (sevsim list)",
     "mutation": "the flush site removed for this row (function:reason); empty: the policy as written",
     "rep": "repetition (seed = --seed + rep)",
     "seed": "the run's RNG seed",
-    "flushes_per_transition": "VMRUNs whose TLB_CONTROL flushed (either VMCB) per nested transition, measured phase",
+    "flushes_per_transition": "flushes per nested transition in the measured phase: SVM, VMRUNs whose TLB_CONTROL "
+                              "flushed (either VMCB); VMX, INVEPT/INVVPID executed for the vCPU",
     "entries_dropped_per_transition": "TLB entries dropped by those flushes per nested transition",
     "l1_tlb_hit": "L1's TLB hit rate (L1 or L2 DTLB) over its accesses in the measured phase",
     "l2_tlb_hit": "L2's TLB hit rate over its accesses in the measured phase",
@@ -107,6 +112,8 @@ _UPSTREAM_COVERS = ("nsvm_upstream flushes the shared ASID at every nested trans
 _NO_HV = "no Hyper-V PV flush hypercalls in this scenario (tlb-tagging exercises them)"
 _G3 = ("the engine judges L2 against KVM's NPT02 itself (gap G3), so a missed MMU sync is not visible "
        "until the engine composes NPT12 with NPT01")
+_F1 = ("F1: the other L2 has its own EPT12, hence its own EPT02 and EPTP, which tags its guest-physical and "
+       "combined entries apart; the hazard needs the same EPT12 with another vpid12")
 BENIGN: dict[tuple[str, str], str] = {
     ("*", "kvm_hv_vcpu_flush_tlb:drain"): _NO_HV,
     ("*", "kvm_hv_nested_transtion_tlb_flush:raise"): _NO_HV,
@@ -124,6 +131,16 @@ BENIGN: dict[tuple[str, str], str] = {
     ("svm_upstream", "svm_flush_tlb_gva:invlpga"): _UPSTREAM_COVERS,
     ("svm_upstream", "kvm_vcpu_flush_tlb_guest:flush_tlb_guest"): "upstream raises only TLB_FLUSH and "
                                                                   "TLB_FLUSH_CURRENT in this scenario",
+    # nested VMX: the EPTP tags what the VPID does not (tlb-policies.md 8.2)
+    ("vmx_upstream", "nested_vmx_transition_tlb_flush:vpid12_changed"): _F1,
+    ("vmx_upstream", "kvm_vcpu_flush_tlb_guest:flush_tlb_guest"): _F1,
+    ("vmx_upstream", "vmx_flush_tlb_guest:invvpid_single"): _F1,
+    ("vmx_upstream", "nested_vmx_transition_tlb_flush:no_vpid12"): "vmcs12 always enables VPID here (F2 needs an "
+                                                                   "L1 that runs L2 without VPID)",
+    ("vmx_upstream", "vmx_flush_tlb_gva:invvpid_address"): "used by Hyper-V drains only here (L1's INVVPID goes "
+                                                           "through handle_invvpid)",
+    ("vmx_upstream", "nested_vmx_vmexit:service_local_flushes"): "no local flush is pending in L2 mode at a nested "
+                                                                 "VM-exit in this scenario",
 }
 
 
@@ -244,6 +261,7 @@ def run_one(strategy: str, mutation: str, seed: int, rep: int, *, preset, memory
     cpus = cores[:pcpus]
     spare = cores[pcpus] if len(cores) > pcpus else None
     policy = POLICIES[strategy](host, mutations=[mutation] if mutation else [], nasids=nasids, min_asid=min_asid)
+    vmx = policy.vendor == "vmx"
     memory_bound = workload == "memory-bound"
     pages_l2 = l2_ws_pages if memory_bound else l2_hot_pages
     world = World(host, policy, vcpus=vcpus, pages_l1=l1_handler_pages, pages_l2=pages_l2, hpa_base=64 << 20)
@@ -286,7 +304,7 @@ def run_one(strategy: str, mutation: str, seed: int, rep: int, *, preset, memory
         acc["l2"] += len(b)
         policy.exit_guest(v)
         host.spend(v.cpu, int(kc["exit_handling"]))
-        policy.nested_svm_vmexit(v)
+        policy.nested_vmexit(v)
 
     def run_l1(v: Vcpu, vmcb12: Vmcb12, edit=None) -> None:
         """L1 runs its exit handler, then (after `edit`, L1's own table edits) executes VMRUN."""
@@ -297,10 +315,12 @@ def run_one(strategy: str, mutation: str, seed: int, rep: int, *, preset, memory
         acc["l1"] += len(b)
         host.spend(v.cpu, int(kc["l1_exit_handler"]))
         if edit is not None:
-            edit()
+            r = edit()
+            if isinstance(r, Vmcb12):
+                vmcb12 = r  # the edit also asked for a flush in vmcb12
         policy.exit_guest(v)  # L1 executes VMRUN: intercepted
         host.spend(v.cpu, int(kc["exit_handling"]))
-        if not policy.nested_svm_vmrun(v, vmcb12):
+        if not policy.nested_vmrun(v, vmcb12):
             raise RuntimeError(f"{strategy}: nested VMRUN refused")
 
     def round_trip(v: Vcpu) -> None:
@@ -325,7 +345,7 @@ def run_one(strategy: str, mutation: str, seed: int, rep: int, *, preset, memory
     # the measured phase
     steps.mark("measured round trips")
     vm_list = list(world.vm.vcpus)
-    issued0 = _issued(vm_list)
+    issued0 = policy.flush_count(vm_list)
     inv0 = _dropped(host)
     c0 = host.counters
     k0 = host.context_counters()
@@ -336,7 +356,7 @@ def run_one(strategy: str, mutation: str, seed: int, rep: int, *, preset, memory
     c1 = host.counters
     k1 = host.context_counters()
     clk1 = {c: host.cycles(c) for c in cpus}
-    flushes = _issued(vm_list) - issued0
+    flushes = policy.flush_count(vm_list) - issued0
     dropped = _dropped(host) - inv0
     transitions = 2 * round_trips * len(vm_list)
     d = {k: int(c1[k].sum() - c0[k].sum()) for k in ("tlb_l1_hits", "tlb_l2_hits", "tlb_misses", "walk_cycles")}
@@ -381,11 +401,6 @@ def run_one(strategy: str, mutation: str, seed: int, rep: int, *, preset, memory
                   if hazard_rfc and strategy == "svm_rfc" and safe["violations"] else ""),
     }
     return row, records
-
-
-def _issued(vcpus) -> int:
-    """VMRUNs that flushed (TLB_CONTROL 1, 3 or 7), over every VMCB."""
-    return sum(n for v in vcpus for name in ("vmcb01", "vmcb02") for ctl, n in v.arch[name].issued.items() if ctl)
 
 
 def _dropped(host: Host) -> int:
@@ -480,10 +495,10 @@ def hazard_phase(host, world, policy, load, round_trip, run_l1, run_l2, vmcb12s,
     host.unmap(v0.l2_cr3, gva)
     host.map(v0.l2_cr3, gva, spare_gpa2, "4K")  # L1 edits L2's page table
     policy.exit_guest(v0)  # INVLPGA is intercepted
-    policy.invlpga_interception(v0, gva, vmcb12s[v0.index].asid)
+    policy.l1_invalidate_gva(v0, gva, vmcb12s[v0.index].asid)
     policy.enter_guest(v0)
     policy.exit_guest(v0)  # VMRUN
-    if not policy.nested_svm_vmrun(v0, vmcb12s[v0.index]):
+    if not policy.nested_vmrun(v0, vmcb12s[v0.index]):
         raise RuntimeError("nested VMRUN refused")
     round_trip(v0)
 
@@ -492,20 +507,25 @@ def hazard_phase(host, world, policy, load, round_trip, run_l1, run_l2, vmcb12s,
     run_l2(v0)
     gpa1b = GPA_L1_FOR_L2 + 0x1000_0000 + PAGE
     world.npt01_map(np.array([gpa1b], np.uint64))
-    run_l1(v0, Vmcb12(asid=vmcb12s[v0.index].asid, tlb_ctl=TLB_CONTROL_FLUSH_ASID),
-           edit=lambda: mmu.l1_writes_npt12(GPA_L2, gpa1b))  # L2's first hot page moves in L1's memory
+    def edit_npt12():
+        mmu.l1_writes_npt12(GPA_L2, gpa1b)  # L2's first hot page moves in L1's memory
+        return policy.l1_flushes_l2_mappings(v0, vmcb12s[v0.index])  # SVM: TLB_CONTROL=3; VMX: INVEPT
+
+    run_l1(v0, vmcb12s[v0.index], edit=edit_npt12)
     round_trip(v0)
 
-    # 4. L1 remaps one of its own pages and runs L2 with TLB_CONTROL = 1, relying on it (E3)
-    steps.mark("hazard: L1 remaps its page, VMRUN with TLB_CONTROL=1")
-    run_l2(v0)
-    gpa1c = GPA_L1 + 0x0800_0000
-    world.npt01_map(np.array([gpa1c], np.uint64))
-    run_l1(v0, Vmcb12(asid=vmcb12s[v0.index].asid, tlb_ctl=TLB_CONTROL_FLUSH_ALL_ASID),
-           edit=lambda: (host.unmap(v0.l1_cr3, GVA), host.map(v0.l1_cr3, GVA, gpa1c, "4K")))
-    run_l2(v0)
-    run_l1(v0, vmcb12s[v0.index])
-    round_trip(v0)
+    # 4. L1 remaps one of its own pages and runs L2 with TLB_CONTROL = 1, relying on it (E3; SVM
+    #    only: VMX has no TLB_CONTROL)
+    if policy.vendor == "svm":
+        steps.mark("hazard: L1 remaps its page, VMRUN with TLB_CONTROL=1")
+        run_l2(v0)
+        gpa1c = GPA_L1 + 0x0800_0000
+        world.npt01_map(np.array([gpa1c], np.uint64))
+        run_l1(v0, Vmcb12(asid=vmcb12s[v0.index].asid, tlb_ctl=TLB_CONTROL_FLUSH_ALL_ASID),
+               edit=lambda: (host.unmap(v0.l1_cr3, GVA), host.map(v0.l1_cr3, GVA, gpa1c, "4K")))
+        run_l2(v0)
+        run_l1(v0, vmcb12s[v0.index])
+        round_trip(v0)
 
     # 5. L1 switches to another L2 (another vmcb12 ASID, another L2 VM mapping the same GVAs) (E1)
     steps.mark("hazard: vmcb12 ASID change to another L2")
@@ -533,7 +553,7 @@ def hazard_phase(host, world, policy, load, round_trip, run_l1, run_l2, vmcb12s,
             host.invlpg(spare, gva2)  # L2's own INVLPG: not intercepted with NPT
             host.access_virtual(spare, np.array([gva2], np.uint64), False)
             policy.exit_guest(v0)
-            policy.nested_svm_vmexit(v0)
+            policy.nested_vmexit(v0)
             run_l1(v0, vmcb12s[v0.index])
             load(v0, cpu0)
             round_trip(v0)
