@@ -16,7 +16,7 @@ FAST = dict(round_trips=200, warmup_round_trips=20)
 
 
 def row(t, strategy, mutation=""):
-    (r,) = [r for r in t.rows if r["strategy"] == strategy and r["mutation"] == mutation]
+    (r,) = [r for r in t.rows if r["strategy"] == strategy and r.get("mutation", "") == mutation]
     return r
 
 
@@ -243,3 +243,50 @@ def test_bad_parameters():
         scenarios.run("nested-asid", strategies="wbinvd_all", **FAST)
     with pytest.raises(ValueError, match="parameter pcpus"):
         scenarios.run("nested-asid", pcpus=0, **FAST)
+
+
+# -- tlb-tagging (seed thread 4) ----------------------------------------------------------------
+
+TAG = dict(pages=256, changed_pages=16, hv_calls=3, hv_gvas=8)
+
+
+def test_an_ept_change_keeps_linear_entries_on_vmx_and_nothing_on_svm():
+    t = scenarios.run("tlb-tagging", **TAG)
+    vmx, svm = row(t, "vmx_upstream"), row(t, "svm_upstream")
+    for r in (vmx, svm):
+        assert r["cached_combined"] > 0 and r["cached_guest_physical"] > 0
+        assert r["violations"] == 0, r["first_violation"]
+    # SVM: the ASID flush drops every category
+    assert svm["survive_linear"] == svm["survive_guest_physical"] == svm["survive_combined"] == 0
+    # VMX: INVEPT drops guest-physical and combined entries of the EPTP, never linear ones
+    assert vmx["survive_guest_physical"] == vmx["survive_combined"] == 0
+    assert vmx["survive_linear"] == vmx["cached_linear"]
+    assert vmx["refill_walk_cycles"] <= svm["refill_walk_cycles"]
+    # INVVPID where INVEPT was needed keeps the guest-physical entries of the old EPT
+    bad = row(t, "vmx_invvpid")
+    assert bad["survive_guest_physical"] == bad["cached_guest_physical"] > 0
+
+
+@pytest.mark.parametrize("ept_flush", ["current", "remote"])
+def test_the_remote_flush_and_the_current_flush_both_drop_what_the_change_made_stale(ept_flush):
+    t = scenarios.run("tlb-tagging", strategies=["vmx_upstream", "svm_upstream"], ept_flush=ept_flush, **TAG)
+    for r in t.rows:
+        assert r["violations"] == 0 and r["survive_combined"] == 0
+
+
+def test_hv_fifo_purge_rule_and_overflow():
+    """SVM's flush of the current ASID is a superset of the queued per-page flushes, so it purges
+    the FIFO (svm_flush_tlb_current); VMX's INVEPT is not (it keeps linear entries), so the FIFO
+    drains page by page; a call of more than 15 entries is a FLUSHALL."""
+    t = scenarios.run("tlb-tagging", strategies=["vmx_upstream", "svm_upstream"], **TAG)
+    n = TAG["hv_calls"] * TAG["hv_gvas"]
+    assert row(t, "svm_upstream")["hv_purged"] == n and row(t, "svm_upstream")["hv_gva_flushes"] == 0
+    assert row(t, "vmx_upstream")["hv_gva_flushes"] == n and row(t, "vmx_upstream")["hv_purged"] == 0
+    no_flush = scenarios.run("tlb-tagging", strategies=["svm_upstream"], hv_then_flush=False, **TAG)
+    assert row(no_flush, "svm_upstream")["hv_gva_flushes"] == n  # nothing covered them: drained
+    big = scenarios.run("tlb-tagging", strategies=["vmx_upstream"], hv_then_flush=False,
+                        **{**TAG, "hv_gvas": 16})
+    r = row(big, "vmx_upstream")
+    assert r["hv_flushall"] == TAG["hv_calls"] and r["hv_gva_flushes"] == 0 and r["violations"] == 0
+    for r in (*t.rows, *no_flush.rows):
+        assert r["violations"] == 0, r["first_violation"]

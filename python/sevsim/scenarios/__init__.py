@@ -11,9 +11,9 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any, Callable, Sequence
 
-from . import nested_asid, sev_teardown, snp_notifier_storm
+from . import nested_asid, sev_teardown, snp_notifier_storm, tlb_tagging
 
-SCENARIOS: dict[str, ModuleType] = {m.NAME: m for m in (sev_teardown, snp_notifier_storm, nested_asid)}
+SCENARIOS: dict[str, ModuleType] = {m.NAME: m for m in (sev_teardown, snp_notifier_storm, nested_asid, tlb_tagging)}
 DEFAULT = sev_teardown.NAME
 
 
