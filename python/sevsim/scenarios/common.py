@@ -3,6 +3,7 @@ with their own memory and workloads, and measuring what a phase did to them."""
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 
 import numpy as np
@@ -313,6 +314,7 @@ def run_grid(title: str, run_one, *, strategies, seed, reps, progress, scenario:
             if progress:
                 progress(rep * len(strategies) + i, total, f"{name} rep {rep}")
             row, records = run_one(name, seed + rep, rep, **params)
+            gc.collect()  # a run's host is freed now, not at the next collection (policies hold cycles)
             row.update({"scenario": scenario, **params, "sevsim_version": __version__})
             table.append(row, violations=[{"strategy": row.get("strategy", name), "mutation": row.get("mutation", ""),
                                            "rep": rep, "seed": seed + rep, **v} for v in records])
