@@ -217,6 +217,62 @@ class RefTlb:
         s2, out2, f2 = w2
         return dict(target=out2, size=min(s1, s2), flags=f1 | (f2 & RDONLY), gpa=out1, nsize=s2, nflags=f2)
 
+    def walk_partial(self, cpu, cid, ctx, va, c, dom, eptp, thr, write):
+        """A miss's walk: the guest (or host) table, then for a guest the second stage from a
+        matching guest-physical entry if there is one (checked, refreshed or found stale), else the
+        nested table, filling the guest-physical entries."""
+        w1 = self.tables[ctx.cr3].walk(va)
+        if w1 is None:
+            return None
+        s1, gpa, f1 = w1
+        if ctx.mode == HOST or ctx.nested == NO_TABLE:
+            return dict(target=gpa, size=s1, flags=f1, src_nested=NO_TABLE)
+        gtag = ctx.tag if ctx.mode == SVM else 0
+
+        def gm(e):
+            return e.dom == dom and e.tag == gtag and e.eptp == eptp and e.thr == thr
+
+        nt = self.tables[ctx.nested]
+        i = self.t1[c].find(gpa, GPHYS, gm)
+        lvl = self.t1[c]
+        if i is None:
+            i = self.t2[c].find(gpa, GPHYS, gm)
+            lvl = self.t2[c]
+        if i is not None:
+            self.ctr["gphys_hits"][cpu] += 1
+            self.cc(cid, "gphys_hits")
+            ge = lvl.ents[i]
+            ns = ge.size
+            hpa = ge.target + (gpa & ((1 << SHIFT[ns]) - 1))
+            nflags = ge.flags
+            src = ctx.nested
+            if ge.vm != ctx.vm:
+                self.violate("foreign_vm_translation", cpu, cid, ctx, va, hpa, hpa)
+            if not (ge.src_nested == ctx.nested and ge.gen_nested == nt.gen):
+                t = nt.walk(gpa)
+                if t is not None and t[1] == hpa and (t[2] & RDONLY) != (ge.flags & RDONLY):
+                    if write and not ge.flags & RDONLY:
+                        self.violate("stale_translation", cpu, cid, ctx, va, hpa, t[1])
+                    src = NO_TABLE
+                elif t is not None and t[1] == hpa:
+                    ge.src_nested, ge.gen_nested = ctx.nested, nt.gen
+                else:
+                    self.violate("stale_translation", cpu, cid, ctx, va, hpa, 2**64 - 1 if t is None else t[1])
+                    src = NO_TABLE
+        else:
+            self.ctr["gphys_misses"][cpu] += 1
+            t = nt.walk(gpa)
+            if t is None:
+                return None
+            ns, hpa, nflags = t
+            ge = Ent(hpa - (gpa & ((1 << SHIFT[ns]) - 1)), eptp, gtag, 0, dom, GPHYS, nflags & RDONLY, 0, ctx.cr3,
+                     ctx.nested, self.tables[ctx.cr3].gen, nt.gen, ctx.vm, thr)
+            s2 = M2 if ns == G1 else ns
+            self.t2[c].insert(gpa, s2, replace(ge, target=hpa - (gpa & ((1 << SHIFT[s2]) - 1))))
+            self.t1[c].insert(gpa, ns, ge)
+            src = ctx.nested
+        return dict(target=hpa, size=min(s1, ns), flags=f1 | (nflags & RDONLY), src_nested=src)
+
     def current(self, e, ctx):
         return (e.src_cr3 == ctx.cr3 and e.gen_cr3 == self.tables[ctx.cr3].gen
                 and (ctx.mode == HOST or (e.src_nested == ctx.nested and e.gen_nested == self.tables[ctx.nested].gen)))
@@ -277,31 +333,14 @@ class RefTlb:
         else:
             self.ctr["tlb_misses"][cpu] += 1
             self.cc(cid, "tlb_misses")
-            w = self.walk(ctx, va)
+            w = self.walk_partial(cpu, cid, ctx, va, c, dom, eptp, thr, write)
             if w is None:
                 self.ctr["page_faults"][cpu] += 1
                 self.cc(cid, "page_faults")
                 return None
             base = Ent(0, eptp, ctx.tag, ctx.pcid, dom, cat, w["flags"] & (GLOBAL | CBIT | RDONLY), 0, ctx.cr3,
-                       NO_TABLE if ctx.mode == HOST else ctx.nested, self.tables[ctx.cr3].gen,
-                       0 if ctx.mode == HOST else self.tables[ctx.nested].gen, ctx.vm, thr)
-            if ctx.mode != HOST:
-                gtag = ctx.tag if ctx.mode == SVM else 0
-
-                def gm(e):
-                    return e.dom == dom and e.tag == gtag and e.eptp == eptp and e.thr == thr
-
-                if self.t1[c].find(w["gpa"], GPHYS, gm) is not None or self.t2[c].find(w["gpa"], GPHYS, gm) is not None:
-                    self.ctr["gphys_hits"][cpu] += 1
-                    self.cc(cid, "gphys_hits")
-                else:
-                    self.ctr["gphys_misses"][cpu] += 1
-                    ns = w["nsize"]
-                    ge = replace(base, target=w["target"] - (w["gpa"] & ((1 << SHIFT[ns]) - 1)), tag=gtag, cat=GPHYS,
-                                 flags=w["nflags"] & RDONLY, pcid=0)
-                    s2 = M2 if ns == G1 else ns
-                    self.t2[c].insert(w["gpa"], s2, replace(ge, target=w["target"] - (w["gpa"] & ((1 << SHIFT[s2]) - 1))))
-                    self.t1[c].insert(w["gpa"], ns, ge)
+                       w["src_nested"], self.tables[ctx.cr3].gen,
+                       0 if w["src_nested"] == NO_TABLE else self.tables[ctx.nested].gen, ctx.vm, thr)
             size = w["size"]
             self.t1[c].insert(va, size, replace(base, target=w["target"] - (va & ((1 << SHIFT[size]) - 1))))
             s2 = M2 if size == G1 else size

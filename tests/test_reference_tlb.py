@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 import sevsim
-from refmodel_tlb import CBIT, CTX_COUNTERS, GLOBAL, HOST, RDONLY, NO_TABLE, SVM, VMX, Ctx, RefTlb, Table
+from refmodel_tlb import CBIT, CTX_COUNTERS, GLOBAL, HOST, RDONLY, SHIFT, NO_TABLE, SVM, VMX, Ctx, RefTlb, Table
 
 VAS = [0x400000, 0x401000, 0x402000, 0x600000, 0x40000000, 0xFFFF800000000000]
 GPAS = [0x1000, 0x2000, 0x200000, 0x400000, 0x40000000]
@@ -72,6 +72,60 @@ class TlbEngineVsModel(RuleBasedStateMachine):
             assert ok, "engine mapped what the model refused"
         except ValueError:
             assert not ok, "engine refused what the model mapped"
+
+    @rule(i=st.integers(0, 4), va=st.integers(0, len(VAS) - 1), gpa=st.integers(0, len(GPAS) - 1), hpa=st.integers(0, 5))
+    def map_chain(self, i, va, gpa, hpa):
+        # a 4 KiB guest page through a context's current guest and nested tables (where free)
+        c = self.m.ctxs[(self.svm + self.vmx)[i]]
+        for table, addr, target in ((c.cr3, VAS[va], GPAS[gpa]), (c.nested, GPAS[gpa], HPAS[hpa])):
+            if self.m.tables[table].map(addr, target, 0, 0):
+                self.h.map(table, addr, target)
+
+    @rule(cpu=cpus, i=st.integers(0, 4), nested=st.booleans(), va=st.integers(0, len(VAS) - 1), tgt=st.integers(0, 5),
+          ro=st.booleans())
+    def remap_and_flush_linear(self, cpu, i, nested, va, tgt, ro):
+        # a guest runs and translates every address; a leaf of its guest or nested table changes
+        # in place (unmap + map at its size); its linear/combined entries go (INVVPID single, or
+        # INVLPGA of every address) while its guest-physical ones stay; it translates again
+        cid = (self.svm + self.vmx)[i]
+        if self.m.ctxs[cid].mode == SVM:
+            if self.h.vmrun(cpu, cid, 0) != self.m.vmrun(cpu, cid, 0):
+                raise AssertionError("vmrun")
+        else:
+            self.h.vmentry(cpu, cid)
+            self.m.vmentry(cpu, cid)
+        c = self.m.cpu_ctx[cpu]
+        if c.mode == HOST:
+            return
+        for v in VAS:
+            assert self.h.translate(cpu, v) == self.m.translate(cpu, v)
+        table = c.nested if nested else c.cr3
+        t = self.m.tables[table]
+        addr = GPAS[va % len(GPAS)] if nested else VAS[va]
+        w = t.walk(addr)
+        if w is None:
+            return
+        size = w[0]
+        base = addr >> SHIFT[size] << SHIFT[size]
+        target = (HPAS[tgt] if nested else GPAS[tgt % len(GPAS)]) >> SHIFT[size] << SHIFT[size]
+        flags = w[2] & (CBIT | GLOBAL) | (RDONLY if ro else 0)
+        assert self.h.unmap(table, base) == t.unmap(base)
+        ok = t.map(base, target, size, flags)
+        try:
+            self.h.map(table, base, target, SIZES[size], cbit=bool(flags & CBIT), global_=bool(flags & GLOBAL),
+                       writable=not ro)
+            assert ok
+        except ValueError:
+            assert not ok
+        if c.mode == VMX and c.tag:
+            assert self.h.invvpid(cpu, 1, c.tag) == self.m.invvpid(cpu, 1, c.tag, 0)
+        for v in VAS:
+            if c.mode == SVM:
+                assert self.h.invlpga(cpu, v, c.tag) == self.m.invlpga(cpu, v, c.tag)
+            else:
+                assert self.h.invlpg(cpu, v) == self.m.invlpg(cpu, v)
+        for v in VAS:
+            assert self.h.translate(cpu, v) == self.m.translate(cpu, v)
 
     @rule(table=st.integers(0, 5), va=st.integers(0, len(VAS) - 1))
     def unmap(self, table, va):
@@ -224,3 +278,25 @@ class SharedTlbEngineVsModel(TlbEngineVsModel):
 
 TestSharedTlb = SharedTlbEngineVsModel.TestCase
 TestSharedTlb.settings = SETTINGS
+
+
+class ChainTlbEngineVsModel(TlbEngineVsModel):
+    """Guest and nested tables start populated, two guest pages aliasing each guest-physical page,
+    so that nested walks, guest-physical entries used for the second stage and their staleness
+    after a remap (remap_and_flush_linear) come up in most runs."""
+
+    @initialize()
+    def build(self):
+        super().build()
+        for gt in (2, 3):
+            for k, va in enumerate(VAS[:4]):
+                assert self.m.tables[gt].map(va, GPAS[k % 2], 0, 0)
+                self.h.map(gt, va, GPAS[k % 2])
+        for nt in (4, 5):
+            for k, gpa in enumerate(GPAS[:2]):
+                assert self.m.tables[nt].map(gpa, HPAS[k + 2 * (nt - 4)], 0, 0)
+                self.h.map(nt, gpa, HPAS[k + 2 * (nt - 4)])
+
+
+TestChainTlb = ChainTlbEngineVsModel.TestCase
+TestChainTlb.settings = SETTINGS

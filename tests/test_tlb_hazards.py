@@ -147,11 +147,19 @@ def test_write_through_a_stale_writable_entry_is_caught():
     assert (v.cause, v.va, v.pa, v.ctx) == ("stale_translation", VA, 0x30000, ctx)
     assert h.translate(0, VA, write=True) == (0x30000, 0)  # checked again, not refreshed
     assert h.violation_counts()["stale_translation"] == 2
+    # INVLPGA is not enough: the NPT (guest-physical) entry it keeps is still writable
     h.vmexit(0)
     h.invlpga(0, VA, 1)
     h.vmrun(0, ctx)
+    assert h.translate(0, VA) == (0x30000, 0)
+    assert h.violation_counts()["stale_translation"] == 2
+    assert h.translate(0, VA, write=True) == (0x30000, 0)
+    assert h.violation_counts()["stale_translation"] == 3
+    # TLB_CONTROL=3 drops the ASID's guest-physical entries too: now the write faults
+    h.vmexit(0)
+    h.vmrun(0, ctx, 3)
     assert h.translate(0, VA, write=True) is None
-    assert h.counters["write_faults"][0] == 1 and h.violation_counts()["stale_translation"] == 2
+    assert h.counters["write_faults"][0] == 1 and h.violation_counts()["stale_translation"] == 3
 
 
 # -- contexts can change; counters per context --------------------------------------------------
@@ -231,3 +239,105 @@ def test_bad_context_calls(call, exc, pattern):
     with pytest.raises(exc, match=pattern):
         call(h, ctx)
     assert [h.context(i) for i in (0, ctx)] == before
+
+
+# -- cached partial translations are used -------------------------------------------------------
+
+def vmx_aliasing_guest(h):
+    """A VMX guest whose GVAs VA and VA2 both map GPA 0x1000 (Sean's aliasing example), EPT ->
+    HPA 0x30000."""
+    gt = h.create_table("guest")
+    h.map(gt, VA, 0x1000)
+    h.map(gt, VA2, 0x1000)
+    ept = h.create_table("ept")
+    h.map(ept, 0x1000, 0x30000)
+    return h.create_context("vmx", gt, nested=ept, tag=1, vm=1), gt, ept
+
+
+VA2 = 0x800000
+
+
+def test_invvpid_after_an_ept_change_leaves_a_guest_physical_entry_that_is_used_and_caught():
+    """KVM changes an EPT leaf and flushes with INVVPID (mutation C2): INVVPID never drops
+    guest-physical mappings (SDM vol. 3C 29.4.3.1), so the next walk through that GPA takes the
+    old HPA from the cached entry: a stale translation. (Before issue 11 the cached entry only
+    lowered the walk's cost and the walk returned the new HPA: nothing was caught.)"""
+    h = sevsim.Host.from_preset("tiny")
+    ctx, _, ept = vmx_aliasing_guest(h)
+    h.vmentry(0, ctx)
+    assert h.translate(0, VA) == (0x30000, 0)
+    h.unmap(ept, 0x1000)
+    h.map(ept, 0x1000, 0x50000)
+    h.invvpid(0, 1, 1)
+    assert h.translate(0, VA2) == (0x30000, 0)  # what the hardware may do
+    (v,) = h.violations
+    assert (v.cause, v.va, v.pa, v.true_pa) == ("stale_translation", VA2, 0x30000, 0x50000)
+    assert h.counters["gphys_hits"][0] == 1
+    # the combined entry made from it is suspect too: its next hit is checked and caught again
+    h.translate(0, VA2)
+    assert h.violation_counts()["stale_translation"] == 2
+    # INVEPT is the right flush: the guest-physical and combined entries go
+    h.invept(0, 1, ept)
+    assert h.translate(0, VA2) == (0x50000, 0) and h.violation_counts()["stale_translation"] == 2
+
+
+def test_invvpid_after_a_guest_table_change_keeps_guest_physical_entries_that_serve_the_next_walk():
+    """The other half of seed thread 4: after a guest-table change INVVPID suffices, and the
+    guest-physical entries it keeps serve the next walk (the nested half is not walked again:
+    walk_guest_only instead of walk_nested), with no violation."""
+    h = sevsim.Host.from_preset("tiny")
+    ctx, gt, _ = vmx_aliasing_guest(h)
+    h.vmentry(0, ctx)
+    h.translate(0, VA)
+    full = int(h.counters["walk_cycles"][0])  # a two-dimensional walk
+    h.unmap(gt, VA)
+    h.map(gt, VA, 0x1000)  # the same GPA, a new leaf
+    h.invvpid(0, 1, 1)
+    assert h.translate(0, VA) == (0x30000, 0)
+    assert 0 < h.counters["walk_cycles"][0] - full < full
+    assert h.counters["gphys_hits"][0] == 1 and sum(h.violation_counts().values()) == 0
+
+
+def test_invept_after_an_ept_change_keeps_linear_entries_that_serve_the_next_walk():
+    """INVEPT drops guest-physical and combined mappings of the EP4TA and keeps linear ones (SDM
+    vol. 3C 29.4.3.1): the host's linear entries serve its next translation without a walk, and the
+    guest's next walk sees the new EPT leaf. (The SDM creates and uses no linear mappings while EPT
+    is in use (29.4.2), so a VMX guest's own walk never starts from one: see the report.)"""
+    h = sevsim.Host.from_preset("tiny")
+    h.map(0, 0x7000_0000, 0x70000)
+    h.translate(0, 0x7000_0000)
+    ctx, _, ept = vmx_aliasing_guest(h)
+    h.vmentry(0, ctx)
+    h.translate(0, VA)
+    h.unmap(ept, 0x1000)
+    h.map(ept, 0x1000, 0x50000)
+    h.invept(0, 1, ept)
+    assert h.translate(0, VA2) == (0x50000, 0)
+    h.vmexit(0)
+    misses = h.counters["tlb_misses"][0]
+    assert h.translate(0, 0x7000_0000) == (0x70000, 0)
+    assert h.counters["tlb_misses"][0] == misses
+    assert sum(h.violation_counts().values()) == 0
+
+
+def test_invlpga_after_an_npt_change_leaves_the_nested_entry_that_is_used_and_caught():
+    """The AMD analogue: INVLPGA does not touch NPT (guest-physical) translations (APM INVLPGA;
+    tlb-policies.md section 1), so after an NPT change INVLPGA of the guest's pages is not enough;
+    TLB_CONTROL=3 (FLUSH_ASID) is."""
+    h = sevsim.Host.from_preset("tiny")
+    ctx, gt, nt = svm_guest(h, 1, 0x30000, vm=1)
+    h.map(gt, VA2, 0x1000)
+    h.vmrun(0, ctx)
+    h.translate(0, VA)
+    h.unmap(nt, 0x1000)
+    h.map(nt, 0x1000, 0x50000)
+    h.vmexit(0)
+    for va in (VA, VA2):
+        h.invlpga(0, va, 1)
+    h.vmrun(0, ctx)
+    assert h.translate(0, VA2) == (0x30000, 0)
+    assert h.violation_counts()["stale_translation"] == 1
+    h.vmexit(0)
+    h.vmrun(0, ctx, 3)
+    assert h.translate(0, VA2) == (0x50000, 0)
+    assert h.violation_counts()["stale_translation"] == 1

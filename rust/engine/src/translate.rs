@@ -214,7 +214,7 @@ impl Host {
                 }
                 (pa, e.flags, e.gpa + off, e.nsize)
             }
-            None => match self.fill(cpu, core, thr, cc, &ctx, va, cat, dom, eptp) {
+            None => match self.fill(cpu, core, thr, cc, &ctx, va, cat, dom, eptp, write) {
                 Some(t) => t,
                 None => {
                     self.ctr.page_faults[cpu] += 1;
@@ -309,25 +309,158 @@ impl Host {
 
     /// A TLB miss: walk, charge it, fill the entries the hardware caches (the final translation
     /// in both levels, and the guest-physical one of a nested walk). None: a fault.
+    ///
+    /// A guest's walk takes its second stage (GPA -> HPA) from a matching guest-physical entry if
+    /// there is one, as the hardware may: Intel SDM vol. 3C 29.4.2 ("for accesses using
+    /// guest-physical addresses, it may use cached guest-physical mappings associated with the
+    /// current EP4TA"); on AMD the nested (gPA -> hPA) translations are cached under the ASID and
+    /// survive INVLPGA (APM vol. 2 INVLPGA; tlb-policies.md section 1). A stale one used this way
+    /// is a stale translation, recorded, and the combined entry made from it stays suspect. The
+    /// first stage always walks the guest table: no linear mappings are created or used while EPT
+    /// is in use (SDM vol. 3C 29.4.2), and AMD documents none for guests.
     #[allow(clippy::too_many_arguments)]
     #[inline(never)]
-    fn fill(&mut self, cpu: usize, core: usize, thr: u8, cc: usize, ctx: &Context, va: u64, cat: u8, dom: u8, eptp: u32) -> Option<(u64, u8, u64, u8)> {
+    fn fill(&mut self, cpu: usize, core: usize, thr: u8, cc: usize, ctx: &Context, va: u64, cat: u8, dom: u8, eptp: u32, write: bool) -> Option<(u64, u8, u64, u8)> {
         self.ctr.tlb_misses[cpu] += 1;
         self.ctx_ctr[cc + CC_MISS] += 1;
         self.walks += 1;
-        let w = walk(&self.tables, ctx, va);
         let t = &self.cfg.tlb;
-        let mut cost = if ctx.mode == Mode::Host { t.walk_native } else { t.walk_nested } as u64;
-        let w = match w {
-            Some(w) => w,
+        let full = if ctx.mode == Mode::Host { t.walk_native } else { t.walk_nested } as u64;
+        let guest_only = t.walk_guest_only as u64;
+        let fault = |h: &mut Host, cost: u64| {
+            h.clocks_add(cpu, cost);
+            h.ctr.walk_cycles[cpu] += cost;
+            None
+        };
+        let Some((l1, gpa)) = self.tables[ctx.cr3 as usize].walk(va) else {
+            return fault(self, full);
+        };
+        let gen_cr3 = self.tables[ctx.cr3 as usize].gen as u32;
+        if ctx.mode == Mode::Host || ctx.nested == NO_TABLE {
+            let w = Walk { target: gpa, size: l1.size, flags: l1.flags, gpa: 0, gpa_frame: 0, nested_size: l1.size, nflags: l1.flags };
+            return Some(self.fill_final(cpu, core, thr, ctx, va, cat, dom, eptp, &w, gen_cr3, NO_TABLE, 0, full));
+        }
+        // the nested half: a cached guest-physical entry (tagged by ASID on SVM, by EP4TA on
+        // VMX; semantics.md 3.1, 4.2) spares most of the two-dimensional walk and gives the HPA
+        let gtag = if ctx.mode == Mode::Svm { ctx.tag } else { 0 };
+        let gm = |e: &Entry| e.dom == dom && e.tag == gtag && e.eptp == eptp && e.thr == thr;
+        let found = match self.tlb1[core].find(gpa, CAT_GPHYS, gm) {
+            Some(i) => Some((1u8, i, self.tlb1[core].ents[i])),
+            None => self.tlb2[core].find(gpa, CAT_GPHYS, gm).map(|i| (2u8, i, self.tlb2[core].ents[i])),
+        };
+        let nested_gen = self.tables[ctx.nested as usize].gen as u32;
+        let (hpa, nsize, nflags, src_nested, cost) = match found {
+            Some((lvl, i, ge)) => {
+                self.ctr.gphys_hits[cpu] += 1;
+                self.ctx_ctr[cc + CC_GPHYS] += 1;
+                let size = size_of(ge.size);
+                let hpa = ge.target + (gpa & (size.bytes() - 1));
+                let ok = self.check_gphys(cpu, ctx, va, gpa, hpa, &ge, lvl, i, write);
+                // a combined entry made from a stale one records no source: every hit on it is checked
+                (hpa, size, ge.flags, if ok { ctx.nested } else { NO_TABLE }, guest_only)
+            }
             None => {
-                self.clocks_add(cpu, cost);
-                self.ctr.walk_cycles[cpu] += cost;
-                return None;
+                self.ctr.gphys_misses[cpu] += 1;
+                let Some((l2, hpa)) = self.tables[ctx.nested as usize].walk(gpa) else {
+                    return fault(self, full);
+                };
+                // the guest-physical entry maps the nested leaf's frame (HPA = leaf + offset)
+                let ge = Entry {
+                    target: hpa - (gpa & (l2.size.bytes() - 1)),
+                    eptp,
+                    tag: gtag,
+                    dom,
+                    cat: CAT_GPHYS,
+                    flags: l2.flags & F_RDONLY,
+                    src_cr3: ctx.cr3,
+                    src_nested: ctx.nested,
+                    gen_cr3,
+                    gen_nested: nested_gen,
+                    vm: ctx.vm,
+                    gpa: gpa & !(l2.size.bytes() - 1),
+                    nsize: l2.size as u8,
+                    thr,
+                    ..Entry::default()
+                };
+                let s2 = if l2.size == PageSize::G1 { PageSize::M2 } else { l2.size };
+                let ge2 = Entry { target: hpa - (gpa & (s2.bytes() - 1)), ..ge };
+                self.tlb2[core].insert(gpa, s2, ge2);
+                self.tlb1[core].insert(gpa, l2.size, ge);
+                (hpa, l2.size, l2.flags, ctx.nested, full)
             }
         };
-        let src_nested = if ctx.mode == Mode::Host { NO_TABLE } else { ctx.nested };
-        let gen_nested = if ctx.mode == Mode::Host { 0 } else { self.tables[ctx.nested as usize].gen as u32 };
+        // a combined translation covers the smaller of the two leaves; it is writable only if both
+        // are (APM vol. 2 15.25.5; SDM vol. 3C 29.3.3.2)
+        let size = l1.size.min(nsize);
+        let w = Walk {
+            target: hpa,
+            size,
+            flags: l1.flags | (nflags & F_RDONLY),
+            gpa,
+            gpa_frame: gpa & !(nsize.bytes() - 1),
+            nested_size: nsize,
+            nflags,
+        };
+        let gen_nested = if src_nested == NO_TABLE { 0 } else { nested_gen };
+        Some(self.fill_final(cpu, core, thr, ctx, va, cat, dom, eptp, &w, gen_cr3, src_nested, gen_nested, cost))
+    }
+
+    /// The second stage of a walk came from guest-physical entry `ge` (at `lvl`, slot `slot`):
+    /// if the entry was filled from the nested table as it is now, nothing to check; else compare
+    /// with the table, refresh the entry if it agrees, and record a stale translation if not (a
+    /// writable entry over a leaf now read-only: stale for a write only, as in `check_hit`).
+    /// Returns whether it agrees.
+    #[allow(clippy::too_many_arguments)]
+    fn check_gphys(&mut self, cpu: usize, ctx: &Context, va: u64, gpa: u64, hpa: u64, ge: &Entry, lvl: u8, slot: usize, write: bool) -> bool {
+        let cid = self.cur_ctx[cpu];
+        if ge.vm != ctx.vm {
+            self.translation_violation(Cause::ForeignVmTranslation, cpu, cid, ctx, va, hpa, hpa);
+        }
+        let gen = self.tables[ctx.nested as usize].gen as u32;
+        if ge.src_nested == ctx.nested && ge.gen_nested == gen {
+            return true;
+        }
+        match self.tables[ctx.nested as usize].walk(gpa) {
+            Some((l2, truth)) if truth == hpa && (l2.flags & F_RDONLY) != (ge.flags & F_RDONLY) => {
+                if write && ge.flags & F_RDONLY == 0 {
+                    self.translation_violation(Cause::StaleTranslation, cpu, cid, ctx, va, hpa, truth);
+                }
+                false
+            }
+            Some((_, truth)) if truth == hpa => {
+                let core = self.topo.cpu_core[cpu] as usize;
+                let t = if lvl == 1 { &mut self.tlb1[core] } else { &mut self.tlb2[core] };
+                t.ents[slot].src_nested = ctx.nested;
+                t.ents[slot].gen_nested = gen;
+                true
+            }
+            other => {
+                // the true HPA is the whole walk's (the guest table was just walked)
+                let true_pa = other.map_or(u64::MAX, |(_, hp)| hp);
+                self.translation_violation(Cause::StaleTranslation, cpu, cid, ctx, va, hpa, true_pa);
+                false
+            }
+        }
+    }
+
+    /// Charge a walk and fill the final translation `w` in both levels.
+    #[allow(clippy::too_many_arguments)]
+    fn fill_final(
+        &mut self,
+        cpu: usize,
+        core: usize,
+        thr: u8,
+        ctx: &Context,
+        va: u64,
+        cat: u8,
+        dom: u8,
+        eptp: u32,
+        w: &Walk,
+        gen_cr3: u32,
+        src_nested: u32,
+        gen_nested: u32,
+        cost: u64,
+    ) -> (u64, u8, u64, u8) {
         let base = Entry {
             target: 0,
             eptp,
@@ -339,40 +472,13 @@ impl Host {
             size: 0,
             src_cr3: ctx.cr3,
             src_nested,
-            gen_cr3: self.tables[ctx.cr3 as usize].gen as u32,
+            gen_cr3,
             gen_nested,
             vm: ctx.vm,
             gpa: w.gpa & !(w.size.bytes() - 1),
             nsize: w.nested_size as u8,
             thr,
         };
-        if ctx.mode != Mode::Host {
-            // the nested half: a cached guest-physical entry (tagged by ASID on SVM, by EP4TA on
-            // VMX; semantics.md 3.1, 4.2) spares most of the two-dimensional walk
-            let gtag = if ctx.mode == Mode::Svm { ctx.tag } else { 0 };
-            let gm = |e: &Entry| e.dom == dom && e.tag == gtag && e.eptp == eptp && e.thr == thr;
-            let found = self.tlb1[core].find(w.gpa, CAT_GPHYS, gm).is_some() || self.tlb2[core].find(w.gpa, CAT_GPHYS, gm).is_some();
-            if found {
-                self.ctr.gphys_hits[cpu] += 1;
-                self.ctx_ctr[cc + CC_GPHYS] += 1;
-                cost = t.walk_guest_only as u64;
-            } else {
-                self.ctr.gphys_misses[cpu] += 1;
-                // the guest-physical entry maps the nested leaf's frame (HPA = leaf + offset)
-                let ge = Entry {
-                    target: w.target - (w.gpa & (w.nested_size.bytes() - 1)),
-                    tag: gtag,
-                    cat: CAT_GPHYS,
-                    flags: w.nflags & F_RDONLY,
-                    pcid: 0,
-                    ..base
-                };
-                let s2 = if w.nested_size == PageSize::G1 { PageSize::M2 } else { w.nested_size };
-                let ge2 = Entry { target: w.target - (w.gpa & (s2.bytes() - 1)), ..ge };
-                self.tlb2[core].insert(w.gpa, s2, ge2);
-                self.tlb1[core].insert(w.gpa, w.nested_size, ge);
-            }
-        }
         self.clocks_add(cpu, cost);
         self.ctr.walk_cycles[cpu] += cost;
         let frame = w.target - (va & (w.size.bytes() - 1));
@@ -381,7 +487,7 @@ impl Host {
         // semantics.md section 7): a 1 GiB translation is kept as its 2 MiB piece
         let s2 = if w.size == PageSize::G1 { PageSize::M2 } else { w.size };
         self.tlb2[core].insert(va, s2, Entry { target: w.target - (va & (s2.bytes() - 1)), ..base });
-        Some((w.target, w.flags, w.gpa, w.nested_size as u8))
+        (w.target, w.flags, w.gpa, w.nested_size as u8)
     }
 
     /// Translated accesses: `va[i]` in the current context of `cpu[i]`, then the memory access
