@@ -265,6 +265,8 @@ def test_an_ept_change_keeps_linear_entries_on_vmx_and_nothing_on_svm():
     # INVVPID where INVEPT was needed keeps the guest-physical entries of the old EPT
     bad = row(t, "vmx_invvpid")
     assert bad["survive_guest_physical"] == bad["cached_guest_physical"] > 0
+    # ... and the next combined miss takes its second stage from them: a stale translation
+    assert bad["verdict"] == "UNSAFE" and bad["v_stale_translation"] > 0
 
 
 @pytest.mark.parametrize("ept_flush", ["current", "remote"])
