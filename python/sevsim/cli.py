@@ -305,14 +305,15 @@ def cmd_sweep(args) -> int:
     try:
         grid = sweep.make_grid(args.scenario, sets=args.set or [], strategies=args.strategy, seeds=args.seeds,
                                grid_file=args.grid)
-        if args.scheduler:
-            if args.jobs is not None:
-                raise CliError("--jobs is for the local pool; with --scheduler the cluster decides")
-            pool = sweep.DaskPool(args.scheduler)
-        else:
-            pool = sweep.LocalPool(args.jobs)
+        if args.scheduler and args.jobs is not None:
+            raise CliError("--jobs is for the local pool; with --scheduler the cluster decides")
         sweep._pyarrow()
         sweep.check_out_dir(args.out)
+        if args.scheduler:
+            pool = sweep.DaskPool(args.scheduler)
+            pool.connect()
+        else:
+            pool = sweep.LocalPool(args.jobs)
         result = sweep.sweep(grid, args.out, pool=pool, fmt=args.format, progress=not args.quiet)
     except sweep.GridError as e:
         raise CliError(str(e)) from None

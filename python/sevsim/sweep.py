@@ -352,6 +352,19 @@ def check_out_dir(path: str, flag: str = "--out") -> None:
 
 # -- executors ------------------------------------------------------------------------------------
 
+def _exit_with_driver(driver: int) -> None:
+    """A local worker's initializer: exit when the driver is gone (a SIGKILLed driver cannot stop
+    its pool, and a worker blocked on the pool's pipes would otherwise outlive it)."""
+    import threading
+
+    def watch():
+        while os.getppid() == driver:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="sevsim-driver-watch", daemon=True).start()
+
+
 class LocalPool:
     """A local process pool (spawned processes); a worker that dies takes the pool with it, so
     the cells it was running are resubmitted to a new pool (up to MAX_ATTEMPTS)."""
@@ -366,7 +379,8 @@ class LocalPool:
         todo = list(cells)
         ctx = multiprocessing.get_context("spawn")
         while todo:
-            ex = cf.ProcessPoolExecutor(max_workers=min(self.jobs, len(todo)), mp_context=ctx)
+            ex = cf.ProcessPoolExecutor(max_workers=min(self.jobs, len(todo)), mp_context=ctx,
+                                     initializer=_exit_with_driver, initargs=(os.getpid(),))
             try:
                 futs = {}
                 for c in todo:
@@ -390,6 +404,10 @@ class LocalPool:
                         row["attempt"] = attempts[c.id]
                         on_row(row)
                     on_tick(min(self.jobs, sum(1 for f in waiting if f.running())))
+                if todo:
+                    sys.stderr.write(f"sevsim: a worker process died; {len(todo)} unfinished cells resubmitted "
+                                     "to a new pool\n")
+                    sys.stderr.flush()
             finally:
                 ex.shutdown(wait=True, cancel_futures=True)
 
@@ -405,19 +423,30 @@ class DaskPool:
             raise GridError("--scheduler needs dask and distributed: pip install 'sevsim[sweep]'") from None
         self.address = address
         self.name = f"Dask scheduler {address}"
+        self.client = None
 
     def connect(self):
+        """Connect now (before anything runs): GridError if the scheduler cannot be reached."""
+        import dask
         import distributed
 
-        try:
-            return distributed.Client(self.address, timeout="10s", set_as_default=False)
-        except (OSError, TimeoutError) as e:
-            raise GridError(f"--scheduler {self.address}: cannot connect ({' '.join(str(e).split())})") from None
+        if self.client is None:
+            try:  # the connect timeout is dask's: DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=30s
+                self.client = distributed.Client(self.address,
+                                                 timeout=dask.config.get("distributed.comm.timeouts.connect"))
+            except (OSError, TimeoutError, ValueError) as e:
+                raise GridError(f"--scheduler {self.address}: cannot connect "
+                                f"({' '.join(str(e).split()) or type(e).__name__})") from None
+            workers = self.client.scheduler_info().get("workers", {})
+            threads = sum(w.get("nthreads", 0) for w in workers.values())
+            self.name = f"Dask scheduler {self.address} ({len(workers)} workers, {threads} threads)"
+        return self.client
 
     def run(self, cells: list[Cell], on_row: Callable[[dict], None], on_tick: Callable[[int], None]) -> None:
         import distributed
 
         client = self.connect()
+        self.client = None
         try:
             tag = uuid.uuid4().hex[:8]
             futs = {client.submit(run_cell, c.spec(), key=f"sevsim-cell-{c.id[:12]}-{tag}", pure=False): c
