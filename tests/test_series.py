@@ -3,6 +3,8 @@ the per-CPU flush timeline of the teardown's steps."""
 
 import json
 
+import pytest
+
 from sevsim import Host, scenarios
 
 FAST = dict(vm_memory="2MiB", neighbours=2, guest_accesses=2000)
@@ -32,3 +34,11 @@ def test_series_around_a_teardown():
     assert len(ran["flush_cpus"]) == 2 * 4 + 1 and ran["nb_hit_after"][0] >= ran["nb_hit_steady"] - 0.011
     doc = json.loads(t.to_json())
     assert doc["series"] == t.series
+
+
+def test_no_neighbours_no_hit_rate_series():
+    t = scenarios.run("sev-teardown", strategies="wbinvd_all", neighbours=0,
+                      **{k: v for k, v in FAST.items() if k != "neighbours"})
+    s = json.loads(t.to_json(), parse_constant=lambda c: pytest.fail(f"JSON holds {c}"))["series"][0]
+    assert s["nb_hit_before"] == [] and s["nb_hit_after"] == [] and s["nb_hit_steady"] is None
+    assert len(s["flush_cpus"]) > 0

@@ -86,7 +86,7 @@ class ResultTable:
         doc = {"title": self.title, "columns": self.columns, "legend": self.legend, "params": self.params,
                "rows": [{k: _json_value(v) for k, v in r.items()} for r in self.rows]}
         if self.series:
-            doc["series"] = self.series
+            doc["series"] = [_json_tree(s) for s in self.series]
         return json.dumps(doc, indent=1, allow_nan=False)
 
     def violations_csv(self) -> str:
@@ -231,6 +231,14 @@ def _json_value(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return None
     return v
+
+
+def _json_tree(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _json_tree(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_tree(x) for x in v]
+    return _json_value(v)
 
 
 def _column_format(vals: list[Any]):

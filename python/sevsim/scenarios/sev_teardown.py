@@ -165,7 +165,8 @@ def run_one(strategy: str, seed: int, rep: int, *, preset, memory, sme_coherent,
         e0 = common.snapshot(host, nb_cpus)
         for nb in nbs:
             nb.run(host, nb_window, rng)
-        hit_before.append(common.neighbour_stats(host, e0, common.snapshot(host, nb_cpus))["hit_rate"])
+        if nbs:
+            hit_before.append(common.neighbour_stats(host, e0, common.snapshot(host, nb_cpus))["hit_rate"])
 
     warm, steady = common.warm_until_steady(host, nb_epoch, {"neighbours": nb_cpus}, min_epochs=4)
     s0 = common.snapshot(host, nb_cpus)
