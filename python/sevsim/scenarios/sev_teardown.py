@@ -264,10 +264,10 @@ def run_one(strategy: str, seed: int, rep: int, *, preset, memory, sme_coherent,
     per_step = np.diff(np.asarray(flush["cycles"]), axis=0)  # steps x CPUs
     cpus = np.nonzero(per_step.sum(axis=0))[0]
     series = {
-        # the neighbours' hit rate per window of nb_window accesses each: the last warm-up windows
+        # the neighbours' hit rate per window of nb_window accesses each: the last 4 warm-up windows
         # before the teardown, their steady rate (the baseline phase), the windows of the recovery
         "nb_window_accesses": nb_window,
-        "nb_hit_before": [round(x, 5) for x in hit_before[-8:]],
+        "nb_hit_before": [round(x, 5) for x in hit_before[-4:]],  # the steadiness test's two windows of two
         "nb_hit_steady": round(before["hit_rate"], 5) if nbs else None,
         "nb_hit_after": [round(x, 5) for x in hit_after],
         # each teardown step: its end on the initiator's clock (us since the teardown began) and the
