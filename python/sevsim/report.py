@@ -40,6 +40,7 @@ class Scenario:
     failed: list[dict[str, Any]] = field(default_factory=list)   # failed sweep cells
     series: list[dict[str, Any]] = field(default_factory=list)   # time series, each with its row's configuration
     sources: list[str] = field(default_factory=list)
+    declared: list[str] = field(default_factory=list)  # configuration columns a run JSON names ("params")
 
     @property
     def module(self):
@@ -52,6 +53,8 @@ class Scenario:
         m = self.module
         if m is not None:
             return [p for p in m.PARAMS if any(p in r for r in self.rows)]
+        if self.declared:
+            return [p for p in self.declared if any(p in r for r in self.rows)]
         skip = {"strategy", "rep", "seed", "scenario", "sevsim_version"}
         return [c for c in _columns(self.rows) if c not in skip and not _numeric(self.rows, c)]
 
@@ -142,6 +145,7 @@ def load(inputs: Sequence[str]) -> dict[str, Scenario]:
             for r in rows:
                 sc = get(_scenario_of(r, doc.get("title", "")), path)
                 sc.rows.append(r)
+                sc.declared += [p for p in doc.get("params", []) if isinstance(p, str) and p not in sc.declared]
                 by_rep[(r.get("strategy"), r.get("rep"))] = (sc, r)
             for s in doc.get("series", []):
                 hit = by_rep.get((s.get("strategy"), s.get("rep")))
@@ -220,6 +224,10 @@ class Figures:
         self.plt.close(fig)
         text = buf.getvalue()
         text = text[text.index("<svg"):]
+        text = re.sub(r"\s*<metadata>.*?</metadata>", "", text, count=1, flags=re.S)  # RDF boilerplate
+        # ids unique on the page: matplotlib numbers its groups from 1 in every figure
+        pre = f"f{self.n}-"
+        text = re.sub(r'(\sid="|href="#|url\(#)', lambda m: m.group(1) + pre, text)
         # responsive: the page scales it down to the column's width
         text = re.sub(r'<svg([^>]*?) width="([\d.]+)pt" height="([\d.]+)pt"',
                       lambda m: f'<svg{m.group(1)} width="{m.group(2)}pt" height="{m.group(3)}pt" '
@@ -294,10 +302,12 @@ def plot_costs(F: Figures, sc: Scenario, metrics: list[tuple[str, str]]) -> str 
         ax.set_visible(False)
     from matplotlib.patches import Patch
 
-    handles = [Patch(facecolor="white", edgecolor=UNSAFE, hatch="////", label="UNSAFE in some seed")]
+    handles = ([Patch(facecolor="white", edgecolor=UNSAFE, hatch="////", label="UNSAFE in some seed")]
+               if _unsafe(sc.rows) else [])
     if ccol:
         handles = [Patch(color=c, label=l) for l, c in ccol.items()] + handles
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(4, len(handles)))
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(4, len(handles)))
     return F.svg(fig)
 
 
@@ -354,8 +364,9 @@ def plot_scaling(F: Figures, sc: Scenario, metrics: list[tuple[str, str]]) -> li
                 where = " ".join(f"{q}={v}" for q, v in zip(others, panel))
                 ax.set_title(title + (f"\n{where}" if where else ""), loc="left")
         handles, labels = axes[0][0].get_legend_handles_labels()
-        handles.append(Line2D([], [], marker="x", color=UNSAFE, ls="none", ms=7, mew=1.6))
-        labels.append("UNSAFE")
+        if _unsafe(sc.rows):
+            handles.append(Line2D([], [], marker="x", color=UNSAFE, ls="none", ms=7, mew=1.6))
+            labels.append("UNSAFE")
         fig.legend(handles, labels, loc="outside right center")
         out.append((p, f"{', '.join(t for _, t in metrics)} against {p}: median over seeds, bars min&ndash;max; "
                        "a red x where some seed was UNSAFE", F.svg(fig)))
@@ -521,6 +532,9 @@ def plot_pagein(F: Figures, sc: Scenario) -> str | None:
         x_, m, a, b = zip(*pts)
         ax.errorbar(x_, m, yerr=[[mm - aa for mm, aa in zip(m, a)], [bb - mm for mm, bb in zip(m, b)]],
                     marker="o", ms=4, lw=1.4, capsize=2.5, color=hc[str(n)], label=f"{hue}={n}")
+    if xcol:
+        xs = sorted({r[xcol] for r in sc.rows if isinstance(r.get(xcol), (int, float))})
+        ax.set_xticks(xs, [f"{x:g}" for x in xs])
     ax.set_xlabel(xcol or "")
     ax.set_ylabel("page-in GB/s")
     ax.set_title("page-in throughput per direct-map policy", loc="left")
@@ -650,13 +664,13 @@ def _headline(sc: Scenario, col: str | None, title: str) -> str:
 def _section(F: Figures, sc: Scenario, idx: int) -> str:
     mod = sc.module
     legend = dict(getattr(mod, "LEGEND", {}) or {})
-    if not legend:
-        for r in sc.rows:
-            legend.update({})
     plots = list(getattr(mod, "PLOTS", []) or [])
-    metrics = [m for m in (getattr(mod, "METRICS", None) or [c for c, _ in plots]) if _vals(sc.rows, m)]
+    skip = set(sc.params) | {"seed", "rep", "strategy", "scenario", "sevsim_version"}
+    metrics = [m for m in (getattr(mod, "METRICS", None) or [c for c, _ in plots]
+                           or [c for c in _columns(sc.rows) if c not in skip and _numeric(sc.rows, c)])
+               if _vals(sc.rows, m)]
     if not plots:
-        plots = [(m, m) for m in metrics[:4]]
+        plots = [(m, m) for m in metrics if m not in ("flushes_per_transition", "pagein_gbps")][:4]
     seeds = sorted({r.get("seed") for r in sc.rows if r.get("seed") is not None})
     varying = sc.varying()
     fixed = [p for p in sc.params if p not in varying]
@@ -671,7 +685,8 @@ def _section(F: Figures, sc: Scenario, idx: int) -> str:
     out.append(f'<p class="config">{len(sc.rows)} runs, {len(sc.strategies())} strategies, '
                f'{len(sc.configs())} configuration{"s" if len(sc.configs()) > 1 else ""}'
                + (f" (swept: {_e(', '.join(varying))})" if varying else "")
-               + f", seeds {_e(_seed_text(seeds))}; sevsim {_e(', '.join(versions) or '?')}; from "
+               + f", seeds {_e(_seed_text(seeds))}" + (f"; sevsim {_e(', '.join(versions))}" if versions else "")
+               + "; from "
                + _e(", ".join(sc.sources)) + ".</p>")
     out.append(f'<details><summary>fixed parameters</summary><p class="config">{" ".join(cfg_bits)}</p></details>')
     out.append("<h3>Verdict and cost</h3>")
