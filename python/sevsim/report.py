@@ -65,7 +65,15 @@ class Scenario:
         return tuple(r.get(p) for p in self.varying())
 
     def configs(self) -> list[tuple]:
-        return list(dict.fromkeys(self.config(r) for r in self.rows))
+        """The combinations of the swept parameters, in their natural order (sizes by bytes)."""
+        return sorted(dict.fromkeys(self.config(r) for r in self.rows), key=self._order)
+
+    def _order(self, cfg: tuple) -> tuple:
+        key = []
+        for v in cfg:
+            n = v if isinstance(v, (int, float)) and not isinstance(v, bool) else _size_bytes(v)
+            key.append((0, n, "") if n is not None else (1, 0, str(v)))
+        return tuple(key)
 
     def strategies(self) -> list[str]:
         from .kvm import STRATEGIES
@@ -331,7 +339,8 @@ def plot_scaling(F: Figures, sc: Scenario, metrics: list[tuple[str, str]]) -> li
         if len(xs) < 2:
             continue
         others = [q for q in varying if q != p]
-        panels = list(dict.fromkeys(tuple(r.get(q) for q in others) for r in sc.rows))[:3]
+        panels = sorted(dict.fromkeys(tuple(r.get(q) for q in others) for r in sc.rows),
+                        key=lambda t: sc._order(t))[:3]
         fig, axes = F.figure(len(panels), len(metrics), figsize=(4.3 * len(metrics) + 1.9, 2.9 * len(panels)),
                              squeeze=False, layout="constrained")
         scol = _colors(sc.strategies())
@@ -550,7 +559,7 @@ CSS = """
 * { box-sizing: border-box; }
 body { margin:0; background:var(--bg); color:var(--ink);
        font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; }
-main { max-width: 1180px; margin: 0 auto; padding: 28px 28px 60px; }
+main { max-width: 1320px; margin: 0 auto; padding: 28px 28px 60px; }
 header h1 { font-size: 24px; margin: 0 0 4px; }
 header p { margin: 2px 0; color: var(--mute); }
 nav { margin: 14px 0 8px; display:flex; gap:10px; flex-wrap:wrap; }
@@ -566,8 +575,8 @@ h3 { font-size: 15px; margin: 22px 0 6px; }
 .headline b { font-weight: 600; }
 .config { color: var(--mute); font-size: 12.5px; }
 .config code { background:#f2f3f6; padding:1px 4px; border-radius:3px; color: var(--ink); }
-table { border-collapse: collapse; width: 100%; font-size: 12.5px; margin: 6px 0 4px; }
-th, td { padding: 4px 8px; vertical-align: top; border-bottom: 1px solid var(--line); white-space: nowrap; }
+table { border-collapse: collapse; width: 100%; font-size: 12px; margin: 6px 0 4px; }
+th, td { padding: 4px 6px; vertical-align: top; border-bottom: 1px solid var(--line); white-space: nowrap; }
 th { text-align: left; font-weight: 600; white-space: normal; vertical-align: bottom; color: var(--mute); background:#f7f8fa; position: sticky; top: 0; }
 th[title] { cursor: help; text-decoration: underline dotted #aab; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }

@@ -515,6 +515,7 @@ class SweepProgress:
     def row(self, row: dict, label: str) -> None:
         self.done += 1
         self.failed += row.get("status") == "failed"
+        self.running = max(0, self.running - 1)  # until the next tick says
         if self.quiet:
             return
         if self.bar is not None:
