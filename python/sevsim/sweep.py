@@ -592,16 +592,16 @@ def sweep(grid: Grid, out_dir: str, *, pool: LocalPool | DaskPool | None = None,
     skipped = len(cells) - len(todo)
     varying = grid.varying()
     labels = {c.id: c.label(varying) for c in todo}
-    if progress is None or progress is True:
-        progress = SweepProgress(len(cells), skipped, varying, stream=stream)
-    elif progress is False:
-        progress = SweepProgress(len(cells), skipped, varying, stream=stream, quiet=True)
-    if not progress.quiet:
+    if progress is not False and not getattr(progress, "quiet", False):
         retry = sum(1 for c in todo if c.id in have)
         stream.write(f"sevsim: sweep {grid.scenario}: {len(cells)} cells, {skipped} already done"
                      + (f", {retry} failed before and retried" if retry else "")
                      + f"; {len(todo)} to run on a {pool.name}\n")
         stream.flush()
+    if progress is None or progress is True:
+        progress = SweepProgress(len(cells), skipped, varying, stream=stream)
+    elif progress is False:
+        progress = SweepProgress(len(cells), skipped, varying, stream=stream, quiet=True)
 
     def on_row(row: dict) -> None:
         write_cell(out_dir, row, fmt)
