@@ -1,4 +1,5 @@
-"""The sevsim command line: `sevsim list [SCENARIO]`, `sevsim run SCENARIO [options]`, `sevsim --version`.
+"""The sevsim command line: `sevsim list [SCENARIO]`, `sevsim run SCENARIO [options]`,
+`sevsim sweep SCENARIO [options]`, `sevsim report INPUT -o FILE.html`, `sevsim --version`.
 
 Every error is one line on standard error, `sevsim: error: ...`, with exit status 2.
 """
@@ -309,6 +310,54 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from . import sweep
+
+    # the grid, the executor and the output directory are checked before anything runs
+    try:
+        grid = sweep.make_grid(args.scenario, sets=args.set or [], strategies=args.strategy, seeds=args.seeds,
+                               grid_file=args.grid)
+        if args.scheduler and args.jobs is not None:
+            raise CliError("--jobs is for the local pool; with --scheduler the cluster decides")
+        sweep._pyarrow()
+        sweep.check_out_dir(args.out)
+        if args.scheduler:
+            pool = sweep.DaskPool(args.scheduler)
+            pool.connect()
+        else:
+            pool = sweep.LocalPool(args.jobs)
+        result = sweep.sweep(grid, args.out, pool=pool, fmt=args.format, progress=not args.quiet)
+    except sweep.GridError as e:
+        raise CliError(str(e)) from None
+    tables = result.summaries()
+    for i, t in enumerate(tables):
+        text = t.format_summary()
+        # the legend once, under the last table
+        print(text if i == len(tables) - 1 else text.split("\n\n")[0])
+        print()
+    if result.failed:
+        print(f"{len(result.failed)} of {len(result.cells)} cells failed (recorded in {args.out}; a rerun retries "
+              "them):")
+        for r in result.failed:
+            print(f"  {r['cell_id']} {r['strategy']} seed {r['seed']}: {r['error']}")
+    print(f"{len(result.rows)} of {len(result.cells)} cells in {os.path.join(args.out, sweep.CELLS)} "
+          f"({result.skipped} were already there); sevsim report {args.out} -o report.html")
+    return 1 if result.failed else 0
+
+
+def cmd_report(args) -> int:
+    from . import report
+
+    _check_output(args.output, "-o", ("html", "htm"))
+    try:
+        page = report.render(args.inputs)
+    except report.ReportError as e:
+        raise CliError(str(e)) from None
+    write_atomic(args.output, page)
+    print(f"sevsim: wrote {args.output}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="sevsim", description="Is a KVM host's cache/TLB/RMP maintenance policy for "
                "confidential VMs safe, and what does it cost?")
@@ -334,6 +383,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--mutate", action="store_true",
                    help="TLB scenarios: one row per named flush of each policy, that flush removed")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    sw = sub.add_parser("sweep", help="run a scenario x parameter grid, one cell per strategy, combination "
+                        "and seed, on a local pool or Dask; resumable")
+    sw.add_argument("scenario", nargs="?", default=None, help="scenario name (or scenario = ... in --grid)")
+    sw.add_argument("--set", action="append", metavar="NAME=V1[,V2...]",
+                    help="a parameter axis: its values, comma-separated (repeatable)")
+    sw.add_argument("--strategy", help="comma-separated strategies (default: the scenario's set)")
+    sw.add_argument("--seeds", metavar="N-M", help="seeds: N, N-M or a comma-separated list of those (default 0)")
+    sw.add_argument("--grid", metavar="FILE.toml", help="scenario, strategies, seeds and [params] (lists are axes)")
+    sw.add_argument("--out", required=True, metavar="DIR", help="the results directory (created; reruns resume)")
+    sw.add_argument("--format", choices=("parquet", "csv"), default="parquet", help="one file per cell")
+    sw.add_argument("--jobs", type=_int_arg("--jobs", 1, 4096), default=None,
+                    help="local worker processes (default: every core)")
+    sw.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="run the cells on this Dask scheduler")
+    sw.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    rp = sub.add_parser("report", help="one static HTML page (tables and plots) from sweeps and runs")
+    rp.add_argument("inputs", nargs="+", metavar="DIR-or-run.json",
+                    help="sweep directories (sevsim sweep --out) and run files (sevsim run --json)")
+    rp.add_argument("-o", "--output", required=True, metavar="FILE.html", help="the page to write")
     return p
 
 
@@ -357,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd is None:
             parser.print_help(sys.stderr)
             return 2
-        return cmd_list(args) if args.cmd == "list" else cmd_run(args)
+        return {"list": cmd_list, "run": cmd_run, "sweep": cmd_sweep, "report": cmd_report}[args.cmd](args)
     except (CliError, ValueError, TypeError, OSError, SevsimError) as e:
         msg = " ".join(str(e).split())
         print(f"sevsim: error: {msg}", file=sys.stderr)

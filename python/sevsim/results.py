@@ -23,7 +23,8 @@ class ResultTable:
 
     def __init__(self, rows: Iterable[dict[str, Any]] = (), *, title: str = "", columns: Sequence[str] | None = None,
                  legend: dict[str, str] | None = None, params: Sequence[str] = (),
-                 violations: Iterable[dict[str, Any]] = (), shown: Sequence[str] = ()):
+                 violations: Iterable[dict[str, Any]] = (), shown: Sequence[str] = (),
+                 series: Iterable[dict[str, Any]] = ()):
         self.rows: list[dict[str, Any]] = [dict(r) for r in rows]
         self.title = title
         self.legend: dict[str, str] = dict(legend or {})
@@ -33,6 +34,9 @@ class ResultTable:
         self.violations: list[dict[str, Any]] = [dict(v) for v in violations]
         #: the columns a person reads first (the terminal's, repr's)
         self.shown: list[str] = list(shown)
+        #: time series of the runs that record them, one dict per run with its strategy, rep and seed
+        #: (sev-teardown: the neighbours' hit rate per window around the teardown, per-CPU flushes)
+        self.series: list[dict[str, Any]] = [dict(s) for s in series]
         cols: list[str] = list(columns or [])
         for r in self.rows:
             for k in r:
@@ -60,7 +64,8 @@ class ResultTable:
         keep = [r for r in self.rows if all(r.get(k) == v for k, v in eq.items())]
         vkeys = {k: v for k, v in eq.items() if k in ("strategy", "rep", "seed")}
         return ResultTable(keep, title=self.title, columns=self.columns, legend=self.legend, params=self.params,
-                           shown=self.shown, violations=[v for v in self.violations if all(v.get(k) == x for k, x in vkeys.items())])
+                           shown=self.shown, violations=[v for v in self.violations if all(v.get(k) == x for k, x in vkeys.items())],
+                           series=[v for v in self.series if all(v.get(k) == x for k, x in vkeys.items())])
 
     def varying(self, columns: Sequence[str]) -> list[str]:
         """Those of `columns` whose value is not the same in every row."""
@@ -80,6 +85,8 @@ class ResultTable:
         """JSON with NaN and infinities as null (JSON has no NaN)."""
         doc = {"title": self.title, "columns": self.columns, "legend": self.legend, "params": self.params,
                "rows": [{k: _json_value(v) for k, v in r.items()} for r in self.rows]}
+        if self.series:
+            doc["series"] = [_json_tree(s) for s in self.series]
         return json.dumps(doc, indent=1, allow_nan=False)
 
     def violations_csv(self) -> str:
@@ -226,6 +233,14 @@ def _json_value(v: Any) -> Any:
     return v
 
 
+def _json_tree(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _json_tree(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_tree(x) for x in v]
+    return _json_value(v)
+
+
 def _column_format(vals: list[Any]):
     """One format for a column: integers as integers; floats with the decimals the column's
     largest magnitude needs (3 significant digits or more), the same for every row."""
@@ -261,6 +276,9 @@ def write_atomic(path: str, text: str | bytes) -> None:
     d = os.path.dirname(os.path.abspath(path)) or "."
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".sevsim-", suffix=".tmp")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as open() would make it, not mkstemp's 0600
         with os.fdopen(fd, "wb") as f:
             f.write(text.encode() if isinstance(text, str) else text)
         os.replace(tmp, path)

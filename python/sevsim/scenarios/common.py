@@ -157,12 +157,13 @@ def warm_until_steady(host: Host, run_epoch, groups: dict[str, list[int]], *, mi
 
 
 def recovery(host: Host, nbs: list["Neighbour"], rng: np.random.Generator, base: dict[str, np.ndarray], *,
-             window: int, max_windows: int = 64, tol: float = 0.01) -> dict[str, float]:
+             window: int, max_windows: int = 64, tol: float = 0.01, trace: list | None = None) -> dict[str, float]:
     """The neighbours' damage after an event, independent of any measurement window: run them
     window by window until each is back to its steady miss rate (`base`, from `group_stats` over a
     quiet phase, within `tol`), and add up what they paid beyond their steady rates meanwhile:
     the extra misses and the extra cycles. Returns those sums (cycles summed over neighbours),
-    the windows the slowest neighbour needed and whether all recovered within `max_windows`."""
+    the windows the slowest neighbour needed and whether all recovered within `max_windows`.
+    With `trace` (a list), appends the hit rate of each window over the neighbours still recovering."""
     acc0 = np.maximum(base["accesses"], 1)
     miss_rate = base["misses"] / acc0
     cyc_per = base["cycles"] / acc0
@@ -178,6 +179,9 @@ def recovery(host: Host, nbs: list["Neighbour"], rng: np.random.Generator, base:
                 nb.run(host, window, rng)
         g = group_stats(host, s0, snapshot(host, cpus))
         windows += 1
+        if trace is not None:
+            ran = ~done
+            trace.append(float(1 - g["misses"][ran].sum() / max(1, g["accesses"][ran].sum())))
         for i in np.nonzero(~done)[0]:
             a = g["accesses"][i]
             extra_miss[i] += g["misses"][i] - miss_rate[i] * a
@@ -303,7 +307,7 @@ def size(v, name: str) -> int:
 def run_grid(title: str, run_one, *, strategies, seed, reps, progress, scenario: str, legend: dict[str, str],
              shown: list[str], **params) -> ResultTable:
     """One row per strategy x repetition (repetition r uses seed + r), with progress reports.
-    `run_one` returns (row, violation records); each row gets the whole configuration: every
+    `run_one` returns (row, violation records) or (row, records, time series); each row gets the whole configuration: every
     parameter, the seed and the sevsim version."""
     from .. import __version__
 
@@ -313,8 +317,11 @@ def run_grid(title: str, run_one, *, strategies, seed, reps, progress, scenario:
         for i, name in enumerate(strategies):
             if progress:
                 progress(rep * len(strategies) + i, total, f"{name} rep {rep}")
-            row, records = run_one(name, seed + rep, rep, **params)
+            row, records, *series = run_one(name, seed + rep, rep, **params)
             gc.collect()  # a run's host is freed now, not at the next collection (policies hold cycles)
+            if series:
+                table.series.append({"strategy": row.get("strategy", name), "rep": rep, "seed": seed + rep,
+                                     **series[0]})
             row.update({"scenario": scenario, **params, "sevsim_version": __version__})
             table.append(row, violations=[{"strategy": row.get("strategy", name), "mutation": row.get("mutation", ""),
                                            "rep": rep, "seed": seed + rep, **v} for v in records])

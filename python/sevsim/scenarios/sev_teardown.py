@@ -159,9 +159,14 @@ def run_one(strategy: str, seed: int, rep: int, *, preset, memory, sme_coherent,
     steps.mark("neighbours run")
     nb_window = max(1, nb_mem // 64 // 4)  # a quarter of a footprint
 
+    hit_before = []  # time series: the neighbours' hit rate per warm-up window (read-only snapshots)
+
     def nb_epoch():
+        e0 = common.snapshot(host, nb_cpus)
         for nb in nbs:
             nb.run(host, nb_window, rng)
+        if nbs:
+            hit_before.append(common.neighbour_stats(host, e0, common.snapshot(host, nb_cpus))["hit_rate"])
 
     warm, steady = common.warm_until_steady(host, nb_epoch, {"neighbours": nb_cpus}, min_epochs=4)
     s0 = common.snapshot(host, nb_cpus)
@@ -176,17 +181,27 @@ def run_one(strategy: str, seed: int, rep: int, *, preset, memory, sme_coherent,
     c0 = host.counters
     init = kvm.initiator
     freed = []
+    flush = {"steps": [], "t": [], "cycles": [c0["flush_cycles"].astype(np.int64)]}  # per-CPU flush timeline
+
+    def flushed(step):
+        flush["steps"].append(step)
+        flush["t"].append(int(host.clocks[init]) - int(clocks0[init]))
+        flush["cycles"].append(host.counters["flush_cycles"].astype(np.int64))
+
     for vm in guests:
         steps.mark(f"vcpu_put {vm.name}")
         for v in range(vcpus):
             kvm.vcpu_put(vm, v)
+        flushed(f"vcpu_put {vm.name}")
         freed.append(vm.pages.copy())
         freed.append(np.asarray(vm.vmsa, dtype=np.uint64))
         if vm.regions:  # SEV/SEV-ES pinned memory; SNP's is guest_memfd's, freed at destroy
             steps.mark(f"sev_mem_enc_unregister_region {vm.name}")
             kvm.sev_mem_enc_unregister_region(vm, 0)
+            flushed(f"sev_mem_enc_unregister_region {vm.name}")
         steps.mark(f"sev_vm_destroy {vm.name}")
         kvm.sev_vm_destroy(vm)
+        flushed(f"sev_vm_destroy {vm.name}")
     clocks1 = host.clocks.astype(np.int64)
     c1 = host.counters
     teardown_init = int(clocks1[init] - clocks0[init])
@@ -203,7 +218,8 @@ def run_one(strategy: str, seed: int, rep: int, *, preset, memory, sme_coherent,
     # the neighbours recover: what did the teardown cost them, whatever the window?
     s2 = common.snapshot(host, nb_cpus)
     steps.mark("neighbours recover")
-    rec = common.recovery(host, nbs, rng, base, window=nb_window) if nbs else None
+    hit_after: list[float] = []
+    rec = common.recovery(host, nbs, rng, base, window=nb_window, trace=hit_after) if nbs else None
     # neighbour CPU time taken by the teardown's IPIs and flushes
     nb_stolen = int((s2["clock"] - s1["clock"]).sum() - (s2["access_cycles"] - s1["access_cycles"]).sum())
 
@@ -245,4 +261,20 @@ def run_one(strategy: str, seed: int, rep: int, *, preset, memory, sme_coherent,
         "first_violation": common.first_violation(records, safe),
         "notes": common.strategy_notes(host, kvm, notes),
     }
-    return row, records
+    per_step = np.diff(np.asarray(flush["cycles"]), axis=0)  # steps x CPUs
+    cpus = np.nonzero(per_step.sum(axis=0))[0]
+    series = {
+        # the neighbours' hit rate per window of nb_window accesses each: the last 4 warm-up windows
+        # before the teardown, their steady rate (the baseline phase), the windows of the recovery
+        "nb_window_accesses": nb_window,
+        "nb_hit_before": [round(x, 5) for x in hit_before[-4:]],  # the steadiness test's two windows of two
+        "nb_hit_steady": round(before["hit_rate"], 5) if nbs else None,
+        "nb_hit_after": [round(x, 5) for x in hit_after],
+        # each teardown step: its end on the initiator's clock (us since the teardown began) and the
+        # flush time of every CPU that flushed (us)
+        "flush_steps": flush["steps"],
+        "flush_t_us": [round(common.cycles_to_us(host, t), 3) for t in flush["t"]],
+        "flush_cpus": [int(c) for c in cpus],
+        "flush_us": [[round(common.cycles_to_us(host, x), 3) for x in step[cpus]] for step in per_step],
+    }
+    return row, records, series
