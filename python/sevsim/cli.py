@@ -425,6 +425,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help(sys.stderr)
             return 2
         return {"list": cmd_list, "run": cmd_run, "sweep": cmd_sweep, "report": cmd_report}[args.cmd](args)
+    except BrokenPipeError:
+        # the reader went away (sevsim run | head): no error line; silence the flush at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (CliError, ValueError, TypeError, OSError, SevsimError) as e:
         msg = " ".join(str(e).split())
         print(f"sevsim: error: {msg}", file=sys.stderr)

@@ -93,22 +93,30 @@ class NsvmUpstream:
 
     def nested_svm_vmrun(self, vcpu: Vcpu, vmcb12: Vmcb12) -> bool:
         """L1's VMRUN, intercepted: False (SVM_EXIT_ERR to L1) if vmcb12's ASID is 0
-        (nested_vmcb_check_controls()); else L2 is entered at the next enter_guest."""
+        (nested_vmcb_check_controls()); else the switch to vmcb02, the scheme's entry flushes, and
+        L2 is entered at the next enter_guest."""
         if vmcb12.asid == 0:
             return False
-        vcpu.arch["vmcb12"] = vmcb12  # cached; its ASID and TLB_CONTROL are otherwise ignored upstream
+        vcpu.arch["vmcb12"] = vmcb12  # cached (upstream ignores its ASID and TLB_CONTROL otherwise)
         self.host.spend(vcpu.cpu, int(self.kc["nested_vmrun"]))
         self.svm_switch_vmcb(vcpu, "vmcb02")
-        vcpu.arch["vmcb02"].tlb_ctl = TLB_CONTROL_DO_NOTHING  # nested_vmcb02_prepare_control()
-        self.nested_svm_transition_tlb_flush(vcpu, "vmrun")
+        self.nested_entry_tlb_flush(vcpu, vmcb12)
         vcpu.guest_mode = True
         return True
 
     def nested_svm_vmexit(self, vcpu: Vcpu) -> None:
-        """L0 reflects L2's exit to L1: leave_guest_mode(), svm_switch_vmcb(vmcb01), the flush."""
+        """L0 reflects L2's exit to L1: leave_guest_mode(), svm_switch_vmcb(vmcb01) (in that order,
+        nested.c), the scheme's exit flushes."""
         self.host.spend(vcpu.cpu, int(self.kc["nested_vmexit"]))
         vcpu.guest_mode = False
         self.svm_switch_vmcb(vcpu, "vmcb01")
+        self.nested_exit_tlb_flush(vcpu)
+
+    def nested_entry_tlb_flush(self, vcpu: Vcpu, vmcb12: Vmcb12) -> None:
+        vcpu.arch["vmcb02"].tlb_ctl = TLB_CONTROL_DO_NOTHING  # nested_vmcb02_prepare_control()
+        self.nested_svm_transition_tlb_flush(vcpu, "vmrun")
+
+    def nested_exit_tlb_flush(self, vcpu: Vcpu) -> None:
         self.nested_svm_transition_tlb_flush(vcpu, "vmexit")
 
     def invlpga_interception(self, vcpu: Vcpu, gva: int, asid: int) -> None:
@@ -157,16 +165,11 @@ class NsvmRfc(NsvmUpstream):
             kvm_service_local_tlb_flush_requests(vcpu)
         vcpu.arch["current"] = vcpu.arch[name]
 
-    def nested_svm_vmrun(self, vcpu: Vcpu, vmcb12: Vmcb12) -> bool:
-        if vmcb12.asid == 0:
-            return False
-        vcpu.arch["vmcb12"] = vmcb12
-        self.host.spend(vcpu.cpu, int(self.kc["nested_vmrun"]))
-        self.svm_switch_vmcb(vcpu, "vmcb02")
+    def nested_entry_tlb_flush(self, vcpu: Vcpu, vmcb12: Vmcb12) -> None:
+        """nested_svm_entry_tlb_flush() (RFC 14, 18, 19, 24)."""
         # RFC 20: vmcb02's tlb_ctl is no longer reset on entry ("don't crush a pending flush")
         if not self.sites.hit("nested_vmcb02_prepare_control:keep_pending_flush"):
             vcpu.arch["vmcb02"].tlb_ctl = TLB_CONTROL_DO_NOTHING
-        # nested_svm_entry_tlb_flush() (RFC 14, 18, 19, 24)
         kvm_hv_nested_transtion_tlb_flush(vcpu)
         if vmcb12.tlb_ctl != TLB_CONTROL_DO_NOTHING:
             # nested NPT: "Sync nested NPT MMU on VMRUN that flushes L2's ASID"
@@ -178,20 +181,15 @@ class NsvmRfc(NsvmUpstream):
             vcpu.arch["last_asid"] = vmcb12.asid
             if self.sites.hit("nested_svm_entry_tlb_flush:vmcb12_asid_changed"):
                 kvm_make_request(vcpu, Req.TLB_FLUSH_GUEST)
-        vcpu.guest_mode = True
-        return True
 
-    def nested_svm_vmexit(self, vcpu: Vcpu) -> None:
-        self.host.spend(vcpu.cpu, int(self.kc["nested_vmexit"]))
-        # nested.c: leave_guest_mode() comes before svm_switch_vmcb(); with RFC 21 a local flush still
-        # pending from L2 is then serviced in L1 mode [INF: the order is upstream's; RFC 21's text
-        # says the flushes are for "the current VMCB"]
-        vcpu.guest_mode = False
-        self.svm_switch_vmcb(vcpu, "vmcb01")
+    def nested_exit_tlb_flush(self, vcpu: Vcpu) -> None:
+        """nested_svm_exit_tlb_flush(). With RFC 21, a local flush still pending from L2 was serviced
+        in L1 mode by the switch, since leave_guest_mode() comes first (nested.c) [INF: RFC 21's
+        text says the flushes are for "the current VMCB"]."""
         kvm_hv_nested_transtion_tlb_flush(vcpu)
-        vmcb12 = vcpu.arch["vmcb12"]
         # "TLB_CONTROL_FLUSH_ALL_ASID flushes all ASIDs from L1's perspective, including its own"
-        if vmcb12.tlb_ctl == TLB_CONTROL_FLUSH_ALL_ASID and self.sites.hit("nested_svm_exit_tlb_flush:flush_all_asid"):
+        if vcpu.arch["vmcb12"].tlb_ctl == TLB_CONTROL_FLUSH_ALL_ASID and \
+                self.sites.hit("nested_svm_exit_tlb_flush:flush_all_asid"):
             kvm_make_request(vcpu, Req.TLB_FLUSH_GUEST)
 
     def invlpga_interception(self, vcpu: Vcpu, gva: int, asid: int) -> None:
