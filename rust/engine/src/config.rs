@@ -28,36 +28,53 @@ impl<'de> Deserialize<'de> for Size {
     }
 }
 
-/// Parse "64", "48KiB", "1.5TiB", "2 GiB", "4k" into bytes. Binary units (KiB, MiB, GiB, TiB and
-/// the short K, M, G, T) are powers of 1024; decimal units (KB, MB, GB, TB) powers of 1000.
+/// Parse "64", "48KiB", "1.5TiB", "2 GiB", "4k" into bytes, exactly (integer arithmetic, no
+/// floating point: "16.1KB" is 16,100 bytes and "9007199254740993" is that many). Binary units
+/// (KiB, MiB, GiB, TiB and the short K, M, G, T) are powers of 1024; decimal units (KB, MB, GB,
+/// TB) powers of 1000. Sizes are whole bytes up to 2^62.
 pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
     let s = text.trim();
+    if s.starts_with('-') {
+        return Err(format!("size {text:?} is negative; sizes are whole bytes from 0 to 2^62"));
+    }
     let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_'))
         .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let unit = unit.trim();
-    let mult: f64 = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kib" => 1024.0,
-        "m" | "mib" => 1024.0 * 1024.0,
-        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
-        "t" | "tib" => 1024.0f64.powi(4),
-        "kb" => 1e3,
-        "mb" => 1e6,
-        "gb" => 1e9,
-        "tb" => 1e12,
+    let mult: u128 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
         _ => return Err(format!("size {text:?}: unknown unit {unit:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)")),
     };
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("size {text:?}: {num:?} is not a number"))?;
-    let bytes = value * mult;
-    if !bytes.is_finite() || bytes < 0.0 || bytes > (1u64 << 62) as f64 {
-        return Err(format!("size {text:?} is out of range"));
+    let digits = num.replace('_', "");
+    let (int, frac) = digits.split_once('.').unwrap_or((&digits, ""));
+    let is_digits = |d: &str| d.chars().all(|c| c.is_ascii_digit());
+    if (int.is_empty() && frac.is_empty()) || !is_digits(int) || !is_digits(frac) {
+        return Err(format!("size {text:?}: {num:?} is not a number"));
     }
-    if bytes.fract() != 0.0 {
+    let out_of_range = || format!("size {text:?} is out of range (at most 2^62 bytes)");
+    if frac.len() > 30 {
+        return Err(format!("size {text:?}: too many decimals"));
+    }
+    let i: u128 = if int.is_empty() { 0 } else { int.parse().map_err(|_| out_of_range())? };
+    let f: u128 = if frac.is_empty() { 0 } else { frac.parse().map_err(|_| out_of_range())? };
+    let scale = 10u128.pow(frac.len() as u32);
+    let whole = i.checked_mul(mult).ok_or_else(out_of_range)?;
+    let part = f.checked_mul(mult).ok_or_else(out_of_range)?;
+    if part % scale != 0 {
         return Err(format!("size {text:?} is not a whole number of bytes"));
+    }
+    let bytes = whole.checked_add(part / scale).ok_or_else(out_of_range)?;
+    if bytes > 1u128 << 62 {
+        return Err(out_of_range());
     }
     Ok(bytes as u64)
 }
@@ -456,6 +473,17 @@ mod tests {
         assert_eq!(parse_size("1GB").unwrap(), 1_000_000_000);
         assert!(parse_size("12 parsecs").is_err());
         assert!(parse_size("0.3B").is_err());
+        // exact: no floating point (16.1 * 1000 is 16100.000000000002 in f64; 2^53 + 1 is not an f64)
+        assert_eq!(parse_size("16.1KB").unwrap(), 16_100);
+        assert_eq!(parse_size("9007199254740993").unwrap(), 9_007_199_254_740_993);
+        assert_eq!(parse_size("0.5KiB").unwrap(), 512);
+        assert_eq!(parse_size(".5KiB").unwrap(), 512);
+        assert_eq!(parse_size("1_000").unwrap(), 1000);
+        assert!(parse_size("-1KiB").unwrap_err().contains("negative"));
+        assert!(parse_size("4611686018427387905").unwrap_err().contains("out of range"));
+        assert!(parse_size("99999999999999999999999999999999999999999TiB").unwrap_err().contains("out of range"));
+        assert!(parse_size("1.2.3KiB").unwrap_err().contains("not a number"));
+        assert!(parse_size(".").unwrap_err().contains("not a number"));
         assert!(parse_size("").is_err());
     }
 

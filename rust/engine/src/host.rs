@@ -626,8 +626,10 @@ impl Host {
     }
 
     #[inline(always)]
+    /// Charge `cycles` to `cpu`'s clock, saturating: a clock never wraps (the access path's
+    /// charge_access adds latencies that cannot get there and stays a plain add).
     pub(crate) fn clocks_add(&mut self, cpu: usize, cycles: u64) {
-        self.clocks[cpu] += cycles;
+        self.clocks[cpu] = self.clocks[cpu].saturating_add(cycles);
     }
 
     #[inline(always)]
@@ -1348,19 +1350,20 @@ impl Host {
         let t0 = self.clocks[initiator];
         let n_remote = cpus.iter().filter(|&&t| t != initiator).count() as u64;
         let send = if n_remote > 0 { c.ipi_send_base + c.ipi_send_per_target * n_remote } else { 0 };
-        let mut done = t0 + send;
+        // saturating: clocks never wrap, whatever `work` a caller asks for
+        let mut done = t0.saturating_add(send);
         for &t in &cpus {
             if t == initiator {
-                done = done.max(t0 + send + work);
+                done = done.max(t0.saturating_add(send + work));
             } else {
-                done = done.max(t0 + send + c.ipi_latency + c.ipi_handler + work);
-                self.clocks[t] += c.ipi_handler + work;
+                done = done.max(t0.saturating_add(send + c.ipi_latency + c.ipi_handler + work));
+                self.clocks_add(t, c.ipi_handler + work);
                 self.ctr.ipis_received[t] += 1;
-                self.ctr.ipi_cycles[t] += c.ipi_handler + work;
+                self.ctr.ipi_cycles[t] = self.ctr.ipi_cycles[t].saturating_add(c.ipi_handler + work);
             }
         }
         if n_remote > 0 {
-            done += c.ipi_ack;
+            done = done.saturating_add(c.ipi_ack);
         }
         self.clocks[initiator] = done;
         self.ctr.ipis_sent[initiator] += n_remote;
@@ -1370,8 +1373,8 @@ impl Host {
     /// Charge `cycles` of work the engine does not model step by step to `cpu`.
     pub fn spend(&mut self, cpu: usize, cycles: u64) -> Result<()> {
         self.check_cpu("cpu", cpu)?;
-        self.clocks[cpu] += cycles;
-        self.ctr.other_cycles[cpu] += cycles;
+        self.clocks_add(cpu, cycles);
+        self.ctr.other_cycles[cpu] = self.ctr.other_cycles[cpu].saturating_add(cycles);
         Ok(())
     }
 

@@ -238,9 +238,17 @@ impl Host {
     /// Charge `cpu` for allocating `count` backing pages of 4 KiB or 2 MiB.
     pub fn alloc_pages(&mut self, cpu: usize, huge: bool, count: u64) -> Result<u64> {
         self.check_cpu("cpu", cpu)?;
+        let page = if huge { 2 << 20 } else { 4096 };
+        let most = self.memory_bytes() / page;
+        if count > most {
+            return Err(EngineError::invalid(
+                "count",
+                format!("count = {count} pages of {page} bytes exceeds the host's {most}"),
+            ));
+        }
         let c = count * if huge { self.cfg.snp.alloc_2m } else { self.cfg.snp.alloc_4k } as u64;
         self.clocks_add(cpu, c);
-        self.ctr.other_cycles[cpu] += c;
+        self.ctr.other_cycles[cpu] = self.ctr.other_cycles[cpu].saturating_add(c);
         Ok(c)
     }
 

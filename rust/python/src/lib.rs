@@ -10,7 +10,7 @@ use sevsim_engine::config::{self, parse_size, HostConfig, DEFAULT_PROFILE};
 use sevsim_engine::host::{Col, Counters, FlushOp, Host, LEVEL_NAMES};
 use sevsim_engine::violation::{Cause, Violation, CAUSES};
 use sevsim_engine::paging::{PageSize, TableKind, F_CBIT, F_GLOBAL, F_RDONLY};
-use sevsim_engine::rmp::RmpState;
+use sevsim_engine::rmp::{RmpState, MAX_ASID};
 use sevsim_engine::snp::PAGE_OFFSET;
 use sevsim_engine::tlb::{Context, Invlpgb, Mode, NO_TABLE};
 use sevsim_engine::translate::{Translated, VmrunResult};
@@ -92,6 +92,28 @@ fn col_arg<'py, T: numpy::Element + Copy>(
         )));
     }
     Ok(ColArg::One(scalar(obj)?))
+}
+
+/// A 1-D numpy array of exactly dtype `T`, or a TypeError naming the argument and the dtype.
+fn array_arg<'py, T: numpy::Element>(obj: &Bound<'py, PyAny>, name: &str, dtype: &str) -> PyResult<PyReadonlyArray1<'py, T>> {
+    if let Ok(a) = obj.downcast::<PyArray1<T>>() {
+        return a.try_readonly().map_err(|e| PyValueError::new_err(format!("{name}: {e}")));
+    }
+    let got = if obj.hasattr("dtype")? && obj.hasattr("ndim")? {
+        let ndim: usize = obj.getattr("ndim")?.extract()?;
+        format!("a {ndim}-D array of dtype {}", dtype_name(obj))
+    } else {
+        obj.get_type().name()?.to_string()
+    };
+    Err(PyTypeError::new_err(format!(
+        "{name} must be a 1-D numpy array of dtype {dtype}, got {got}: use np.asarray({name}, dtype=np.{dtype})"
+    )))
+}
+
+/// A guest ASID for the RMP: 0..=MAX_ASID (a 10-bit field of the RMP entry).
+fn rmp_asid(obj: &Bound<'_, PyAny>) -> PyResult<u16> {
+    // the RMP's ASID field has 10 bits (int_arg names the argument, the value and the range)
+    Ok(int_arg(obj, "asid", MAX_ASID as u64)? as u16)
 }
 
 impl<'py, T: numpy::Element + Copy> ColArg<'py, T> {
@@ -722,8 +744,9 @@ impl PyHost {
         self.h.max_violations
     }
     #[setter]
-    fn set_max_violations(&mut self, n: usize) {
-        self.h.max_violations = n;
+    fn set_max_violations(&mut self, n: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.h.max_violations = int_arg(n, "max_violations", 1 << 32)? as usize;
+        Ok(())
     }
 
     /// Every cached copy of the line holding `pa`: a list of dicts with level (1-3), inst (core or
@@ -1119,12 +1142,16 @@ impl PyHost {
     }
     /// RMPUPDATE of many pages in one call: pa[i] gets (assigned, huge, asid, gpa[i], immutable).
     /// Returns the codes (uint8 array). Every address is checked before any update.
-    #[pyo3(signature = (cpu, pa, gpa, *, assigned, huge=false, asid=0, immutable=false))]
+    #[pyo3(signature = (cpu, pa, gpa, *, assigned, huge=false, asid=None, immutable=false))]
     #[allow(clippy::too_many_arguments)]
-    fn rmpupdate_batch<'py>(&mut self, py: Python<'py>, cpu: &Bound<'_, PyAny>, pa: PyReadonlyArray1<'py, u64>,
-                            gpa: PyReadonlyArray1<'py, u64>, assigned: bool, huge: bool, asid: u16, immutable: bool)
+    fn rmpupdate_batch<'py>(&mut self, py: Python<'py>, cpu: &Bound<'py, PyAny>, pa: &Bound<'py, PyAny>,
+                            gpa: &Bound<'py, PyAny>, assigned: bool, huge: bool, asid: Option<&Bound<'py, PyAny>>,
+                            immutable: bool)
                             -> PyResult<Bound<'py, PyArray1<u8>>> {
+        // scalars first, whatever the arrays' lengths (an empty batch is checked too)
         let c = self.cpu(cpu, "cpu")?;
+        let asid = match asid { Some(a) => rmp_asid(a)?, None => 0 };
+        let (pa, gpa) = (array_arg::<u64>(pa, "pa", "uint64")?, array_arg::<u64>(gpa, "gpa", "uint64")?);
         let (p, g) = (pa.as_array(), gpa.as_array());
         if p.len() != g.len() {
             return Err(PyValueError::new_err(format!("pa has {} elements, gpa {}", p.len(), g.len())));
@@ -1151,18 +1178,22 @@ impl PyHost {
     /// Codes: 0, 1 FAIL_INPUT, 6 FAIL_SIZEMISMATCH, 0x80 #NPF(RMP), 0x81 #NPF(RMP|SIZEM);
     /// changed False with code 0 is the hardware's CF=1 "no change".
     #[pyo3(signature = (cpu, asid, pa, gpa, *, huge=false, validate=true))]
-    fn pvalidate(&mut self, cpu: &Bound<'_, PyAny>, asid: u16, pa: &Bound<'_, PyAny>, gpa: u64, huge: bool, validate: bool)
-                 -> PyResult<(u8, bool)> {
+    fn pvalidate(&mut self, cpu: &Bound<'_, PyAny>, asid: &Bound<'_, PyAny>, pa: &Bound<'_, PyAny>, gpa: &Bound<'_, PyAny>,
+                 huge: bool, validate: bool) -> PyResult<(u8, bool)> {
         let c = self.cpu(cpu, "cpu")?;
-        self.h.pvalidate(c, asid, int_arg(pa, "pa", u64::MAX)?, gpa, huge, validate).map_err(verr)
+        let asid = rmp_asid(asid)?;
+        let (pa, gpa) = (int_arg(pa, "pa", u64::MAX)?, int_arg(gpa, "gpa", u64::MAX)?);
+        self.h.pvalidate(c, asid, pa, gpa, huge, validate).map_err(verr)
     }
     /// PVALIDATE of many pages: returns (codes uint8, changed bool) arrays.
     #[pyo3(signature = (cpu, asid, pa, gpa, *, huge=false, validate=true))]
     #[allow(clippy::too_many_arguments)]
-    fn pvalidate_batch<'py>(&mut self, py: Python<'py>, cpu: &Bound<'_, PyAny>, asid: u16, pa: PyReadonlyArray1<'py, u64>,
-                            gpa: PyReadonlyArray1<'py, u64>, huge: bool, validate: bool)
+    fn pvalidate_batch<'py>(&mut self, py: Python<'py>, cpu: &Bound<'py, PyAny>, asid: &Bound<'py, PyAny>,
+                            pa: &Bound<'py, PyAny>, gpa: &Bound<'py, PyAny>, huge: bool, validate: bool)
                             -> PyResult<(Bound<'py, PyArray1<u8>>, Bound<'py, PyArray1<bool>>)> {
         let c = self.cpu(cpu, "cpu")?;
+        let asid = rmp_asid(asid)?;
+        let (pa, gpa) = (array_arg::<u64>(pa, "pa", "uint64")?, array_arg::<u64>(gpa, "gpa", "uint64")?);
         let (p, g) = (pa.as_array(), gpa.as_array());
         if p.len() != g.len() {
             return Err(PyValueError::new_err(format!("pa has {} elements, gpa {}", p.len(), g.len())));
