@@ -125,9 +125,15 @@ class NsvmUpstream:
         self.flush_tlb_gva(vcpu, gva)
 
     def svm_leave_nested(self, vcpu: Vcpu) -> None:
-        """Forced leave (svm_leave_nested()): no TLB flush request."""
+        """Forced leave (svm_leave_nested(): KVM_SET_NESTED_STATE, a vCPU reset, EFER.SVME
+        cleared): no TLB flush request upstream, so L2's entries in the shared ASID reach L1 ("L2
+        TLB entries can leak into L1": Y. Ahmed, "KVM: nSVM: Flush the TLB after forcefully leaving
+        nested", RFC v2 01/25, 20260616004155.1435766-2-yosry@kernel.org, Cc stable)."""
         vcpu.guest_mode = False
         self.svm_switch_vmcb(vcpu, "vmcb01")
+
+    def leave_nested(self, vcpu: Vcpu) -> None:
+        self.svm_leave_nested(vcpu)
 
     # the vendor-neutral names the scenarios use (VMX has the same, vmx.py)
     def nested_vmrun(self, vcpu: Vcpu, vmcb12: Vmcb12) -> bool:
@@ -157,7 +163,8 @@ class NsvmRfc(NsvmUpstream):
     NESTED_SITES = ("svm_switch_vmcb:service_local_flushes", "nested_svm_entry_tlb_flush:vmcb12_tlb_control(mmu_sync)",
                     "nested_svm_entry_tlb_flush:vmcb12_tlb_control(flush)",
                     "nested_svm_entry_tlb_flush:vmcb12_asid_changed", "nested_svm_exit_tlb_flush:flush_all_asid",
-                    "nested_vmcb02_prepare_control:keep_pending_flush", "invlpga_interception:nested_asid")
+                    "nested_vmcb02_prepare_control:keep_pending_flush", "invlpga_interception:nested_asid",
+                    "svm_leave_nested:transition_flush")
 
     def svm_switch_vmcb(self, vcpu: Vcpu, name: str) -> None:
         """RFC 21: "Perform any pending TLB flushes for the current VMCB before switching"."""
@@ -202,8 +209,13 @@ class NsvmRfc(NsvmUpstream):
             self.host.invlpga(vcpu.cpu, gva, vcpu.arch["vmcb02"].asid)
 
     def svm_leave_nested(self, vcpu: Vcpu) -> None:
+        """With the flush the v2 series adds first (nested_svm_transition_tlb_flush() after the
+        switch to vmcb01, RFC v2 01/25); with a separate L2 ASID it only matters for the requests
+        it raises (a sync and L1's flush)."""
         vcpu.guest_mode = False
         self.svm_switch_vmcb(vcpu, "vmcb01")
+        if self.sites.hit("svm_leave_nested:transition_flush"):
+            kvm_make_request(vcpu, Req.TLB_FLUSH_CURRENT)
 
 
 def _combine(asid_cls: type[SvmPolicy], nested_cls: type) -> type:

@@ -196,7 +196,8 @@ class SvmPolicy:
         """kvm_mmu_sync_roots(): with TDP, only KVM's shadow of L1's NPT (nested NPT) can be
         unsync; the nested MMU applies L1's pending NPT12 edits to NPT02."""
         mmu = vcpu.arch.get("nested_mmu")
-        if mmu is not None and vcpu.cpu is not None:
+        # L1's root is direct (TDP): kvm_mmu_sync_roots() returns at once; only L2's shadow syncs
+        if mmu is not None and vcpu.cpu is not None and vcpu.guest_mode:
             n = mmu.sync()
             self.host.spend(vcpu.cpu, int(self.kc["mmu_sync"] + n * self.kc["mmu_sync_per_page"]))
 
@@ -236,7 +237,8 @@ class SvmUpstream(SvmPolicy):
     def svm_flush_tlb_asid(self, vcpu: Vcpu, guest_mode: bool | None = None) -> None:
         """svm.c: the current VMCB only ("KVM uses a single ASID for L1 and L2, and
         unconditionally does a TLB flush on both nested VM-Enter and nested VM-Exit")."""
-        vcpu.hv.purge(vcpu)
+        if vcpu.hv is not None:
+            vcpu.hv.purge(vcpu)
         vmcb = self.current(vcpu)
         if not self.sites.hit("svm_flush_tlb_asid:flush_asid"):
             return
@@ -312,7 +314,8 @@ class SvmRfc(SvmPolicy):
     def svm_flush_tlb_asid(self, vcpu: Vcpu, guest_mode: bool | None = None) -> None:
         """RFC 12/13: the FIFO of that mode, then the VMCB of that mode."""
         mode = vcpu.guest_mode if guest_mode is None else guest_mode
-        vcpu.hv.purge(vcpu, mode)
+        if vcpu.hv is not None:
+            vcpu.hv.purge(vcpu, mode)
         if self.sites.hit("svm_flush_tlb_asid:flush_asid"):
             self.vmcb_set_flush_asid(self.vmcb_of(vcpu, mode))
 

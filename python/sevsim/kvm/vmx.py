@@ -157,7 +157,7 @@ class VmxUpstream:
 
     def mmu_sync_roots(self, vcpu: Vcpu) -> None:
         mmu = vcpu.arch.get("nested_mmu")
-        if mmu is not None and vcpu.cpu is not None:
+        if mmu is not None and vcpu.cpu is not None and vcpu.guest_mode:  # only L2's shadow syncs
             n = mmu.sync()
             self.host.spend(vcpu.cpu, int(self.kc["mmu_sync"] + n * self.kc["mmu_sync_per_page"]))
 
@@ -197,6 +197,15 @@ class VmxUpstream:
             kvm_service_local_tlb_flush_requests(vcpu)
         vcpu.guest_mode = False
         self.vmx_vcpu_load_vmcs(vcpu, vcpu.cpu)  # back to vmcs01
+        self.nested_vmx_transition_tlb_flush(vcpu, vcpu.arch["vmcb12"], False)
+
+    def leave_nested(self, vcpu: Vcpu) -> None:
+        """vmx_leave_nested(): nested_vmx_vmexit(vcpu, -1, 0, 0), the ordinary exit path with its
+        flushes (no emulated VM-exit for L1 to see)."""
+        if self.sites.hit("nested_vmx_vmexit:service_local_flushes"):
+            kvm_service_local_tlb_flush_requests(vcpu)
+        vcpu.guest_mode = False
+        self.vmx_vcpu_load_vmcs(vcpu, vcpu.cpu)
         self.nested_vmx_transition_tlb_flush(vcpu, vcpu.arch["vmcb12"], False)
 
     def l1_invalidate_gva(self, vcpu: Vcpu, gva: int, tag: int) -> None:

@@ -123,7 +123,8 @@ def kvm_vcpu_flush_tlb_guest(vcpu: "Vcpu") -> None:
     if vcpu.policy.sites.hit("kvm_vcpu_flush_tlb_guest:flush_tlb_guest"):
         vcpu.policy.flush_tlb_guest(vcpu)
     # "Flushing all 'guest' TLB is always a superset of Hyper-V's fine grained flushing"
-    vcpu.hv.purge(vcpu)
+    if vcpu.hv is not None:  # kvm_hv_vcpu_purge_flush_tlb() returns early without Hyper-V
+        vcpu.hv.purge(vcpu)
 
 
 def kvm_service_local_tlb_flush_requests(vcpu: "Vcpu") -> None:
@@ -142,7 +143,8 @@ def vcpu_enter_guest_requests(vcpu: "Vcpu") -> None:
     if kvm_check_request(vcpu, Req.TLB_FLUSH):
         kvm_vcpu_flush_tlb_all(vcpu)
     kvm_service_local_tlb_flush_requests(vcpu)
-    if kvm_check_request(vcpu, Req.HV_TLB_FLUSH) and vcpu.hv.drain(vcpu):
+    if kvm_check_request(vcpu, Req.HV_TLB_FLUSH) and (vcpu.hv is None or vcpu.hv.drain(vcpu)):
+        # no Hyper-V on the vCPU: kvm_hv_vcpu_flush_tlb() returns -EINVAL, a full guest flush
         kvm_vcpu_flush_tlb_guest(vcpu)
 
 

@@ -69,6 +69,8 @@ PARAMS = {
     "hazards": Bool(True, "run the hazard phase after the measurement (the events the flushes exist for)"),
     "hazard_rfc": Bool(True, "also run the sequence of the RFC's open question (tlb-policies.md 7.3): a vCPU "
                              "loaded in L1 mode VMRUNs its L2 where another vCPU's L2 ran"),
+    "hazard_forced_leave": Bool(True, "also force a vCPU out of nested (svm_leave_nested: nested state set, "
+                                      "reset) while its L2 runs, and run L1 at once"),
     "mutate": Bool(False, "one row per named flush of each policy, that flush removed: is it caught?"),
     "mutate_round_trips": Int(200, "with mutate: measured round trips of the rows with a flush removed (they are "
                                    "there to be caught; the policies' own rows keep round_trips)", lo=1),
@@ -76,8 +78,8 @@ PARAMS = {
 DEFAULT_STRATEGIES = list(STRATEGY_NAMES)
 
 SUMMARY_COLUMNS = ["strategy", "mutation", "rep", "flushes_per_transition", "entries_dropped_per_transition",
-                   "l1_tlb_hit", "l2_tlb_hit", "exits_per_s", "speedup", "violations", "verdict", "caught_by",
-                   "benign"]
+                   "l1_tlb_hit", "l2_tlb_hit", "exits_per_s", "speedup", "violations", "verdict", "new_violations",
+                   "caught_by", "benign"]
 METRICS = ["flushes_per_transition", "l1_tlb_hit", "l2_tlb_hit", "exits_per_s", "speedup", "violations"]
 PLOTS = [("flushes_per_transition", "flushes per nested transition"), ("exits_per_s", "simulated L2 exits per s"),
          ("l2_tlb_hit", "L2 TLB hit rate"), ("violations", "violations")]
@@ -89,19 +91,23 @@ LEGEND = {
     "seed": "the run's RNG seed",
     "flushes_per_transition": "flushes per nested transition in the measured phase: SVM, VMRUNs whose TLB_CONTROL "
                               "flushed (either VMCB); VMX, INVEPT/INVVPID executed for the vCPU",
-    "entries_dropped_per_transition": "TLB entries dropped by those flushes per nested transition",
+    "entries_dropped_per_transition": "TLB entries dropped by those flushes per nested transition (both TLB levels; "
+                                      "a nested translation is a combined and a guest-physical entry in each)",
     "l1_tlb_hit": "L1's TLB hit rate (L1 or L2 DTLB) over its accesses in the measured phase",
     "l2_tlb_hit": "L2's TLB hit rate over its accesses in the measured phase",
     "walk_cycles_per_access": "page-walk cycles per translated access in the measured phase",
-    "exits_per_s": "simulated L2 exits per second per vCPU in the measured phase",
+    "exits_per_s": "simulated L2 exits per second of pCPU time in the measured phase (all vCPUs' exits over "
+                   "the pCPU time they took)",
     "speedup": "exits_per_s over svm_upstream's in the same configuration and repetition",
     "round_trips": "measured round trips (L2 exit, L1 handler, nested VMRUN) per vCPU",
     "stale_translation": "TLB hits that disagreed with the current tables",
     "foreign_vm_translation": "TLB hits on another VM's entries (L1 on L2's, one L2 on another's)",
-    "violations": "every violation recorded (TLB and memory): 0 means SAFE",
+    "violations": "every violation recorded (TLB and memory; a hit on another VM's stale entry counts as both "
+                  "a foreign and a stale translation): 0 means SAFE",
     "verdict": "SAFE: no violation; UNSAFE otherwise",
     "caught_by": "the oracles that fired, by cause",
     "benign": "true where a test argues the removed flush is harmless in this scenario",
+    "new_violations": "mutation rows: violations beyond the policy's own row (> 0: the removal is caught)",
     "first_violation": "the first violation recorded, with the step that ran",
     "notes": "why a row looks as it does",
 }
@@ -109,8 +115,8 @@ LEGEND = {
 #: flush sites whose removal this scenario argues harmless, per policy ("*": any), with the reason;
 #: tests/test_tlb_policies.py runs each one and shows it clean, and shows the hazard elsewhere
 #: where one exists
-_UPSTREAM_COVERS = ("nsvm_upstream flushes the shared ASID at every nested transition, so every VMRUN of a "
-                    "nested vCPU flushes it anyway (the hazard needs a non-nested vCPU: see the tests)")
+_UPSTREAM_COVERS = ("nsvm_upstream flushes the shared ASID at every nested transition, which covers it in this "
+                    "scenario's sequences (the ASID wrap needs more ASIDs than one VM uses: shown in the tests)")
 _NO_HV = "no Hyper-V PV flush hypercalls in this scenario (tlb-tagging exercises them)"
 _G3 = ("the engine judges L2 against KVM's NPT02 itself (gap G3), so a missed MMU sync is not visible "
        "until the engine composes NPT12 with NPT01")
@@ -127,9 +133,10 @@ BENIGN: dict[tuple[str, str], str] = {
     ("svm_upstream", "nested_svm_transition_tlb_flush:mmu_sync(vmrun)"): _G3,
     ("svm_upstream", "nested_svm_transition_tlb_flush:mmu_sync(vmexit)"): "nothing of L1's is shadowed: no sync is "
                                                                           "needed on the way back to L1",
+    ("*", "svm_leave_nested:transition_flush"): "with a separate L2 ASID, L2's entries cannot reach L1 after a "
+                                                "forced leave (upstream's shared ASID lacks this flush: the forced-leave "
+                                                "hazard catches svm_upstream)",
     ("svm_upstream", "new_asid:wrap_flush_all_asid"): _UPSTREAM_COVERS,
-    ("svm_upstream", "pre_svm_run:cpu_changed_new_asid"): _UPSTREAM_COVERS,
-    ("svm_upstream", "kvm_flush_remote_tlbs:make_all_cpus_request"): _UPSTREAM_COVERS,
     ("svm_upstream", "svm_flush_tlb_gva:invlpga"): _UPSTREAM_COVERS,
     ("svm_upstream", "kvm_vcpu_flush_tlb_guest:flush_tlb_guest"): "upstream raises only TLB_FLUSH and "
                                                                   "TLB_FLUSH_CURRENT in this scenario",
@@ -176,11 +183,15 @@ def run(*, strategies, seed, reps, progress=None, **p) -> ResultTable:
     t = common.run_grid(title, one, strategies=names, seed=seed, reps=reps, progress=progress, scenario=NAME,
                         legend=LEGEND, shown=SUMMARY_COLUMNS, **p)
     base = {(r["rep"], r["mutation"]): r["exits_per_s"] for r in t.rows if r["strategy"] == "svm_upstream"}
+    own = {(r["strategy"], r["rep"]): r["violations"] for r in t.rows if not r["mutation"]}
     for r in t.rows:
         b = base.get((r["rep"], ""))
         r["speedup"] = r["exits_per_s"] / b if b else None
-    if "speedup" not in t.columns:
-        t.columns.append("speedup")
+        # a removed flush is caught when it adds violations to the policy's own row
+        r["new_violations"] = (r["violations"] - own.get((r["strategy"], r["rep"]), 0)) if r["mutation"] else None
+    for c in ("speedup", "new_violations"):
+        if c not in t.columns:
+            t.columns.append(c)
     return t
 
 
@@ -248,8 +259,8 @@ class World:
 def run_one(strategy: str, mutation: str, seed: int, rep: int, *, preset, memory, workload, vcpus, pcpus,
             migrate_every, round_trips, warmup_round_trips, l2_hot_pages, l2_hot_accesses, l1_handler_pages,
             l1_handler_accesses, l2_ws_pages,
-            accesses_per_exit, vmcb12_tlb_control, nasids, min_asid, hazards, hazard_rfc, mutate,
-            mutate_round_trips):
+            accesses_per_exit, vmcb12_tlb_control, nasids, min_asid, hazards, hazard_rfc, hazard_forced_leave,
+            mutate, mutate_round_trips):
     if vmcb12_tlb_control not in (0, 1, 3, 7):
         raise ConfigError(f"parameter vmcb12_tlb_control: {vmcb12_tlb_control} is not a TLB_CONTROL value "
                           "(0, 1, 3 or 7)")
@@ -269,6 +280,9 @@ def run_one(strategy: str, mutation: str, seed: int, rep: int, *, preset, memory
     vmx = policy.vendor == "vmx"
     memory_bound = workload == "memory-bound"
     pages_l2 = l2_ws_pages if memory_bound else l2_hot_pages
+    if (hazards or hazard_rfc) and (pages_l2 < 4 or l1_handler_pages < 4):
+        raise ConfigError(f"the hazard phase needs at least 4 pages for L1 and L2 (got l1_handler_pages = "
+                          f"{l1_handler_pages}, L2 pages = {pages_l2}); or set hazards=false and hazard_rfc=false")
     world = World(host, policy, vcpus=vcpus, pages_l1=l1_handler_pages, pages_l2=pages_l2, hpa_base=64 << 20)
     steps = common.Steps(host)
     kc = host.kvm_cost
@@ -304,6 +318,7 @@ def run_one(strategy: str, mutation: str, seed: int, rep: int, *, preset, memory
         last_on[cpu] = v
 
     def run_l2(v: Vcpu) -> None:
+        assert v.guest_mode, "run_l2 of a vCPU in L1 mode"
         if policy.enter_guest(v) != "entered":
             raise RuntimeError(f"{strategy}: VMRUN of L2 failed")
         b = l2_batch()
@@ -315,6 +330,7 @@ def run_one(strategy: str, mutation: str, seed: int, rep: int, *, preset, memory
 
     def run_l1(v: Vcpu, vmcb12: Vmcb12, edit=None) -> None:
         """L1 runs its exit handler, then (after `edit`, L1's own table edits) executes VMRUN."""
+        assert not v.guest_mode, "run_l1 of a vCPU in L2 mode"
         if policy.enter_guest(v) != "entered":
             raise RuntimeError(f"{strategy}: VMRUN of L1 failed")
         b = lines(l1_handler_pages, l1_handler_accesses)
@@ -369,12 +385,26 @@ def run_one(strategy: str, mutation: str, seed: int, rep: int, *, preset, memory
     d = {k: int(c1[k].sum() - c0[k].sum()) for k in ("tlb_l1_hits", "tlb_l2_hits", "tlb_misses", "walk_cycles")}
     tlb_acc = d["tlb_l1_hits"] + d["tlb_l2_hits"] + d["tlb_misses"]
     hit = (d["tlb_l1_hits"] + d["tlb_l2_hits"]) / tlb_acc if tlb_acc else None
-    span = max(clk1[c] - clk0[c] for c in cpus)  # the busiest pCPU's simulated time
-    exits_per_s = round_trips * len(vm_list) / len(cpus) / (span / (host.freq_ghz * 1e9)) if span else None
+    # per vCPU: the L2 exits each vCPU made, over the pCPU time all of them took (an idle pCPU adds
+    # nothing; vCPUs sharing a pCPU share its time)
+    busy = sum(clk1[c] - clk0[c] for c in cpus)
+    exits_per_s = round_trips * len(vm_list) / (busy / (host.freq_ghz * 1e9)) if busy else None
 
     if hazards:
         steps.mark("hazards")
         hazard_phase(host, world, policy, load, round_trip, run_l1, run_l2, vmcb12s, cpus, spare, steps)
+    if hazard_forced_leave:
+        steps.mark("hazard: forced leave from L2 (svm_leave_nested), then L1 runs")
+        v0 = world.vm.vcpus[0]
+        load(v0, cpus[0])
+        if not v0.guest_mode:
+            run_l1(v0, vmcb12s[v0.index])
+        if policy.enter_guest(v0) != "entered":  # L2 fills its entries
+            raise RuntimeError("VMRUN of L2 failed")
+        host.access_virtual(v0.cpu, lines(pages_l2, pages_l2), False)
+        policy.exit_guest(v0)  # an exit L0 handles itself, then userspace forces L1 out of nested
+        policy.leave_nested(v0)
+        run_l1(v0, vmcb12s[v0.index])  # L1 runs at once, on the same GVAs
     if hazard_rfc and spare is not None:
         hazard_rfc_7_3(host, world, policy, load, run_l1, run_l2, vmcb12s, cpus[0], spare, steps)
 
@@ -405,9 +435,17 @@ def run_one(strategy: str, mutation: str, seed: int, rep: int, *, preset, memory
         "notes": (f"removal argued benign: {benign_reason(strategy, mutation)}"
                   if mutation and benign_reason(strategy, mutation) else
                   "the RFC's open question (tlb-policies.md 7.3) is caught: see first_violation"
-                  if hazard_rfc and strategy == "svm_rfc" and safe["violations"] else ""),
+                  if hazard_rfc and strategy == "svm_rfc" and safe["violations"] else
+                  "upstream nSVM has no flush after a forced leave (fixed by RFC v2 01/25, Jun 2026): see "
+                  "first_violation" if hazard_forced_leave and strategy == "svm_upstream" and safe["violations"]
+                  else ""),
     }
     return row, records
+
+
+def _pages(n: int) -> np.ndarray:
+    """One access to each of the first n pages at GVA."""
+    return GVA + np.arange(n, dtype=np.uint64) * np.uint64(PAGE)
 
 
 def _dropped(host: Host) -> int:
@@ -486,6 +524,46 @@ def hazard_phase(host, world, policy, load, round_trip, run_l1, run_l2, vmcb12s,
         kvm_make_request(v0, Req.TLB_FLUSH_CURRENT)
 
     run_l1(v0, vmcb12s[v0.index], edit=move_l1_page)
+    round_trip(v0)
+
+    # 1d. exits L0 handles itself, with no nested transition: a remote flush kicks the vCPU out of
+    #     a running L2, which L0 re-enters at once (A3, B5 without upstream's transition flush);
+    #     then a host interrupt moves the vCPU to another pCPU and back between two L2 runs, L2's
+    #     guest remapping a GVA with INVLPG meanwhile (A2, B2, E8)
+    steps.mark("hazard: L0-handled exits (remote-flush kick, migration) without a nested transition")
+    run_l2(v0)
+    run_l1(v0, vmcb12s[v0.index])  # v0 about to enter L2
+    if policy.enter_guest(v0) != "entered":
+        raise RuntimeError("VMRUN of L2 failed")
+    host.access_virtual(v0.cpu, _pages(world.pages_l2), False)
+    gpa1 = int(v0.arch["l2_gpa1"][3])
+    new = int(world.hpa(1)[0])
+    host.unmap(world.npt01, gpa1)
+    host.map(world.npt01, gpa1, new, "4K")
+    world.l1_gpa_hpa[gpa1] = new
+    mmu.l0_remapped(gpa1)
+    kvm_flush_remote_tlbs(vm, spare if spare is not None else cpu0)  # v0 is in guest mode: kicked
+    policy.exit_guest(v0)
+    if policy.enter_guest(v0) != "entered":  # L0 re-enters L2 directly
+        raise RuntimeError("VMRUN of L2 failed")
+    host.access_virtual(v0.cpu, _pages(world.pages_l2), False)
+    policy.exit_guest(v0)  # a host interrupt
+    if spare is not None:
+        load(v0, spare)
+        if policy.enter_guest(v0) != "entered":
+            raise RuntimeError("VMRUN of L2 failed")
+        gva4 = GVA + PAGE * (world.pages_l2 - 1)
+        host.unmap(v0.l2_cr3, gva4)
+        host.map(v0.l2_cr3, gva4, GPA_L2 + (world.pages_l2 - 2) * PAGE, "4K")
+        host.invlpg(spare, gva4)
+        policy.exit_guest(v0)
+        load(v0, cpu0)
+        if policy.enter_guest(v0) != "entered":
+            raise RuntimeError("VMRUN of L2 failed")
+        host.access_virtual(v0.cpu, _pages(world.pages_l2), False)
+        policy.exit_guest(v0)
+    policy.nested_vmexit(v0)  # now the exit is reflected: L1 mode
+    run_l1(v0, vmcb12s[v0.index])
     round_trip(v0)
 
     # 2. L1 remaps a page of L2's table and INVLPGAs it with L2's ASID (E7)
@@ -571,7 +649,12 @@ def hazard_phase(host, world, policy, load, round_trip, run_l1, run_l2, vmcb12s,
     v1 = vm.vcpus[1] if len(vm.vcpus) > 1 else world.add_vcpu(len(vm.vcpus))
     vmcb12s.setdefault(v1.index, Vmcb12(asid=v1.index + 1, tlb_ctl=vmcb12s[v0.index].tlb_ctl))
     run_l2(v0)  # v0 in L1 mode
+    if v1.guest_mode and spare is not None:
+        load(v1, spare)  # v1 comes back to L1 elsewhere: loaded on cpu0 in L1 mode (B1, not 7.3's hole)
+        run_l2(v1)
     load(v1, cpu0)
+    if v1.guest_mode:
+        run_l2(v1)
     run_l1(v1, vmcb12s[v1.index])
     run_l2(v1)  # v1 back in L1 mode, its L1 and L2 entries on cpu0
     load(v0, cpu0)
@@ -582,11 +665,13 @@ def hazard_phase(host, world, policy, load, round_trip, run_l1, run_l2, vmcb12s,
 def hazard_rfc_7_3(host, world, policy, load, run_l1, run_l2, vmcb12s, cpu0, other, steps):
     """tlb-policies.md 7.3, the RFC's open question: v1 is loaded on p in L2 mode and runs its L2;
     v0, loaded there in L1 mode (so the ASID->vCPU check of L1's ASID passes), VMRUNs its own L2,
-    of another L2 VM, on the nested ASID that v1's L2 entries still tag."""
+    of another L2 VM, on the nested ASID that v1's L2 entries still tag. The same holds for L1's
+    ASID: v1 leaves L2 on p and its L1 runs there, with the record of L1's ASID still naming v0."""
     steps.mark("hazard: RFC 7.3 (v1's L2 entries, v0 loaded in L1 mode)")
     vm = world.vm
     v0 = vm.vcpus[0]
-    v1 = vm.vcpus[1]
+    v1 = vm.vcpus[1] if len(vm.vcpus) > 1 else world.add_vcpu(1)
+    vmcb12s.setdefault(v1.index, Vmcb12(asid=v1.index + 1, tlb_ctl=vmcb12s[v0.index].tlb_ctl))
     load(v0, cpu0)
     if v0.guest_mode:
         run_l2(v0)  # v0 in L1 mode; its vmcb02 last ran here
@@ -599,6 +684,7 @@ def hazard_rfc_7_3(host, world, policy, load, run_l1, run_l2, vmcb12s, cpu0, oth
     run_l1(v1, vmcb12s[v1.index])
     load(v1, cpu0)  # loaded on p in L2 mode: only the nested ASID is recorded
     run_l2(v1)
-    load(v0, cpu0)  # loaded in L1 mode: L1's ASID last held v0 here
-    run_l1(v0, vmcb12s[v0.index])
-    run_l2(v0)
+    run_l1(v1, vmcb12s[v1.index])  # and v1's L1 runs there too, on L1's ASID, which still names v0
+    load(v0, cpu0)  # loaded in L1 mode: L1's ASID last held v0 here, so no flush
+    run_l1(v0, vmcb12s[v0.index])  # v0's L1 meets v1's L1 entries (the same hole for L1's ASID)
+    run_l2(v0)  # and v0's L2 meets v1's L2 entries (7.3)
