@@ -174,10 +174,12 @@ def test_storm_cannot_reach_snp_guests_in_guest_memfd():
     assert n["violations"] == 0 and w["violations"] == 0 and n["rmp"] == 0
     assert w["wbinvd"] == 0
     assert w["nb_tput_storm"] >= 0.95 * w["nb_tput_quiet"]
-    # an SEV-ES guest next to it still needs the hook
-    mixed = scenarios.run("snp-notifier-storm", strategies=["none"], snp=True,
+    # an SEV-ES guest next to it pays the hook (WBINVD per event), but its registered memory is
+    # pinned: AutoNUMA cannot migrate it, nothing is freed, so even no flush cannot corrupt it
+    mixed = scenarios.run("snp-notifier-storm", strategies=["none", "wbinvd_all"], snp=True,
                           **dict(STORM, vm_types="sev-es,snp", free_fraction=1.0))
-    assert row(mixed, "none")["violations"] > 0
+    assert row(mixed, "none")["violations"] == 0 and row(mixed, "none")["pages_migrated"] == 0
+    assert row(mixed, "wbinvd_all")["wbinvd"] > 0
 
 
 def test_gmem_discards_need_snp_and_an_snp_guest():

@@ -267,10 +267,9 @@ def test_an_ept_change_keeps_linear_entries_on_vmx_and_nothing_on_svm():
         assert r["violations"] == 0, r["first_violation"]
     # SVM: the ASID flush drops every category
     assert svm["survive_linear"] == svm["survive_guest_physical"] == svm["survive_combined"] == 0
-    # VMX: INVEPT drops guest-physical and combined entries of the EPTP, never linear ones
+    # VMX: INVEPT drops the guest-physical and combined entries of the EPTP (the engine does not
+    # cache linear entries yet, so what INVEPT keeps is not measured here; see the README)
     assert vmx["survive_guest_physical"] == vmx["survive_combined"] == 0
-    assert vmx["survive_linear"] == vmx["cached_linear"]
-    assert vmx["refill_walk_cycles"] <= svm["refill_walk_cycles"]
     # INVVPID where INVEPT was needed keeps the guest-physical entries of the old EPT
     bad = row(t, "vmx_invvpid")
     assert bad["survive_guest_physical"] == bad["cached_guest_physical"] > 0
@@ -280,9 +279,12 @@ def test_an_ept_change_keeps_linear_entries_on_vmx_and_nothing_on_svm():
 
 @pytest.mark.parametrize("ept_flush", ["current", "remote"])
 def test_the_remote_flush_and_the_current_flush_both_drop_what_the_change_made_stale(ept_flush):
-    t = scenarios.run("tlb-tagging", strategies=["vmx_upstream", "svm_upstream"], ept_flush=ept_flush, **TAG)
-    for r in t.rows:
-        assert r["violations"] == 0 and r["survive_combined"] == 0
+    t = scenarios.run("tlb-tagging", ept_flush=ept_flush, **TAG)
+    for s in ("vmx_upstream", "svm_upstream"):
+        assert row(t, s)["violations"] == 0 and row(t, s)["survive_combined"] == 0
+    # INVVPID in place of either INVEPT leaves the old guest-physical entries, and they are used
+    bad = row(t, "vmx_invvpid")
+    assert bad["survive_guest_physical"] > 0 and bad["v_stale_translation"] > 0
 
 
 def test_hv_fifo_purge_rule_and_overflow():

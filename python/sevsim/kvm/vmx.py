@@ -222,8 +222,15 @@ class VmxUpstream:
 
 
 class VmxInvvpid(VmxUpstream):
+    """tlb-policies.md 5.3 C2: flush_tlb_all and flush_tlb_current with INVVPID."""
+
     name = "vmx_invvpid"
-    summary = "deliberately broken: KVM_REQ_TLB_FLUSH_CURRENT with INVVPID where INVEPT was needed"
+    summary = "deliberately broken: KVM_REQ_TLB_FLUSH and _CURRENT with INVVPID where INVEPT was needed"
+
+    def flush_tlb_all(self, vcpu: Vcpu) -> None:
+        if self.sites.hit("vmx_flush_tlb_all:invept_global"):
+            self.host.invvpid(vcpu.cpu, 2)  # all VPIDs but 0; guest-physical entries stay
+            self.flushes += 1
 
     def flush_tlb_current(self, vcpu: Vcpu) -> None:
         vpid = self.current_vpid(vcpu)

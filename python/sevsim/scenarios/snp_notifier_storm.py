@@ -14,6 +14,11 @@ Per strategy: the notifier's cost (per event, on the CPU running it), the guests
 throughput and hit rate during the storm against a quiet phase, the time the storm cost each party
 beyond its quiet rate, and the safety verdict.
 
+Registered SEV/SEV-ES memory is pinned (KVM_MEMORY_ENCRYPT_REG_REGION): the notifier fires on
+it all the same, and pays the reclaim hook, but migrate_pages() cannot move a pinned page, so only
+the SNP guests' memory (HVA-backed and unpinned without guest_memfd, as on the 2023 thread's hosts)
+is ever migrated and freed; that is where a missed flush corrupts memory.
+
 What a guest pays for an event: every invalidation zaps the NPT entries of its pages, so the next
 touch of each takes a nested page fault (#VMEXIT, kvm_mmu_page_fault(), VMRUN: the profile's
 npf_exit) and, for HVA-backed memory, the host's fault behind hva_to_pfn() (kvm.host_fault). A
@@ -75,7 +80,8 @@ PARAMS = {
     "events_per_epoch": Int(4, "notifier invalidations per epoch during the storm", lo=0),
     "pages_per_event": Int(8, "4 KiB guest pages per invalidation (a NUMA-balancing scan chunk)", lo=1),
     "free_fraction": Float(0.5, "fraction of invalidations that migrate the pages (AutoNUMA: the old pages are "
-                                "freed; the rest only change the mapping, like a NUMA hinting scan)", 0.0, 1.0),
+                                "freed; pinned SEV memory cannot move); the rest only change the mapping, like a "
+                                "NUMA hinting scan", 0.0, 1.0),
     "unmapped_fraction": Float(0.25, "fraction of freeing invalidations whose userspace mapping is already gone",
                                0.0, 1.0),
     "snp": Bool(False, "enable SNP on the host (needs a preset with SEV-SNP): SNP guests' private memory then "

@@ -174,7 +174,8 @@ def run_one(strategy, seed, rep, *, preset, memory, pages, changed_pages, ept_fl
     records = common.violation_records(host, steps)
     notes = []
     if cached["linear"] == 0:
-        notes.append("the engine caches no linear entries here, so none can survive an EPT change")
+        notes.append("the engine does not cache linear (GVA->GPA) entries yet, so what INVEPT keeps and SVM's "
+                     "ASID flush loses is not measured")
     row = {
         "strategy": strategy, "rep": rep, "seed": seed,
         **{f"cached_{k}": cached[k] for k in ("linear", "guest_physical", "combined")},
