@@ -260,10 +260,14 @@ class SvmRfc(SvmPolicy):
         super().__init__(host, **kw)
         self.free = list(range(self.min_asid + 1, self.nasids))[::-1]  # the pool; min_asid is the fallback
         self.fallback_asid = self.min_asid  # allocated in svm_hardware_setup() (RFC 09)
+        self.fallback_used = False
 
     def alloc_asid(self) -> int:
         """kvm_tlb_tags_alloc(), or the fallback ASID when the pool is empty."""
-        return self.free.pop() if self.free else self.fallback_asid
+        if self.free:
+            return self.free.pop()
+        self.fallback_used = True
+        return self.fallback_asid
 
     def free_asid(self, asid: int) -> None:
         if asid != self.fallback_asid:
