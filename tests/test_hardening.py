@@ -29,6 +29,9 @@ E0 = np.zeros(0, np.uint64)
     (lambda h: h.rmpupdate_batch(0, E0, [1, 2], assigned=False), TypeError, r"gpa must be a 1-D numpy array of dtype uint64"),
     (lambda h: setattr(h, "max_violations", -1), ValueError, r"max_violations = -1"),
     (lambda h: h.alloc_pages(0, 2**64 - 1), ValueError, r"count = 18446744073709551615 .* exceeds the host's"),
+    # empty batches check their scalars too (item 5)
+    (lambda h: h.map_many(99, E0, E0), ValueError, r"table = 99: no such table"),
+    (lambda h: h.create_context("svm", h.create_table("guest"), nested=99), ValueError, r"nested = 99: no such table"),
 ])
 def test_errors_name_the_argument_value_and_range(host, call, exc, pattern):
     before = (host.clocks.copy(), host.violation_counts())
@@ -57,3 +60,96 @@ def test_sizes_parse_exactly(text, value):
 def test_bad_sizes_say_why(text, pattern):
     with pytest.raises(ValueError, match=pattern):
         parse_bytes(text)
+
+
+BIG = "epyc-9755-2s"
+
+
+@pytest.mark.parametrize("overrides, exc, pattern", [
+    # item 2: this configuration passed validation and aborted the interpreter (32 GiB of tags)
+    ({"l2": {"size": "1GiB", "ways": 64}}, MemoryError, r"needs about \d+ GiB .*l2.size alone"),
+    ({"l3": {"size": "4GiB", "ways": 16}}, MemoryError, r"l3.size"),
+    ({"tlb": {"l2_entries": 2**20, "l2_ways": 16}}, ValueError, r"tlb.l2_entries must be at most 65536, got 1048576"),
+    ({"tlb": {"l2_entries": 2**40}}, ValueError, r"tlb.l2_entries: invalid value: integer `1099511627776`"),
+    ({"l2": {"ways": 2**64}}, ValueError, r"overrides.l2.ways = 18446744073709551616 is out of range"),
+])
+def test_configurations_the_machine_cannot_hold_are_refused_by_name(overrides, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        sevsim.Host.from_preset(BIG, memory="64MiB", overrides=overrides)
+
+
+def _state(h):
+    return (h.clocks.tolist(), {k: v.tolist() for k, v in h.counters.items()}, h.violation_counts(), h.cached_lines(), h.audit())
+
+
+def test_long_batches_run_in_chunks_with_the_same_result_as_small_calls():
+    """The binding runs a batch in chunks of 2^18 (checking for signals in between): the result is
+    the one the same accesses give in any other split."""
+    n = (1 << 18) * 2 + 12345
+    rng = np.random.default_rng(7)
+    addr = rng.integers(0, (64 << 20) // 64, n, dtype=np.uint64) * np.uint64(64)
+    cpu = rng.integers(0, 8, n, dtype=np.uint32)
+    write = rng.random(n) < 0.3
+    a, b = (sevsim.Host.from_preset("tiny", memory="64MiB") for _ in range(2))
+    ra = a.access(cpu, addr, write, return_levels=True)
+    levels = []
+    tot = {}
+    for i in range(0, n, 100_003):
+        r = b.access(cpu[i:i + 100_003], addr[i:i + 100_003], write[i:i + 100_003], return_levels=True)
+        levels.append(r.pop("levels"))
+        for k, v in r.items():
+            tot[k] = tot.get(k, 0) + v
+    assert (ra.pop("levels") == np.concatenate(levels)).all()
+    assert ra == tot
+    assert _state(a) == _state(b)
+
+
+def test_ctrl_c_stops_a_long_batch_and_leaves_the_engine_consistent():
+    import os
+    import signal
+    import threading
+    h = sevsim.Host.from_preset("tiny", memory="64MiB")
+    n = 40_000_000
+    addr = np.random.default_rng(1).integers(0, (64 << 20) // 64, n, dtype=np.uint64) * np.uint64(64)
+    timer = threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt) as ei:
+            h.access(0, addr)
+    finally:
+        timer.cancel()
+    note = " ".join(getattr(ei.value, "__notes__", []))
+    done = int(note.split("interrupted after ")[1].split(" of ")[0])
+    assert 0 < done < n and f"of {n} accesses" in note
+    # exactly the first `done` accesses were applied: a fresh host given just those agrees
+    ref = sevsim.Host.from_preset("tiny", memory="64MiB")
+    ref.access(0, addr[:done])
+    assert _state(h) == _state(ref)
+
+
+def test_a_batch_uses_what_it_checked_even_if_another_thread_writes_the_arrays():
+    """Item 1: another thread writing the caller's cpu/addr arrays mid-batch got a Rust panic with
+    most of the batch applied (or bypassed the address checks). The batch now works on a copy."""
+    import threading
+    h = sevsim.Host.from_preset("tiny", memory="64MiB")
+    n = 3_000_000
+    cpu = np.zeros(n, np.uint32)
+    addr = np.arange(n, dtype=np.uint64) % np.uint64((64 << 20) // 64) * np.uint64(64)
+    stop = threading.Event()
+
+    def scribble():
+        while not stop.is_set():
+            cpu[::997] = 1 << 30           # CPUs the host does not have
+            addr[::991] = np.uint64(1 << 62)  # beyond memory
+    t = threading.Thread(target=scribble)
+    t.start()
+    try:
+        for _ in range(3):
+            try:
+                h.access(cpu, addr)
+            except ValueError as e:  # a write that landed before the copy is refused by name
+                assert "cpu[" in str(e) or "addr[" in str(e)
+    finally:
+        stop.set()
+        t.join()
+    assert h.violation_counts() == {k: 0 for k in h.violation_counts()}

@@ -298,9 +298,12 @@ impl HostConfig {
         if let Some(o) = overrides {
             merge(&mut value, &toml::Value::Table(o.clone()));
         }
-        let mut cfg: HostConfig = value
-            .try_into()
-            .map_err(|e: toml::de::Error| EngineError::invalid("preset", format!("preset {name:?}: {}", e.message())))?;
+        // serde_path_to_error names the field a bad value is in ("tlb.l2_entries: invalid value ...")
+        let mut cfg: HostConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let msg = e.into_inner().message().to_string();
+            EngineError::invalid(if path == "." { "preset" } else { &path }, format!("preset {name:?}: {path}: {msg}"))
+        })?;
         cfg.name = name.to_string();
         cfg.validate()?;
         Ok(cfg)
@@ -374,6 +377,11 @@ impl HostConfig {
         if t.l1_entries == 0 || t.l1_entries > 1024 {
             return Err(EngineError::invalid("tlb.l1_entries", format!("tlb.l1_entries must be in 1..=1024, got {}", t.l1_entries)));
         }
+        // the largest L2 TLBs shipped hold a few thousand entries (Zen 5: 4096 data entries, AMD
+        // Software Optimization Guide for the Zen 5 Microarchitecture, 58455); 2^16 is generous
+        if t.l2_entries > 1 << 16 {
+            return Err(EngineError::invalid("tlb.l2_entries", format!("tlb.l2_entries must be at most 65536, got {}", t.l2_entries)));
+        }
         if t.l2_ways == 0 || t.l2_ways > 64 || t.l2_entries % t.l2_ways != 0 || !(t.l2_entries / t.l2_ways).is_power_of_two() {
             return Err(EngineError::invalid(
                 "tlb.l2_entries",
@@ -403,6 +411,62 @@ impl HostConfig {
         }
         Ok(())
     }
+}
+
+impl HostConfig {
+    /// What the model's structures for this configuration can grow to, per field that sizes them
+    /// (bytes; an upper estimate): the cache arrays (8 bytes a line slot) with the coherence
+    /// directory's share (a 16-byte slot per cached line, the table up to twice that), the TLBs (about 40 bytes an
+    /// entry with its keys, folds and stamps), and the per-2 MiB memory and RMP tables.
+    pub fn footprint(&self, memory: u64) -> Vec<(&'static str, u64)> {
+        let cores = self.cores() as u64;
+        let (cpus, ccds) = (self.cpus() as u64, self.ccds() as u64);
+        let lines = |g: &CacheGeom, insts: u64| g.lines().saturating_mul(insts);
+        let (l1, l2, l3) = (lines(&self.l1d, cores), lines(&self.l2, cores), lines(&self.l3, ccds));
+        let tlb = (self.tlb.l1_entries as u64 + self.tlb.l2_entries as u64).saturating_mul(cpus).saturating_mul(40);
+        vec![
+            ("l1d.size", l1.saturating_mul(8 + 32)),
+            ("l2.size", l2.saturating_mul(8 + 32)),
+            ("l3.size", l3.saturating_mul(8 + 32)),
+            ("tlb.l2_entries", tlb),
+            ("memory", (memory >> 21).saturating_mul(16)),
+        ]
+    }
+
+    /// Refuse a configuration whose structures could not fit in `available` bytes (the machine's
+    /// physical memory), naming the field that asks for the most: an allocation that fails
+    /// aborts the process, so it must not be attempted.
+    pub fn check_footprint(&self, memory: u64, available: u64) -> Result<()> {
+        let parts = self.footprint(memory);
+        let total = parts.iter().fold(0u64, |a, (_, b)| a.saturating_add(*b));
+        if total <= available {
+            return Ok(());
+        }
+        let (field, most) = parts.iter().copied().max_by_key(|(_, b)| *b).unwrap_or(("memory", total));
+        Err(EngineError::OutOfMemory {
+            arg: field.to_string(),
+            msg: format!(
+                "this configuration needs about {} GiB for the model ({field} alone {} GiB) but this machine has {} GiB: \
+                 make {field} smaller (or use fewer cores)",
+                total >> 30,
+                most >> 30,
+                available >> 30
+            ),
+        })
+    }
+}
+
+/// The machine's physical memory in bytes (None where unknown).
+pub fn physical_memory() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf has no preconditions.
+        let (pages, size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+        if pages > 0 && size > 0 {
+            return Some((pages as u64).saturating_mul(size as u64));
+        }
+    }
+    None
 }
 
 /// Memory sizes: a whole number of 4 KiB pages, at least one page, at most [`MAX_MEMORY`].

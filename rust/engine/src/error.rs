@@ -7,6 +7,9 @@ use std::fmt;
 pub enum EngineError {
     /// An argument is out of range or malformed; `arg` names it, `msg` says what is allowed.
     Invalid { arg: String, msg: String },
+    /// The configuration is valid but the model would need more memory than this machine has;
+    /// `arg` names the field that asks for the most.
+    OutOfMemory { arg: String, msg: String },
 }
 
 impl EngineError {
@@ -15,7 +18,7 @@ impl EngineError {
     }
     pub fn arg(&self) -> &str {
         match self {
-            EngineError::Invalid { arg, .. } => arg,
+            EngineError::Invalid { arg, .. } | EngineError::OutOfMemory { arg, .. } => arg,
         }
     }
 }
@@ -23,7 +26,7 @@ impl EngineError {
 impl fmt::Display for EngineError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            EngineError::Invalid { msg, .. } => f.write_str(msg),
+            EngineError::Invalid { msg, .. } | EngineError::OutOfMemory { msg, .. } => f.write_str(msg),
         }
     }
 }

@@ -157,6 +157,13 @@ impl<'a, T: Copy> Col<'a, T> {
             Col::Each(s) => Some(s.len()),
         }
     }
+    /// Elements `a..b` (a scalar stays itself).
+    pub fn slice(&self, a: usize, b: usize) -> Col<'a, T> {
+        match *self {
+            Col::One(v) => Col::One(v),
+            Col::Each(s) => Col::Each(&s[a..b]),
+        }
+    }
 }
 
 const NONE: usize = usize::MAX;
@@ -254,6 +261,9 @@ impl Host {
         cfg.validate()?;
         let bytes = memory.unwrap_or(cfg.memory.0);
         check_memory("memory", bytes)?;
+        if let Some(avail) = crate::config::physical_memory() {
+            cfg.check_footprint(bytes, avail)?;
+        }
         let topo = Topology::new(&cfg);
         let l1 = Caches::new(topo.cores, cfg.l1d.sets() as usize, cfg.l1d.ways as usize);
         let l2 = Caches::new(topo.cores, cfg.l2.sets() as usize, cfg.l2.ways as usize);
@@ -1041,6 +1051,18 @@ impl Host {
         key: Col<u16>,
         levels: Option<&mut [u8]>,
     ) -> Result<[u64; 7]> {
+        self.check_access_batch(&cpu, addr, &write, &key, levels.as_ref().map(|l| l.len()))?;
+        #[cfg(target_arch = "x86_64")]
+        if self.l1.avx2() {
+            // SAFETY: the host CPU has AVX2 (detected at run time).
+            return Ok(unsafe { self.run_batch_avx2(cpu, addr, write, key, levels) });
+        }
+        Ok(self.run_batch::<0, 0, 0>(cpu, addr, write, key, levels))
+    }
+
+    /// The checks `access_batch` makes before it runs anything (`levels`: the length of the
+    /// output array, if one is given): lengths, CPUs, addresses and keys.
+    pub fn check_access_batch(&self, cpu: &Col<u32>, addr: &[u64], write: &Col<bool>, key: &Col<u16>, levels: Option<usize>) -> Result<()> {
         let n = addr.len();
         for (name, len) in [("cpu", cpu.len()), ("write", write.len()), ("key", key.len())] {
             if let Some(l) = len {
@@ -1052,12 +1074,12 @@ impl Host {
                 }
             }
         }
-        if let Some(out) = &levels {
-            if out.len() != n {
+        if let Some(out) = levels {
+            if out != n {
                 return Err(EngineError::invalid("levels", "levels must have as many elements as addr"));
             }
         }
-        match cpu {
+        match *cpu {
             Col::One(c) => self.check_cpu("cpu", c as usize)?,
             Col::Each(s) => {
                 if let Some(m) = s.iter().copied().max() {
@@ -1072,7 +1094,7 @@ impl Host {
             }
         }
         self.check_addrs("addr", addr)?;
-        match key {
+        match *key {
             Col::One(k) => {
                 self.check_key("key", k as u64)?;
             }
@@ -1085,12 +1107,7 @@ impl Host {
                 }
             }
         }
-        #[cfg(target_arch = "x86_64")]
-        if self.l1.avx2() {
-            // SAFETY: the host CPU has AVX2 (detected at run time).
-            return Ok(unsafe { self.run_batch_avx2(cpu, addr, write, key, levels) });
-        }
-        Ok(self.run_batch::<0, 0, 0>(cpu, addr, write, key, levels))
+        Ok(())
     }
 
     /// The batch loop compiled for AVX2: the access path is inlined into it, so its set scans

@@ -94,6 +94,8 @@ impl Host {
     /// Map addr[i] -> target[i], all of one size and flags, or nothing at all: on the first bad
     /// one the leaves already added are removed again and the error names its index.
     pub fn map_many(&mut self, table: u32, addr: &[u64], target: &[u64], size: PageSize, flags: u8) -> Result<()> {
+        // the scalars first, whatever the lengths (an empty batch on a missing table is an error)
+        self.table_checked("table", table)?;
         if addr.len() != target.len() {
             return Err(EngineError::invalid("target", format!("addr has {} elements, target {}", addr.len(), target.len())));
         }
@@ -494,6 +496,17 @@ impl Host {
     /// with the key the translation gives. Every argument is checked first. `levels` gets the
     /// cache level, 6 if the RMP checks refused the access, 7 for a translation fault.
     pub fn access_virtual_batch(&mut self, cpu: Col<u32>, va: &[u64], write: Col<bool>, levels: Option<&mut [u8]>) -> Result<[u64; 8]> {
+        self.check_virtual_batch(&cpu, va, &write, levels.as_ref().map(|l| l.len()))?;
+        #[cfg(target_arch = "x86_64")]
+        if self.l1.avx2() {
+            // SAFETY: the host CPU has AVX2 (detected at run time).
+            return Ok(unsafe { self.virtual_batch_avx2(cpu, va, write, levels) });
+        }
+        Ok(self.virtual_batch::<0, 0, 0>(cpu, va, write, levels))
+    }
+
+    /// The checks `access_virtual_batch` makes before it runs anything.
+    pub fn check_virtual_batch(&self, cpu: &Col<u32>, va: &[u64], write: &Col<bool>, levels: Option<usize>) -> Result<()> {
         let n = va.len();
         for (name, len) in [("cpu", cpu.len()), ("write", write.len())] {
             if let Some(l) = len {
@@ -502,8 +515,8 @@ impl Host {
                 }
             }
         }
-        if let Some(out) = &levels {
-            if out.len() != n {
+        if let Some(out) = levels {
+            if out != n {
                 return Err(EngineError::invalid("levels", "levels must have as many elements as va"));
             }
         }
@@ -516,12 +529,7 @@ impl Host {
                 return Err(EngineError::invalid("va", format!("va[{i}] = {:#x} is not a canonical address", va[i])));
             }
         }
-        #[cfg(target_arch = "x86_64")]
-        if self.l1.avx2() {
-            // SAFETY: the host CPU has AVX2 (detected at run time).
-            return Ok(unsafe { self.virtual_batch_avx2(cpu, va, write, levels) });
-        }
-        Ok(self.virtual_batch::<0, 0, 0>(cpu, va, write, levels))
+        Ok(())
     }
 
     /// The translated batch loop compiled for AVX2, as `access_batch`'s (host.rs run_batch_avx2).

@@ -2,7 +2,7 @@
 //! checking, numpy views, GIL release around batches. All semantics live in `sevsim-engine`.
 
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1, ToPyArray};
-use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyMemoryError, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString};
 
@@ -19,7 +19,10 @@ use sevsim_engine::EngineError;
 mod tlb;
 
 fn verr(e: EngineError) -> PyErr {
-    PyValueError::new_err(e.to_string())
+    match e {
+        EngineError::OutOfMemory { .. } => PyMemoryError::new_err(e.to_string()),
+        _ => PyValueError::new_err(e.to_string()),
+    }
 }
 
 /// A non-negative Python int (or numpy integer) no larger than `max`, else TypeError/ValueError
@@ -138,14 +141,28 @@ fn write_arg<'py>(py: Python<'py>, write: Option<&Bound<'py, PyAny>>) -> PyResul
     })
 }
 
+/// The engine's copy of an array argument. Always a copy: batches run with the GIL released, and
+/// another Python thread may write the caller's array meanwhile; the engine checks and uses what
+/// it copied, so a concurrent write can neither slip past the checks nor be half seen.
 fn contiguous<'a, T: numpy::Element + Copy>(a: &'a PyReadonlyArray1<'_, T>, owned: &'a mut Vec<T>) -> &'a [T] {
-    match a.as_slice() {
-        Ok(s) => s,
-        Err(_) => {
-            *owned = a.as_array().to_vec();
-            owned
-        }
-    }
+    *owned = match a.as_slice() {
+        Ok(s) => s.to_vec(),
+        Err(_) => a.as_array().to_vec(),
+    };
+    owned
+}
+
+/// Accesses per chunk of a long batch: between chunks the binding takes the GIL back and checks
+/// for signals, so Ctrl-C stops a batch of any length within a few milliseconds.
+const CHUNK: usize = 1 << 18;
+
+/// A signal's exception (KeyboardInterrupt for Ctrl-C), with a note saying how far the batch got.
+fn interrupted(py: Python<'_>, e: PyErr, done: usize, n: usize) -> PyErr {
+    let note = format!(
+        "sevsim: interrupted after {done} of {n} accesses: the first {done} were applied in order (the engine is consistent), the rest were not"
+    );
+    let _ = e.value(py).call_method1("add_note", (note,));
+    e
 }
 
 fn py_to_toml(obj: &Bound<'_, PyAny>, path: &str) -> PyResult<toml::Value> {
@@ -153,7 +170,13 @@ fn py_to_toml(obj: &Bound<'_, PyAny>, path: &str) -> PyResult<toml::Value> {
         return Ok(toml::Value::Boolean(obj.extract()?));
     }
     if obj.is_instance_of::<PyInt>() {
-        return Ok(toml::Value::Integer(obj.extract()?));
+        // TOML integers are 64-bit signed
+        return obj.extract::<i64>().map(toml::Value::Integer).map_err(|_| {
+            PyValueError::new_err(format!(
+                "overrides{path} = {} is out of range: integers must fit in -2^63..2^63-1",
+                obj.str().map(|s| s.to_string()).unwrap_or_default()
+            ))
+        });
     }
     if obj.is_instance_of::<PyFloat>() {
         return Ok(toml::Value::Float(obj.extract()?));
@@ -504,13 +527,25 @@ impl PyHost {
             }
         };
         let (cpu_s, write_s, key_s) = (cpu_c.col(&mut o1), write_c.col(&mut o3), key_c.col(&mut o4));
-        let mut levels = if return_levels { vec![0u8; addr_s.len()] } else { Vec::new() };
+        let n = addr_s.len();
+        let mut levels = if return_levels { vec![0u8; n] } else { Vec::new() };
         let h = &mut self.h;
-        let by_level = py
-            .allow_threads(|| {
-                h.access_batch(cpu_s, addr_s, write_s, key_s, if return_levels { Some(&mut levels[..]) } else { None })
-            })
-            .map_err(verr)?;
+        h.check_access_batch(&cpu_s, addr_s, &write_s, &key_s, return_levels.then_some(n)).map_err(verr)?;
+        let mut by_level = [0u64; 7];
+        let mut i = 0;
+        while i < n {
+            let j = (i + CHUNK).min(n);
+            let lv = if return_levels { Some(&mut levels[i..j]) } else { None };
+            let (c, a, w, k) = (cpu_s.slice(i, j), &addr_s[i..j], write_s.slice(i, j), key_s.slice(i, j));
+            let got = py.allow_threads(|| h.access_batch(c, a, w, k, lv)).map_err(verr)?;
+            for (t, g) in by_level.iter_mut().zip(got) {
+                *t += g;
+            }
+            i = j;
+            if i < n {
+                py.check_signals().map_err(|e| interrupted(py, e, i, n))?;
+            }
+        }
         let d = PyDict::new(py);
         for (i, name) in LEVEL_NAMES.iter().enumerate() {
             d.set_item(*name, by_level[i])?;
@@ -979,11 +1014,25 @@ impl PyHost {
         let (mut o1, mut o2, mut o3) = (Vec::new(), Vec::new(), Vec::new());
         let va_s = contiguous(&va, &mut o2);
         let (cpu_s, write_s) = (cpu_c.col(&mut o1), write_c.col(&mut o3));
-        let mut levels = if return_levels { vec![0u8; va_s.len()] } else { Vec::new() };
+        let n = va_s.len();
+        let mut levels = if return_levels { vec![0u8; n] } else { Vec::new() };
         let h = &mut self.h;
-        let by = py
-            .allow_threads(|| h.access_virtual_batch(cpu_s, va_s, write_s, if return_levels { Some(&mut levels[..]) } else { None }))
-            .map_err(verr)?;
+        h.check_virtual_batch(&cpu_s, va_s, &write_s, return_levels.then_some(n)).map_err(verr)?;
+        let mut by = [0u64; 8];
+        let mut i = 0;
+        while i < n {
+            let j = (i + CHUNK).min(n);
+            let lv = if return_levels { Some(&mut levels[i..j]) } else { None };
+            let (c, v, w) = (cpu_s.slice(i, j), &va_s[i..j], write_s.slice(i, j));
+            let got = py.allow_threads(|| h.access_virtual_batch(c, v, w, lv)).map_err(verr)?;
+            for (t, g) in by.iter_mut().zip(got) {
+                *t += g;
+            }
+            i = j;
+            if i < n {
+                py.check_signals().map_err(|e| interrupted(py, e, i, n))?;
+            }
+        }
         let d = PyDict::new(py);
         for (i, name) in LEVEL_NAMES.iter().enumerate() {
             d.set_item(*name, by[i])?;
