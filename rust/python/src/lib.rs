@@ -141,15 +141,42 @@ fn write_arg<'py>(py: Python<'py>, write: Option<&Bound<'py, PyAny>>) -> PyResul
     })
 }
 
-/// The engine's copy of an array argument. Always a copy: batches run with the GIL released, and
-/// another Python thread may write the caller's array meanwhile; the engine checks and uses what
-/// it copied, so a concurrent write can neither slip past the checks nor be half seen.
+/// An array argument as a slice: in place when contiguous (else copied). Read it only with the GIL
+/// held: batches that release the GIL copy each chunk first (`stage`).
 fn contiguous<'a, T: numpy::Element + Copy>(a: &'a PyReadonlyArray1<'_, T>, owned: &'a mut Vec<T>) -> &'a [T] {
-    *owned = match a.as_slice() {
-        Ok(s) => s.to_vec(),
-        Err(_) => a.as_array().to_vec(),
-    };
-    owned
+    match a.as_slice() {
+        Ok(s) => s,
+        Err(_) => {
+            *owned = a.as_array().to_vec();
+            owned
+        }
+    }
+}
+
+/// Elements `i..j` of a column, copied into `buf` while the GIL is held: the engine then runs on the
+/// copy with the GIL released, so another Python thread writing the caller's array meanwhile can
+/// neither slip past the engine's checks nor be half seen. (A warm chunk-sized buffer: copying
+/// costs well under 1 ns an element; a fresh whole-batch copy would pay page faults.)
+fn stage<'b, T: Copy>(col: &Col<'_, T>, i: usize, j: usize, buf: &'b mut Vec<T>) -> Col<'b, T> {
+    match *col {
+        Col::One(v) => Col::One(v),
+        Col::Each(s) => {
+            buf.clear();
+            buf.extend_from_slice(&s[i..j]);
+            Col::Each(&buf[..])
+        }
+    }
+}
+
+/// An error the engine found in a chunk after the batch's up-front checks passed (the caller's
+/// arrays changed during the call): say how far the batch got.
+fn partial(e: EngineError, done: usize, n: usize) -> PyErr {
+    let err = verr(e);
+    Python::with_gil(|py| {
+        let note = format!("sevsim: the batch's arrays changed during the call: the first {done} of {n} accesses were applied, the rest were not");
+        let _ = err.value(py).call_method1("add_note", (note,));
+    });
+    err
 }
 
 /// Accesses per chunk of a long batch: between chunks the binding takes the GIL back and checks
@@ -533,11 +560,14 @@ impl PyHost {
         h.check_access_batch(&cpu_s, addr_s, &write_s, &key_s, return_levels.then_some(n)).map_err(verr)?;
         let mut by_level = [0u64; 7];
         let mut i = 0;
+        let m = n.min(CHUNK);
+        let (mut bc, mut ba, mut bw, mut bk) = (Vec::with_capacity(m), Vec::with_capacity(m), Vec::with_capacity(m), Vec::with_capacity(m));
         while i < n {
             let j = (i + CHUNK).min(n);
             let lv = if return_levels { Some(&mut levels[i..j]) } else { None };
-            let (c, a, w, k) = (cpu_s.slice(i, j), &addr_s[i..j], write_s.slice(i, j), key_s.slice(i, j));
-            let got = py.allow_threads(|| h.access_batch(c, a, w, k, lv)).map_err(verr)?;
+            let (c, w, k) = (stage(&cpu_s, i, j, &mut bc), stage(&write_s, i, j, &mut bw), stage(&key_s, i, j, &mut bk));
+            let Col::Each(a) = stage(&Col::Each(addr_s), i, j, &mut ba) else { unreachable!() };
+            let got = py.allow_threads(|| h.access_batch(c, a, w, k, lv)).map_err(|e| partial(e, i, n))?;
             for (t, g) in by_level.iter_mut().zip(got) {
                 *t += g;
             }
@@ -665,10 +695,10 @@ impl PyHost {
                            asid: &Bound<'_, PyAny>) -> PyResult<bool> {
         let c = self.cpu(cpu, "cpu")?;
         let asid = Self::key(asid, "asid")?;
-        let mut owned = Vec::new();
-        let pas = contiguous(&pa, &mut owned);
+        // a copy: the engine runs with the GIL released (see `stage`)
+        let pas = pa.as_array().to_vec();
         let h = &mut self.h;
-        py.allow_threads(|| h.vm_page_flush_many(c, pas, asid)).map_err(verr)
+        py.allow_threads(|| h.vm_page_flush_many(c, &pas, asid)).map_err(verr)
     }
     /// A device reads [pa, pa + size) with `key` (0 = plaintext).
     #[pyo3(signature = (pa, size, key=None))]
@@ -1020,11 +1050,14 @@ impl PyHost {
         h.check_virtual_batch(&cpu_s, va_s, &write_s, return_levels.then_some(n)).map_err(verr)?;
         let mut by = [0u64; 8];
         let mut i = 0;
+        let m = n.min(CHUNK);
+        let (mut bc, mut bv, mut bw) = (Vec::with_capacity(m), Vec::with_capacity(m), Vec::with_capacity(m));
         while i < n {
             let j = (i + CHUNK).min(n);
             let lv = if return_levels { Some(&mut levels[i..j]) } else { None };
-            let (c, v, w) = (cpu_s.slice(i, j), &va_s[i..j], write_s.slice(i, j));
-            let got = py.allow_threads(|| h.access_virtual_batch(c, v, w, lv)).map_err(verr)?;
+            let (c, w) = (stage(&cpu_s, i, j, &mut bc), stage(&write_s, i, j, &mut bw));
+            let Col::Each(v) = stage(&Col::Each(va_s), i, j, &mut bv) else { unreachable!() };
+            let got = py.allow_threads(|| h.access_virtual_batch(c, v, w, lv)).map_err(|e| partial(e, i, n))?;
             for (t, g) in by.iter_mut().zip(got) {
                 *t += g;
             }
