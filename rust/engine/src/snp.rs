@@ -49,12 +49,15 @@ impl Host {
     pub fn set_memory_4k(&mut self, cpu: usize, va: u64) -> Result<u64> {
         self.check_cpu("cpu", cpu)?;
         if va < PAGE_OFFSET || va - PAGE_OFFSET >= self.mem.bytes {
-            return Err(EngineError::invalid("va", format!("{va:#x} is not in the direct map")));
+            return Err(EngineError::invalid(
+                "va",
+                format!("va = {va:#x} is not in the direct map [{PAGE_OFFSET:#x}, {:#x})", PAGE_OFFSET + self.mem.bytes),
+            ));
         }
         let t0 = self.cycles(cpu);
         let mut level = match self.lookup_address(va) {
             Some(l) => l,
-            None => return Err(EngineError::invalid("va", format!("{va:#x} is not mapped"))),
+            None => return Err(EngineError::invalid("va", format!("va = {va:#x} is not mapped"))),
         };
         if level == PageSize::K4 {
             return Ok(0);
