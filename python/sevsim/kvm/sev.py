@@ -280,12 +280,10 @@ class Kvm:
     def _give_to_guest(self, vm: SevVm, pages: np.ndarray, initiator: int) -> None:
         """Host pages become the guest's: sev_clflush_pages() first writes back host-key lines of
         them, except on SME_COHERENT CPUs where it returns at once (arch/x86/kvm/svm/sev.c)."""
-        runs = self._runs(pages)
+        pa, size = self.runs(pages)
         if not self.host.features["sme_coherent"]:
-            for pa, size in runs:
-                self.host.clflushopt_range(initiator, pa, size, key=0)
-        for pa, size in runs:
-            self.host.set_owner(pa, size, vm.asid)
+            self.host.clflushopt_ranges(initiator, pa, size, key=0)
+        self.host.set_owner_ranges(pa, size, vm.asid)
 
     def sev_mem_enc_unregister_region(self, vm: SevVm, region: int = 0, initiator: int | None = None) -> None:
         """KVM_MEMORY_ENCRYPT_UNREG_REGION: the strategy's unregister-time flush (the kernel's
@@ -303,8 +301,7 @@ class Kvm:
 
     def _free_pages(self, pages: np.ndarray) -> None:
         """Pages go back to the host's allocator, owned by the host key again."""
-        for pa, size in self._runs(pages):
-            self.host.set_owner(pa, size, 0)
+        self.host.set_owner_ranges(*self.runs(pages), 0)
         self.mem.release(pages)
 
     def vcpu_run(self, vm: SevVm, vcpu: int, cpu: int, gpa: np.ndarray, write: np.ndarray | bool = False) -> dict:
@@ -412,8 +409,7 @@ class Kvm:
         """The guest's pages at `gpages` go back to the host and it gets fresh ones (given to it as
         sev_clflush_pages() would); returns the old ones. Checked by the caller."""
         old = vm.pages[gpages].copy()
-        for pa, size in self._runs(old):
-            self.host.set_owner(pa, size, 0)
+        self.host.set_owner_ranges(*self.runs(old), 0)
         self.stats["pages_reclaimed"] += len(old)
         new = self.mem.alloc(len(old))
         self.mem.release(old)  # after the allocation: the old pages are not handed back to the guest
@@ -646,16 +642,21 @@ class Kvm:
                 self.host.psmash(initiator, base)
             self.rmpupdate(pa, initiator, assigned=False, huge=False)
             flushed.append(pa)
-        for pa, size in self._runs(np.array(sorted(flushed), dtype=np.uint64)):
-            self.host.clflushopt_range(initiator, pa, size, key=0)
+        self.host.clflushopt_ranges(initiator, *self.runs(np.array(sorted(flushed), dtype=np.uint64)), key=0)
 
     @staticmethod
-    def _runs(pages: np.ndarray):
-        """Contiguous runs of pages as (pa, size)."""
-        if len(pages) == 0:
-            return []
+    def runs(pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Contiguous runs of pages (physical addresses, in the given order) as two uint64 arrays,
+        start addresses and sizes in bytes: what the engine's batch range calls take."""
         p = np.asarray(pages, dtype=np.uint64)
-        breaks = np.nonzero(np.diff(p) != PAGE)[0] + 1
-        starts = np.concatenate([[0], breaks])
-        ends = np.concatenate([breaks, [len(p)]])
-        return [(int(p[s]), int(e - s) * PAGE) for s, e in zip(starts, ends)]
+        if len(p) == 0:
+            return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.uint64)
+        starts = np.concatenate([[0], np.nonzero(np.diff(p) != PAGE)[0] + 1])
+        ends = np.concatenate([starts[1:], [len(p)]])
+        return p[starts].copy(), (ends - starts).astype(np.uint64) * np.uint64(PAGE)
+
+    @classmethod
+    def _runs(cls, pages: np.ndarray):
+        """Contiguous runs of pages as a list of (pa, size)."""
+        pa, size = cls.runs(pages)
+        return [(int(a), int(n)) for a, n in zip(pa, size)]

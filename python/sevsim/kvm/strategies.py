@@ -117,8 +117,7 @@ class ClflushoptHva(CacheStrategy):
             # no virtual address to flush through where the mapping is gone: those dirty lines stay
             # (the thread's warning)
             pages = pages[np.broadcast_to(np.asarray(hva_mapped, dtype=bool), pages.shape)]
-        for pa, size in kvm._runs(pages):
-            kvm.host.clflushopt_range(initiator, pa, size, key=0)
+        kvm.host.clflushopt_ranges(initiator, *kvm.runs(pages), key=0)
 
 
 class ClflushoptPfn(ClflushoptHva):
@@ -130,8 +129,7 @@ class ClflushoptPfn(ClflushoptHva):
               "clflush_cache_range(__va(pfn), ...) (arch/x86/kvm/svm/sev.c)")
 
     def reclaim(self, kvm, vm, initiator, pages, hva_mapped=True):
-        for pa, size in kvm._runs(np.asarray(pages, dtype=np.uint64)):
-            kvm.host.clflushopt_range(initiator, pa, size, key=0)
+        kvm.host.clflushopt_ranges(initiator, *kvm.runs(pages), key=0)
 
 
 class VmPageFlush(CacheStrategy):

@@ -39,6 +39,16 @@ impl Directory {
         self.map.prefetch(line)
     }
 
+    /// Slots of the table (the cost of `lines_in`).
+    pub fn slots(&self) -> usize {
+        self.map.slots()
+    }
+
+    /// Append every tracked line in [lo, hi) to `out`, unordered.
+    pub fn lines_in(&self, lo: u64, hi: u64, out: &mut Vec<u64>) {
+        self.map.keys_in(lo, hi, out)
+    }
+
     pub fn clear(&mut self) {
         *self = Self::new();
     }

@@ -108,7 +108,7 @@ counters!(
 );
 
 /// How many lines ahead a flush loop prefetches directory slots.
-const FLUSH_AHEAD: u64 = 16;
+pub(crate) const FLUSH_AHEAD: u64 = 16;
 
 /// Where an access was served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,13 +127,13 @@ pub const LEVEL_NAMES: [&str; 7] = ["l1", "l2", "l3", "peer", "remote", "memory"
 
 /// A cached copy of a line found by a coherence lookup.
 #[derive(Clone, Copy, Debug)]
-struct Holder {
+pub(crate) struct Holder {
     l3: bool,
     /// core (L2) or CCD (L3)
     inst: u32,
     ccd: u32,
     /// the line as found; for a core, DIRTY merged from its L1 copy
-    v: u64,
+    pub(crate) v: u64,
 }
 
 /// A scalar broadcast over a batch, or one value per access.
@@ -166,7 +166,7 @@ impl<'a, T: Copy> Col<'a, T> {
     }
 }
 
-const NONE: usize = usize::MAX;
+pub(crate) const NONE: usize = usize::MAX;
 
 /// Context 0: the host's own table, ASID/VPID 0, PCID 0.
 const HOST0: Context = Context { mode: Mode::Host, tag: 0, pcid: 0, cr3: 0, nested: NO_TABLE, key: 0, vm: 0 };
@@ -208,19 +208,22 @@ pub struct Host {
     pub l1: Caches,
     pub l2: Caches,
     pub l3: Caches,
-    dir: Directory,
-    dir_active: bool,
+    pub(crate) dir: Directory,
+    pub(crate) dir_active: bool,
     dir_next_check: usize,
     /// with the directory off, the only CCD that may hold lines (NONE if none)
-    sole_ccd: usize,
+    pub(crate) sole_ccd: usize,
     pub mem: Memory,
-    clocks: Vec<u64>,
+    pub(crate) clocks: Vec<u64>,
     pub ctr: Counters,
     violations: Vec<Violation>,
     cause_counts: [u64; CAUSES.len()],
     pub max_violations: usize,
-    scratch: Vec<Holder>,
+    pub(crate) scratch: Vec<Holder>,
     lines_scratch: Vec<u64>,
+    /// how range operations find their lines, and their scratch list (range.rs)
+    pub(crate) range_mode: crate::range::RangeMode,
+    pub(crate) range_lines: Vec<u64>,
     lat: [u64; 6],
     lat_remote_socket: u64,
     // translation state (translate.rs)
@@ -296,6 +299,8 @@ impl Host {
             max_violations: 1_000_000,
             scratch: Vec::with_capacity(64),
             lines_scratch: Vec::new(),
+            range_mode: crate::range::RangeMode::Auto,
+            range_lines: Vec::new(),
             lat,
             tables: {
                 let mut t = Table::new(TableKind::Host);
@@ -668,7 +673,7 @@ impl Host {
     /// Collect every cached copy of line `x` (any key) into `self.scratch`. `skip_core` is a core
     /// whose private caches need not be searched. Clears directory bits of CCDs found empty.
     #[inline(always)]
-    fn collect(&mut self, x: u64, skip_core: usize) {
+    pub(crate) fn collect(&mut self, x: u64, skip_core: usize) {
         self.scratch.clear();
         let mut mask = self.candidate_ccds(x);
         let want = x | VALID;
@@ -730,7 +735,7 @@ impl Host {
 
     /// Remove holder `h`'s copy (and a core's L1 copy); returns it with DIRTY merged from L1.
     #[inline(always)]
-    fn remove_holder(&mut self, h: &Holder) -> u64 {
+    pub(crate) fn remove_holder(&mut self, h: &Holder) -> u64 {
         let x = line_of(h.v);
         let want = h.v & MATCH_KEYED;
         if h.l3 {
@@ -1026,7 +1031,7 @@ impl Host {
     }
 
     /// After bulk invalidations: drop the directory when every cache is empty.
-    fn after_bulk(&mut self) {
+    pub(crate) fn after_bulk(&mut self) {
         if self.dir_active {
             if self.cached_lines_total() == 0 {
                 self.dir_active = false;
@@ -1408,7 +1413,7 @@ impl Host {
     /// Ask the host CPU to load the directory slot a flush of line `x` will read (a hint: the
     /// lines of a range are consecutive, their slots are not).
     #[inline(always)]
-    fn prefetch_flush(&self, x: u64) {
+    pub(crate) fn prefetch_flush(&self, x: u64) {
         if self.dir_active {
             self.dir.prefetch(x);
         }
@@ -1416,7 +1421,7 @@ impl Host {
 
     /// Write back and invalidate every copy of line `x` that `matches(key)`, anywhere in the
     /// coherence domain. Returns dirty lines written.
-    fn flush_line_everywhere(&mut self, cpu: usize, x: u64, key: u16, any_key: bool) -> u64 {
+    pub(crate) fn flush_line_everywhere(&mut self, cpu: usize, x: u64, key: u16, any_key: bool) -> u64 {
         self.collect(x, NONE);
         let holders = std::mem::take(&mut self.scratch);
         let mut dirty = 0;
@@ -1440,25 +1445,8 @@ impl Host {
         let end = pa.checked_add(size.max(1)).ok_or_else(|| EngineError::invalid("size", "range overflows"))?;
         self.check_range("addr", first * LINE, end.div_ceil(LINE) * LINE - first * LINE, LINE)?;
         let last = end.div_ceil(LINE);
-        let any = self.cfg.features.sme_coherent;
-        let c = &self.cfg.cost;
-        let per_line = match op {
-            FlushOp::Clflush => c.clflush_line,
-            FlushOp::Clflushopt => c.clflushopt_line,
-        };
-        let (dirty_cost, fence) = (c.flush_dirty_line, c.fence);
-        let mut dirty = 0;
-        for x in first..last {
-            self.prefetch_flush(x + FLUSH_AHEAD);
-            dirty += self.flush_line_everywhere(cpu, x, key, any);
-        }
-        let n = last - first;
-        let cycles = per_line * n + dirty_cost * dirty + if fenced { 2 * fence } else { 0 };
-        self.ctr.clflush_lines[cpu] += n;
-        self.ctr.flush_cycles[cpu] += cycles;
-        self.clocks[cpu] += cycles;
-        self.after_bulk();
-        Ok(cycles)
+        // the cached lines only, the rest charged per line (range.rs)
+        Ok(self.clflush_checked(cpu, first, last, key, op, fenced))
     }
 
     /// A write of MSR_AMD64_VM_PAGE_FLUSH (0xC001_011E): write back and invalidate the 4 KiB page's
@@ -1484,25 +1472,9 @@ impl Host {
             self.ctr.faults[cpu] += 1;
             return Ok(false);
         }
-        for &pa in pas {
-            self.vm_page_flush_one(cpu, pa, asid);
-        }
-        self.after_bulk();
+        // the cached lines only, the rest charged per page (range.rs)
+        self.vm_page_flush_checked(cpu, pas, asid);
         Ok(true)
-    }
-
-    fn vm_page_flush_one(&mut self, cpu: usize, pa: u64, asid: u16) {
-        let first = (pa & !(PAGE - 1)) / LINE;
-        let mut dirty = 0;
-        for x in first..first + PAGE / LINE {
-            self.prefetch_flush(x + FLUSH_AHEAD);
-            dirty += self.flush_line_everywhere(cpu, x, asid, false);
-        }
-        let c = &self.cfg.cost;
-        let cycles = c.vm_page_flush_base + c.clflushopt_line * (PAGE / LINE) + c.flush_dirty_line * dirty;
-        self.ctr.vm_page_flush[cpu] += 1;
-        self.ctr.flush_cycles[cpu] += cycles;
-        self.clocks[cpu] += cycles;
     }
 
     /// A device access of [pa, pa + size) with `key` (0: plaintext DMA). Copies under the same key
@@ -1514,28 +1486,8 @@ impl Host {
         let end = pa.checked_add(size.max(1)).ok_or_else(|| EngineError::invalid("size", "range overflows"))?;
         let last = end.div_ceil(LINE);
         self.check_range("addr", first * LINE, (last - first) * LINE, LINE)?;
-        let cause = if write { Cause::DmaWriteDirtyLine } else { Cause::DmaReadDirtyLine };
-        for x in first..last {
-            self.collect(x, NONE);
-            let holders = std::mem::take(&mut self.scratch);
-            for h in holders.iter() {
-                if key_of(h.v) == key {
-                    if write {
-                        self.remove_holder(h);
-                    }
-                } else if h.v & DIRTY != 0 {
-                    let owner = self.mem.owner(x);
-                    self.record(cause, -1, x, key_of(h.v), key, owner);
-                }
-            }
-            self.scratch = holders;
-            if write {
-                self.mem.write(x, key);
-            }
-        }
-        if write {
-            self.after_bulk();
-        }
+        // the cached lines only; memory written as a range (range.rs)
+        self.dma_checked(first, last, key, write);
         Ok(())
     }
 

@@ -11,6 +11,7 @@ pub mod error;
 pub mod host;
 pub mod memory;
 pub mod paging;
+pub mod range;
 pub mod rmp;
 pub mod slotmap;
 pub mod snp;

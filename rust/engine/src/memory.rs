@@ -101,6 +101,49 @@ impl Memory {
         owner
     }
 
+    /// `write(line, key)` for every line of [first, last), in order, with the same end state (each
+    /// foreign line keeps the version its own write would have given it), in time proportional to
+    /// the regions and the foreign lines of the range rather than to its lines.
+    pub fn write_range(&mut self, first: u64, last: u64, key: u16) {
+        let v0 = self.version;
+        let mut l = first;
+        while l < last {
+            let r = region_of_line(l);
+            let rend = (((r as u64) + 1) << LINES_PER_REGION_SHIFT).min(last);
+            let o = self.region_owner[r];
+            if o != MIXED {
+                self.write_run(l, rend, key, o, v0.wrapping_sub(first));
+            } else {
+                // page by page (4 KiB = 64 lines) where the region's pages have their own owners
+                let mut a = l;
+                while a < rend {
+                    let b = ((a | 63) + 1).min(rend);
+                    let owner = self.owner(a);
+                    self.write_run(a, b, key, owner, v0.wrapping_sub(first));
+                    a = b;
+                }
+            }
+            l = rend;
+        }
+        self.version = v0 + (last - first);
+    }
+
+    /// Lines [a, b) of one region, all owned by `owner`, written under `key`; line l's write is
+    /// number `base + l + 1` (so that the versions follow `write_range`'s order).
+    fn write_run(&mut self, a: u64, b: u64, key: u16, owner: u16, base: u64) {
+        let r = region_of_line(a);
+        if key != owner {
+            for l in a..b {
+                let v = ((key as u64) << 48) | (base.wrapping_add(l + 1) & ((1 << 48) - 1));
+                if self.lines.insert(l, v).is_none() {
+                    self.region_foreign[r] += 1;
+                }
+            }
+        } else if self.region_foreign[r] != 0 {
+            self.reset_lines(r, a, b);
+        }
+    }
+
     /// Number of lines whose memory contents were written under a key other than their owner's.
     pub fn foreign_lines(&self) -> usize {
         self.lines.len()

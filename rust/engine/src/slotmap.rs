@@ -138,6 +138,22 @@ impl SlotMap {
         Some(v)
     }
 
+    /// Number of slots (what a walk over every entry reads).
+    pub fn slots(&self) -> usize {
+        self.cap()
+    }
+
+    /// Append to `out` every key in [lo, hi), in slot order (a walk over all the slots).
+    pub fn keys_in(&self, lo: u64, hi: u64, out: &mut Vec<u64>) {
+        // stored as key + 1: the keys in [lo, hi) are the stored values in [lo + 1, hi + 1)
+        let (a, n) = (lo.wrapping_add(1), hi.wrapping_sub(lo));
+        for s in self.slots.chunks_exact(2) {
+            if s[0].wrapping_sub(a) < n {
+                out.push(s[0] - 1);
+            }
+        }
+    }
+
     /// (key, value) of every entry, in slot order.
     pub fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.slots.chunks_exact(2).filter(|s| s[0] != EMPTY).map(|s| (s[0] - 1, s[1]))

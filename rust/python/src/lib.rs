@@ -16,6 +16,7 @@ use sevsim_engine::tlb::{Context, Invlpgb, Mode, NO_TABLE};
 use sevsim_engine::translate::{Translated, VmrunResult};
 use sevsim_engine::EngineError;
 
+mod range;
 mod tlb;
 
 fn verr(e: EngineError) -> PyErr {
@@ -143,7 +144,7 @@ fn write_arg<'py>(py: Python<'py>, write: Option<&Bound<'py, PyAny>>) -> PyResul
 
 /// An array argument as a slice: in place when contiguous (else copied). Read it only with the GIL
 /// held: batches that release the GIL copy each chunk first (`stage`).
-fn contiguous<'a, T: numpy::Element + Copy>(a: &'a PyReadonlyArray1<'_, T>, owned: &'a mut Vec<T>) -> &'a [T] {
+pub(crate) fn contiguous<'a, T: numpy::Element + Copy>(a: &'a PyReadonlyArray1<'_, T>, owned: &'a mut Vec<T>) -> &'a [T] {
     match a.as_slice() {
         Ok(s) => s,
         Err(_) => {
@@ -359,7 +360,7 @@ pub struct PyHost {
 }
 
 impl PyHost {
-    fn cpu(&self, obj: &Bound<'_, PyAny>, name: &str) -> PyResult<usize> {
+    pub(crate) fn cpu(&self, obj: &Bound<'_, PyAny>, name: &str) -> PyResult<usize> {
         let max = self.h.topo.cpus as u64 - 1;
         let v = int_arg(obj, name, u64::MAX >> 1)?;
         if v > max {
@@ -369,7 +370,7 @@ impl PyHost {
         }
         Ok(v as usize)
     }
-    fn key(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<u16> {
+    pub(crate) fn key(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<u16> {
         Ok(int_arg(obj, name, sevsim_engine::memory::MAX_KEY as u64)? as u16)
     }
     fn cpu_list(&self, obj: &Bound<'_, PyAny>, name: &str) -> PyResult<Vec<usize>> {
@@ -680,6 +681,37 @@ impl PyHost {
         key: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<u64> {
         self.flush(cpu, pa, Some(size), key, FlushOp::Clflushopt, true)
+    }
+    /// clflush_cache_range() of each range [pa[i], pa[i] + size[i]) in order (uint64 arrays), in
+    /// one call. Returns the cycles charged, all ranges together.
+    #[pyo3(signature = (cpu, pa, size, key=None))]
+    fn clflushopt_ranges(&mut self, py: Python<'_>, cpu: &Bound<'_, PyAny>, pa: PyReadonlyArray1<'_, u64>,
+                         size: PyReadonlyArray1<'_, u64>, key: Option<&Bound<'_, PyAny>>) -> PyResult<u64> {
+        self.flush_ranges(py, cpu, pa, size, key)
+    }
+    /// Range operations visit only the cached lines of a range (True, the default) or every
+    /// line (False: the reference form). Results are identical.
+    #[getter]
+    fn range_fast(&self) -> bool {
+        self.h.range_fast()
+    }
+    #[setter]
+    fn set_range_fast(&mut self, on: bool) {
+        self.h.set_range_fast(on)
+    }
+    /// How range operations find their lines: "auto", "lines", "directory" or "caches".
+    #[getter]
+    fn range_mode(&self) -> &'static str {
+        self.h.range_mode().name()
+    }
+    #[setter]
+    fn set_range_mode(&mut self, mode: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.set_range_mode_arg(mode)
+    }
+    /// set_owner of each range [pa[i], pa[i] + size[i]) (uint64 arrays) to `key`, in one call.
+    fn set_owner_ranges(&mut self, pa: PyReadonlyArray1<'_, u64>, size: PyReadonlyArray1<'_, u64>,
+                        key: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.owner_ranges(pa, size, key)
     }
     /// WRMSR MSR_AMD64_VM_PAGE_FLUSH: write back and invalidate the 4 KiB page at `pa` cached under
     /// guest ASID `asid`. Returns False (and counts a fault) where the CPU lacks the feature (#GP).
