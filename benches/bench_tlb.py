@@ -110,3 +110,66 @@ def test_ipi_shootdown_to_512_cpus(benchmark):
     benchmark.pedantic(run, setup=lambda: ((full_machine(),), {}), rounds=2)
     print(f"\nflush_tlb_all IPI shootdown to 512 CPUs: {results['dropped']} entries dropped, "
           f"{results['cycles']} simulated cycles on the initiator")
+
+
+# -- nested L1 <-> L2 round trips through run_guest, a Python policy deciding at each transition ----
+
+class TrivialPolicy:
+    """Decides TLB_CONTROL at each nested transition in Python: flush L2's ASID every 16th entry
+    (as if L1 asked for it), otherwise nothing; L1 is entered with 0."""
+
+    def __init__(self):
+        self.n = 0
+
+    def enter_l2(self):
+        self.n += 1
+        return 3 if self.n % 16 == 0 else 0
+
+    def enter_l1(self):
+        return 0
+
+
+def nested_host(accesses):
+    """epyc-9755-2s, one L1 (ASID 1) and its L2 (ASID 2, with its nested truth declared), each
+    touching `accesses` of its 16 hot pages per run."""
+    h = sevsim.Host.from_preset("epyc-9755-2s", memory="64GiB")
+    pages = 16
+    va = np.arange(pages, dtype=np.uint64) * 4096 + np.uint64(0x7F00_0000_0000)
+    gpa = np.arange(pages, dtype=np.uint64) * 4096 + np.uint64(1 << 20)
+    l1_gpt, l2_gpt, npt12 = (h.create_table("guest") for _ in range(3))
+    npt01, npt02 = h.create_table("nested"), h.create_table("nested")
+    h.map_many(l1_gpt, va, gpa)
+    h.map_many(l2_gpt, va, gpa)
+    h.map_many(npt12, gpa, gpa + np.uint64(1 << 24))
+    hpa = np.arange(2 * pages, dtype=np.uint64) * 4096 + np.uint64(1 << 30)
+    h.map_many(npt01, np.concatenate([gpa, gpa + np.uint64(1 << 24)]), hpa)
+    h.map_many(npt02, gpa, hpa[pages:])
+    l1 = h.create_context("svm", l1_gpt, nested=npt01, tag=1, vm=1)
+    l2 = h.create_context("svm", l2_gpt, nested=npt02, tag=2, vm=2)
+    h.set_nested_truth(l2, npt12, npt01)
+    rng = np.random.default_rng(4)
+    batches = [va[rng.integers(0, pages, accesses)] for _ in range(64)]
+    return h, l1, l2, batches
+
+
+@pytest.mark.parametrize("accesses", [4])
+@pytest.mark.benchmark(group="tlb-nested-round-trips")
+def test_nested_round_trips_with_a_python_policy(benchmark, accesses):
+    """Target (issue 11): at least 100,000 simulated L1 <-> L2 round trips per wall second with a
+    trivial Python policy and a few accesses per round."""
+    rounds = 100_000
+    h, l1, l2, batches = nested_host(accesses)
+    run = h.run_guest
+
+    def loop():
+        p = TrivialPolicy()
+        for k in range(rounds):
+            b = batches[k & 63]
+            run(0, l2, b, p.enter_l2())
+            run(0, l1, b, p.enter_l1())
+
+    benchmark.pedantic(loop, rounds=3)
+    per_s = rounds / benchmark.stats.stats.min
+    print(f"\n{rounds} L1<->L2 round trips, {accesses} accesses per guest run: {per_s:,.0f} round trips per wall second")
+    assert sum(h.violation_counts().values()) == 0
+    assert h.counters["vmruns"][0] == 3 * 2 * rounds

@@ -189,13 +189,72 @@ class RefTlb:
                                             "page_faults", "write_faults", "tlb_flush_ops", "tlb_dropped", "vmruns", "vmrun_failures")}
         self.violations = []
         self.ctx_ctr = {}
+        # declared nested truths: cid -> [nested12, nested01, chain id] (nested_truth.rs)
+        self.chains = {}
+        self.next_chain = 0x8000_0000
 
     def cc(self, cid, name):
         row = self.ctx_ctr.setdefault(cid, dict.fromkeys(CTX_COUNTERS, 0))
         row[name] += 1
 
+    def set_nested_truth(self, cid, chain):
+        if chain is None:
+            self.chains.pop(cid, None)
+            return
+        self.chains[cid] = [chain[0], chain[1], self._fresh_chain()]
+
+    def _fresh_chain(self):
+        i = self.next_chain
+        self.next_chain += 1
+        return i
+
+    def nested_src(self, cid, ctx):
+        ch = self.chains.get(cid)
+        return ctx.nested if ch is None else ch[2]
+
+    def nested_gen(self, cid, ctx):
+        ch = self.chains.get(cid)
+        g = self.tables[ctx.nested].gen
+        if ch is not None:
+            g += self.tables[ch[0]].gen + self.tables[ch[1]].gen
+        return g & 0xFFFFFFFF
+
+    def second_truth(self, cid, ctx, gpa):
+        """(hpa, read-only bit) of the second stage: the nested table, or nested12 then nested01."""
+        ch = self.chains.get(cid)
+        if ch is None:
+            t = self.tables[ctx.nested].walk(gpa)
+            return None if t is None else (t[1], t[2] & RDONLY)
+        a = self.tables[ch[0]].walk(gpa)
+        if a is None:
+            return None
+        b = self.tables[ch[1]].walk(a[1])
+        return None if b is None else (b[1], (a[2] | b[2]) & RDONLY)
+
+    def truth_walk(self, cid, ctx, va):
+        if ctx.mode == HOST or cid not in self.chains:
+            return self.walk(ctx, va)
+        w1 = self.tables[ctx.cr3].walk(va)
+        if w1 is None:
+            return None
+        t = self.second_truth(cid, ctx, w1[1])
+        return None if t is None else dict(target=t[0], flags=w1[2] | t[1])
+
+    def second_agrees(self, cpu, cid, ctx, va, gpa, hpa, ro, write):
+        t = self.second_truth(cid, ctx, gpa)
+        if t is not None and t[0] == hpa and t[1] != ro:
+            if write and not ro:
+                self.violate("stale_translation", cpu, cid, ctx, va, hpa, t[0])
+            return False
+        if t is not None and t[0] == hpa:
+            return True
+        self.violate("stale_translation", cpu, cid, ctx, va, hpa, 2**64 - 1 if t is None else t[0])
+        return False
+
     def set_context(self, cid, tag=None, nested=None, vm=None, key=None):
         c = self.ctxs[cid]
+        if nested is not None and nested != c.nested and cid in self.chains:
+            self.chains[cid][2] = self._fresh_chain()
         c.tag = c.tag if tag is None else tag
         c.nested = c.nested if nested is None else nested
         c.vm = c.vm if vm is None else vm
@@ -233,6 +292,7 @@ class RefTlb:
             return e.dom == dom and e.tag == gtag and e.eptp == eptp and e.thr == thr
 
         nt = self.tables[ctx.nested]
+        src, gen = self.nested_src(cid, ctx), self.nested_gen(cid, ctx)
         i = self.t1[c].find(gpa, GPHYS, gm)
         lvl = self.t1[c]
         if i is None:
@@ -245,19 +305,12 @@ class RefTlb:
             ns = ge.size
             hpa = ge.target + (gpa & ((1 << SHIFT[ns]) - 1))
             nflags = ge.flags
-            src = ctx.nested
             if ge.vm != ctx.vm:
                 self.violate("foreign_vm_translation", cpu, cid, ctx, va, hpa, hpa)
-            if not (ge.src_nested == ctx.nested and ge.gen_nested == nt.gen):
-                t = nt.walk(gpa)
-                if t is not None and t[1] == hpa and (t[2] & RDONLY) != (ge.flags & RDONLY):
-                    if write and not ge.flags & RDONLY:
-                        self.violate("stale_translation", cpu, cid, ctx, va, hpa, t[1])
-                    src = NO_TABLE
-                elif t is not None and t[1] == hpa:
-                    ge.src_nested, ge.gen_nested = ctx.nested, nt.gen
+            if not (ge.src_nested == src and ge.gen_nested == gen):
+                if self.second_agrees(cpu, cid, ctx, va, gpa, hpa, ge.flags & RDONLY, write):
+                    ge.src_nested, ge.gen_nested = src, gen
                 else:
-                    self.violate("stale_translation", cpu, cid, ctx, va, hpa, 2**64 - 1 if t is None else t[1])
                     src = NO_TABLE
         else:
             self.ctr["gphys_misses"][cpu] += 1
@@ -265,17 +318,18 @@ class RefTlb:
             if t is None:
                 return None
             ns, hpa, nflags = t
+            ok = cid not in self.chains or self.second_agrees(cpu, cid, ctx, va, gpa, hpa, nflags & RDONLY, write)
+            src = src if ok else NO_TABLE
             ge = Ent(hpa - (gpa & ((1 << SHIFT[ns]) - 1)), eptp, gtag, 0, dom, GPHYS, nflags & RDONLY, 0, ctx.cr3,
-                     ctx.nested, self.tables[ctx.cr3].gen, nt.gen, ctx.vm, thr)
+                     src, self.tables[ctx.cr3].gen, gen if ok else 0, ctx.vm, thr)
             s2 = M2 if ns == G1 else ns
             self.t2[c].insert(gpa, s2, replace(ge, target=hpa - (gpa & ((1 << SHIFT[s2]) - 1))))
             self.t1[c].insert(gpa, ns, ge)
-            src = ctx.nested
         return dict(target=hpa, size=min(s1, ns), flags=f1 | (nflags & RDONLY), src_nested=src)
 
-    def current(self, e, ctx):
+    def current(self, e, cid, ctx):
         return (e.src_cr3 == ctx.cr3 and e.gen_cr3 == self.tables[ctx.cr3].gen
-                and (ctx.mode == HOST or (e.src_nested == ctx.nested and e.gen_nested == self.tables[ctx.nested].gen)))
+                and (ctx.mode == HOST or (e.src_nested == self.nested_src(cid, ctx) and e.gen_nested == self.nested_gen(cid, ctx))))
 
     def violate(self, cause, cpu, cid, ctx, va, pa, true_pa):
         self.violations.append((cause, cpu, va, pa, true_pa, cid))
@@ -313,10 +367,10 @@ class RefTlb:
             e = lvl.ents[i]
             pa = e.target + (va & ((1 << SHIFT[e.size]) - 1))
             flags = e.flags
-            if not self.current(e, ctx):
+            if not self.current(e, cid, ctx):
                 if e.vm != ctx.vm:
                     self.violate("foreign_vm_translation", cpu, cid, ctx, va, pa, pa)
-                w = self.walk(ctx, va)
+                w = self.truth_walk(cid, ctx, va)
                 same = w is not None and w["target"] == pa and (w["flags"] & CBIT) == (e.flags & CBIT)
                 if same and (w["flags"] & RDONLY) != (e.flags & RDONLY):
                     # a writable entry over a read-only leaf: stale for a write; never refreshed
@@ -325,7 +379,7 @@ class RefTlb:
                 elif same:
                     e.src_cr3, e.gen_cr3 = ctx.cr3, self.tables[ctx.cr3].gen
                     if ctx.mode != HOST:
-                        e.src_nested, e.gen_nested = ctx.nested, self.tables[ctx.nested].gen
+                        e.src_nested, e.gen_nested = self.nested_src(cid, ctx), self.nested_gen(cid, ctx)
                 else:
                     self.violate("stale_translation", cpu, cid, ctx, va, pa, 2**64 - 1 if w is None else w["target"])
             elif e.vm != ctx.vm:
@@ -340,7 +394,7 @@ class RefTlb:
                 return None
             base = Ent(0, eptp, ctx.tag, ctx.pcid, dom, cat, w["flags"] & (GLOBAL | CBIT | RDONLY), 0, ctx.cr3,
                        w["src_nested"], self.tables[ctx.cr3].gen,
-                       0 if w["src_nested"] == NO_TABLE else self.tables[ctx.nested].gen, ctx.vm, thr)
+                       0 if w["src_nested"] == NO_TABLE else self.nested_gen(cid, ctx), ctx.vm, thr)
             size = w["size"]
             self.t1[c].insert(va, size, replace(base, target=w["target"] - (va & ((1 << SHIFT[size]) - 1))))
             s2 = M2 if size == G1 else size

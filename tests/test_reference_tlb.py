@@ -6,6 +6,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
+import pytest
+
 import sevsim
 from refmodel_tlb import CBIT, CTX_COUNTERS, GLOBAL, HOST, RDONLY, SHIFT, NO_TABLE, SVM, VMX, Ctx, RefTlb, Table
 
@@ -17,6 +19,7 @@ COUNTERS = ["tlb_l1_hits", "tlb_l2_hits", "tlb_misses", "gphys_hits", "gphys_mis
             "tlb_flush_ops", "tlb_dropped", "vmruns", "vmrun_failures"]
 
 cpus = st.integers(0, 7)
+NPT12 = 6
 SETTINGS = settings(max_examples=120, stateful_step_count=50, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 # a run of 4 KiB pages in host table 0, mapped at the start, that sweeps translate through: more
@@ -38,8 +41,9 @@ class TlbEngineVsModel(RuleBasedStateMachine):
         owners = {}
         self.owners = owners
         self.m = RefTlb(4, 8, l1, l2, l2_ways, None, lambda pa: owners.get(pa >> 12, 0), self.SMT_TAGGED)
-        # tables: 0 host (exists), 1 host, 2-3 guest, 4-5 nested
-        for kind in ("host", "guest", "guest", "nested", "nested"):
+        # tables: 0 host (exists), 1 host, 2-3 guest, 4-5 nested, 6 guest (an NPT12/EPT12: L2
+        # guest-physical -> L1 guest-physical, for declared nested truths)
+        for kind in ("host", "guest", "guest", "nested", "nested", "guest"):
             assert self.h.create_table(kind) == len(self.m.tables)
             self.m.tables.append(Table(kind))
         # contexts: 1 SVM ASID 1 of VM 1; 2 SVM ASID 1 of VM 2 (a reused ASID); 3 SVM ASID 2;
@@ -127,6 +131,33 @@ class TlbEngineVsModel(RuleBasedStateMachine):
         for v in VAS:
             assert self.h.translate(cpu, v) == self.m.translate(cpu, v)
 
+    @rule(gpa=st.integers(0, len(GPAS) - 1), tgt=st.integers(0, len(GPAS) - 1), ro=st.booleans(), unmap=st.booleans())
+    def edit_npt12(self, gpa, tgt, ro, unmap):
+        # L1 edits its nested table for L2 (4 KiB leaves)
+        t = self.m.tables[NPT12]
+        if unmap:
+            assert self.h.unmap(NPT12, GPAS[gpa]) == t.unmap(GPAS[gpa])
+            return
+        ok = t.map(GPAS[gpa], GPAS[tgt], 0, RDONLY if ro else 0)
+        try:
+            self.h.map(NPT12, GPAS[gpa], GPAS[tgt], writable=not ro)
+            assert ok
+        except ValueError:
+            assert not ok
+
+    @rule(i=st.integers(0, 4), clear=st.booleans())
+    def set_nested_truth(self, i, clear):
+        # declare a context an L2 guest: its nested table is the shadow, the truth NPT12 then the
+        # other nested table as NPT01
+        cid = (self.svm + self.vmx)[i]
+        if clear:
+            self.h.set_nested_truth(cid, None, None)
+            self.m.set_nested_truth(cid, None)
+            return
+        t01 = 9 - self.m.ctxs[cid].nested
+        self.h.set_nested_truth(cid, NPT12, t01)
+        self.m.set_nested_truth(cid, (NPT12, t01))
+
     @rule(table=st.integers(0, 5), va=st.integers(0, len(VAS) - 1))
     def unmap(self, table, va):
         t = self.m.tables[table]
@@ -204,6 +235,12 @@ class TlbEngineVsModel(RuleBasedStateMachine):
     def set_context(self, i, tag, nested, vm):
         # KVM gives a VMCB a new ASID, another nested table, or the context another VM's use
         cid = (self.svm + self.vmx)[i]
+        ch = self.m.chains.get(cid)
+        if ch is not None and nested == ch[1]:
+            # the shadow cannot become the chain's own NPT01: refused, nothing changes
+            with pytest.raises(ValueError, match="declared nested01"):
+                self.h.set_context(cid, tag=tag, nested=nested, vm=vm)
+            return
         self.h.set_context(cid, tag=tag, nested=nested, vm=vm)
         self.m.set_context(cid, tag, nested, vm)
 
@@ -300,3 +337,28 @@ class ChainTlbEngineVsModel(TlbEngineVsModel):
 
 TestChainTlb = ChainTlbEngineVsModel.TestCase
 TestChainTlb.settings = SETTINGS
+
+
+class NestedTruthTlbEngineVsModel(ChainTlbEngineVsModel):
+    """As the chained tables, with NPT12 populated (L2 GPAs 0x1000/0x2000 -> L1 GPAs 0x200000/
+    0x400000, mapped in both nested tables) and contexts 1 (SVM) and 4 (VMX) declared L2 guests
+    from the start: walks through a shadow that disagrees with the chain, entries judged against
+    it, and the chain's edits (edit_npt12) come up in most runs."""
+
+    @initialize()
+    def build(self):
+        super().build()
+        for k in range(2):
+            assert self.m.tables[NPT12].map(GPAS[k], GPAS[k + 2], 0, 0)
+            self.h.map(NPT12, GPAS[k], GPAS[k + 2])
+            for nt in (4, 5):
+                assert self.m.tables[nt].map(GPAS[k + 2], HPAS[k + 2 * (5 - nt)], 0, 0)
+                self.h.map(nt, GPAS[k + 2], HPAS[k + 2 * (5 - nt)])
+        for cid in (self.svm[0], self.vmx[0]):
+            t01 = 9 - self.m.ctxs[cid].nested
+            self.h.set_nested_truth(cid, NPT12, t01)
+            self.m.set_nested_truth(cid, (NPT12, t01))
+
+
+TestNestedTruthTlb = NestedTruthTlbEngineVsModel.TestCase
+TestNestedTruthTlb.settings = SETTINGS

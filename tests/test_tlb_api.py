@@ -116,3 +116,74 @@ def test_bad_tlb_calls(call, exc, pattern):
     with pytest.raises(exc, match=pattern):
         call(h)
     assert sum(h.counters["tlb_flush_ops"]) == 0 and sum(h.counters["vmruns"]) == 0
+
+
+# -- run_guest: enter, an access batch, exit, in one call -----------------------------------------
+
+def two_guests(h):
+    ctxs = []
+    for i, mode in enumerate(("svm", "vmx")):
+        gt = h.create_table("guest")
+        nt = h.create_table("nested")
+        for p in range(8):
+            h.map(gt, 0x400000 + p * 4096, 0x1000 * (p + 1))
+            h.map(nt, 0x1000 * (p + 1), 0x100000 * (i + 1) + p * 4096)
+        ctxs.append(h.create_context(mode, gt, nested=nt, tag=1 + i, vm=1 + i))
+    return ctxs
+
+
+def test_run_guest_is_entry_batch_exit():
+    """run_guest gives exactly what vmrun/vmentry + access_virtual + vmexit give: counters, clocks,
+    per-context counters, TLB contents and where the CPU ends up."""
+    rng = np.random.default_rng(3)
+    plan = [(k % 2, int(rng.choice([0, 1, 3, 7])) if k % 2 == 0 else 0,
+             (0x400000 + rng.integers(0, 9, 5) * 4096).astype(np.uint64), rng.integers(0, 2, 5).astype(bool))
+            for k in range(40)]
+    hs = [sevsim.Host.from_preset("tiny") for _ in range(2)]
+    ctxs = [two_guests(h) for h in hs]
+    got = []
+    for which, tc, va, wr in plan:
+        got.append(hs[0].run_guest(1, ctxs[0][which], va, tlb_control=tc, write=wr))
+        h, c = hs[1], ctxs[1][which]
+        if which == 0:
+            assert h.vmrun(1, c, tc) == "entered"
+        else:
+            h.vmentry(1, c)
+        r = h.access_virtual(1, va, wr)
+        h.vmexit(1)
+        assert got[-1] == ("entered", r["page_fault"], r["rmp_fault"])
+    a, b = hs
+    assert {k: v.tolist() for k, v in a.counters.items()} == {k: v.tolist() for k, v in b.counters.items()}
+    assert [a.cycles(c) for c in range(a.cpu_count)] == [b.cycles(c) for c in range(b.cpu_count)]
+    assert {k: v.tolist() for k, v in a.context_counters().items()} == {k: v.tolist() for k, v in b.context_counters().items()}
+    assert a.tlb_entries(1) == b.tlb_entries(1)
+    assert a.current_context(1) == b.current_context(1) == 0
+    assert any(g[1] for g in got)  # some accesses fault (page 8 is unmapped)
+
+
+def test_run_guest_reports_vmexit_invalid_without_running():
+    h = sevsim.Host.from_preset("tiny", overrides={"tlb": {"flushbyasid": False}})
+    svm, _ = two_guests(h)
+    before = {k: v.tolist() for k, v in h.counters.items()}
+    assert h.run_guest(0, svm, np.array([0x400000], np.uint64), tlb_control=3) == ("vmexit_invalid", 0, 0)
+    assert h.current_context(0) == 0 and h.counters["tlb_misses"].tolist() == before["tlb_misses"]
+
+
+@pytest.mark.parametrize("call, exc, pattern", [
+    (lambda h, s, v: h.run_guest(0, v, np.array([0x400000], np.uint64), tlb_control=3), ValueError, r"tlb_control = 3: VMX has no TLB_CONTROL"),
+    (lambda h, s, v: h.run_guest(0, 0, np.array([0x400000], np.uint64)), ValueError, r"ctx = 0 is a host context"),
+    (lambda h, s, v: h.run_guest(0, 9, np.array([0x400000], np.uint64)), ValueError, r"ctx = 9: no such context"),
+    (lambda h, s, v: h.run_guest(8, s, np.array([0x400000], np.uint64)), ValueError, r"cpu = 8"),
+    (lambda h, s, v: h.run_guest(0, s, np.array([0x400000, 1 << 60], np.uint64)), ValueError, r"va\[1\] = 0x1000000000000000 is not a canonical"),
+    (lambda h, s, v: h.run_guest(0, s, np.array([0x400000], np.uint64), write=np.array([True, False])), ValueError, r"write has 2 elements"),
+    (lambda h, s, v: h.run_guest(0, s, np.array([0x400000], np.uint64), tlb_control=256), ValueError, r"tlb_control"),
+    (lambda h, s, v: h.run_guest(0, s, np.array([0x400000], np.uint64), write="yes"), TypeError, r"write"),
+])
+def test_bad_run_guest_calls_change_nothing(call, exc, pattern):
+    h = sevsim.Host.from_preset("tiny")
+    svm, vmx = two_guests(h)
+    h.run_guest(0, svm, np.array([0x400000], np.uint64))
+    before = ({k: v.tolist() for k, v in h.counters.items()}, h.cycles(0), h.current_context(0), h.tlb_entries(0))
+    with pytest.raises(exc, match=pattern):
+        call(h, svm, vmx)
+    assert ({k: v.tolist() for k, v in h.counters.items()}, h.cycles(0), h.current_context(0), h.tlb_entries(0)) == before

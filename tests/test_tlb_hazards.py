@@ -341,3 +341,160 @@ def test_invlpga_after_an_npt_change_leaves_the_nested_entry_that_is_used_and_ca
     h.vmrun(0, ctx, 3)
     assert h.translate(0, VA2) == (0x50000, 0)
     assert h.violation_counts()["stale_translation"] == 1
+
+
+# -- nested truth: L2 judged against L2's table, NPT12/EPT12 and NPT01/EPT01 ----------------------
+
+def nested_l2(h, mode="svm", chain=True):
+    """An L2 guest: its table maps VA -> L2 GPA 0x1000; L1's NPT12 maps that to L1 GPA 0x5000;
+    L0's NPT01 maps L1 GPAs 0x5000 -> 0x30000 and 0x6000 -> 0x40000; KVM's shadow NPT02 (what the
+    hardware walks) holds the composition 0x1000 -> 0x30000."""
+    gt = h.create_table("guest")
+    h.map(gt, VA, 0x1000)
+    npt12 = h.create_table("guest")
+    h.map(npt12, 0x1000, 0x5000)
+    npt01 = h.create_table("nested")
+    h.map(npt01, 0x5000, 0x30000)
+    h.map(npt01, 0x6000, 0x40000)
+    npt02 = h.create_table("nested")
+    h.map(npt02, 0x1000, 0x30000)
+    l2 = h.create_context(mode, gt, nested=npt02, tag=2, vm=2)
+    if chain:
+        h.set_nested_truth(l2, npt12, npt01)
+    return l2, npt12, npt02
+
+
+def enter(h, ctx, tlb_control=0):
+    h.vmexit(0)
+    if h.context(ctx)["mode"] == "svm":
+        assert h.vmrun(0, ctx, tlb_control) == "entered"
+    else:
+        h.vmentry(0, ctx)
+
+
+@pytest.mark.parametrize("chain", [True, False])
+def test_a_missed_shadow_sync_after_an_npt12_edit_is_caught(chain):
+    """L1 remaps L2's GPA in NPT12 and asks for a flush (vmcb12 TLB_CONTROL=3, which KVM turns into
+    a flush of L2's ASID); KVM flushes but forgets KVM_REQ_MMU_SYNC (tlb-policies.md D3, the sync
+    half of E2), so NPT02 still maps the old page. With the chain declared the walk through the
+    stale shadow is a stale translation; without it (the engine before issue 11: its truth was
+    the shadow) nothing is seen. After the sync the walk agrees again."""
+    h = sevsim.Host.from_preset("tiny")
+    l2, npt12, npt02 = nested_l2(h, chain=chain)
+    enter(h, l2)
+    assert h.translate(0, VA) == (0x30000, 0)
+    h.unmap(npt12, 0x1000)
+    h.map(npt12, 0x1000, 0x6000)  # L1's edit; NPT02 not synced
+    enter(h, l2, 3)
+    assert h.translate(0, VA) == (0x30000, 0)  # the hardware walks the stale shadow
+    if not chain:
+        assert sum(h.violation_counts().values()) == 0
+        return
+    (v,) = h.violations
+    assert (v.cause, v.va, v.pa, v.true_pa, v.ctx) == ("stale_translation", VA, 0x30000, 0x40000, l2)
+    # the entry filled from the stale shadow is suspect: its next hit is checked and caught again
+    h.translate(0, VA)
+    assert h.violation_counts()["stale_translation"] == 2
+    # the sync (NPT02 recomputed) and the flush: correct again
+    h.unmap(npt02, 0x1000)
+    h.map(npt02, 0x1000, 0x40000)
+    enter(h, l2, 3)
+    assert h.translate(0, VA) == (0x40000, 0)
+    h.translate(0, VA)
+    assert h.violation_counts()["stale_translation"] == 2
+
+
+@pytest.mark.parametrize("mode", ["svm", "vmx"])
+def test_a_stale_l2_entry_after_an_npt12_edit_is_caught_even_with_the_shadow_synced(mode):
+    """KVM syncs NPT02 after L1's NPT12 edit but does not flush L2's entries (no TLB_CONTROL,
+    no INVEPT): the L2 combined entry still gives the old page, caught at its next hit; so is a
+    guest-physical entry kept for another GVA aliasing the same L2 GPA."""
+    h = sevsim.Host.from_preset("tiny")
+    l2, npt12, npt02 = nested_l2(h, mode)
+    gt = h.context(l2)["cr3"]
+    h.map(gt, VA2, 0x1000)
+    enter(h, l2)
+    assert h.translate(0, VA) == (0x30000, 0)
+    h.unmap(npt12, 0x1000)
+    h.map(npt12, 0x1000, 0x6000)
+    h.unmap(npt02, 0x1000)
+    h.map(npt02, 0x1000, 0x40000)
+    enter(h, l2)
+    assert h.translate(0, VA) == (0x30000, 0)
+    assert h.translate(0, VA2) == (0x30000, 0)  # second stage from the kept guest-physical entry
+    assert [(v.cause, v.va, v.true_pa) for v in h.violations] == [
+        ("stale_translation", VA, 0x40000), ("stale_translation", VA2, 0x40000)]
+
+
+def test_an_npt01_edit_under_l2_memory_is_judged_through_the_chain():
+    """L0 moves an L1 page that backs L2 memory (NPT01 remap) and rebuilds the shadow, but L2's
+    entries are not flushed (E4's trigger): caught through the chain although NPT02 agrees."""
+    h = sevsim.Host.from_preset("tiny")
+    l2, _, npt02 = nested_l2(h)
+    npt01 = h.context(l2)["nested01"]
+    enter(h, l2)
+    h.translate(0, VA)
+    h.unmap(npt01, 0x5000)
+    h.map(npt01, 0x5000, 0x50000)
+    h.unmap(npt02, 0x1000)
+    h.map(npt02, 0x1000, 0x50000)
+    enter(h, l2)
+    assert h.translate(0, VA) == (0x30000, 0)
+    assert [(v.cause, v.true_pa) for v in h.violations] == [("stale_translation", 0x50000)]
+    enter(h, l2, 3)
+    assert h.translate(0, VA) == (0x50000, 0) and len(h.violations) == 1
+
+
+def test_a_write_through_a_shadow_writable_where_npt12_is_read_only_is_caught():
+    """L1 write-protects L2's page in NPT12 (its dirty logging) and KVM leaves the shadow writable:
+    a write by L2 goes through, against the truth; a read does not count."""
+    h = sevsim.Host.from_preset("tiny")
+    l2, npt12, _ = nested_l2(h)
+    h.unmap(npt12, 0x1000)
+    h.map(npt12, 0x1000, 0x5000, writable=False)
+    enter(h, l2)
+    assert h.translate(0, VA) == (0x30000, 0) and not h.violations
+    assert h.translate(0, VA, write=True) == (0x30000, 0)
+    assert [(v.cause, v.true_pa) for v in h.violations] == [("stale_translation", 0x30000)]
+
+
+def test_the_chain_is_reported_and_cleared():
+    h = sevsim.Host.from_preset("tiny")
+    l2, npt12, npt02 = nested_l2(h)
+    c = h.context(l2)
+    assert (c["nested"], c["nested12"]) == (npt02, npt12) and c["nested01"] is not None
+    h.set_nested_truth(l2, None, None)
+    assert (h.context(l2)["nested12"], h.context(l2)["nested01"]) == (None, None)
+    assert h.context(0)["nested12"] is None
+
+
+@pytest.mark.parametrize("call, pattern", [
+    (lambda h, l2, t: h.set_nested_truth(0, t["npt12"], t["npt01"]), r"ctx = 0 is a host context"),
+    (lambda h, l2, t: h.set_nested_truth(99, t["npt12"], t["npt01"]), r"ctx = 99: no such context"),
+    (lambda h, l2, t: h.set_nested_truth(l2, 77, t["npt01"]), r"nested12 = 77: no such table"),
+    (lambda h, l2, t: h.set_nested_truth(l2, t["npt12"], 77), r"nested01 = 77: no such table"),
+    (lambda h, l2, t: h.set_nested_truth(l2, t["npt01"], t["npt01"]), r"nested12 = \d+ is not a guest table"),
+    (lambda h, l2, t: h.set_nested_truth(l2, t["npt12"], t["npt12"]), r"nested01 = \d+ is not a nested"),
+    (lambda h, l2, t: h.set_nested_truth(l2, t["gt"], t["npt01"]), r"nested12 = \d+ is the context's own guest table"),
+    (lambda h, l2, t: h.set_nested_truth(l2, t["npt12"], t["npt02"]), r"nested01 = \d+ is the context's own nested table"),
+    (lambda h, l2, t: h.set_nested_truth(l2, t["npt12"], None), r"give both tables"),
+    (lambda h, l2, t: h.set_nested_truth(l2, -1, t["npt01"]), r"nested12"),
+    (lambda h, l2, t: h.set_nested_truth(l2, "x", t["npt01"]), r"nested12"),
+])
+def test_bad_chains_are_refused_and_the_engine_is_unchanged(call, pattern):
+    h = sevsim.Host.from_preset("tiny")
+    l2, npt12, npt02 = nested_l2(h, chain=False)
+    t = dict(gt=h.context(l2)["cr3"], npt12=npt12, npt02=npt02, npt01=npt02 - 1)
+    before = [h.context(i) for i in range(l2 + 1)]
+    with pytest.raises((ValueError, TypeError), match=pattern):
+        call(h, l2, t)
+    assert [h.context(i) for i in range(l2 + 1)] == before
+
+
+def test_the_shadow_cannot_become_the_chains_nested01():
+    h = sevsim.Host.from_preset("tiny")
+    l2, npt12, npt02 = nested_l2(h)
+    npt01 = h.context(l2)["nested01"]
+    with pytest.raises(ValueError, match=r"nested = \d+ is the context's declared nested01"):
+        h.set_context(l2, nested=npt01)
+    assert h.context(l2)["nested"] == npt02

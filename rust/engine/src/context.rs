@@ -24,6 +24,7 @@ impl Host {
         let c = self.check_context(ctx)?;
         self.contexts.push(c);
         self.ctx_ctr.extend_from_slice(&[0; CTX_COUNTERS.len()]);
+        self.truth_push();
         Ok((self.contexts.len() - 1) as u32)
     }
 
@@ -69,6 +70,17 @@ impl Host {
         c.vm = vm.unwrap_or(c.vm);
         c.key = key.unwrap_or(c.key);
         let c = self.check_context(c)?;
+        if let Some((_, t01)) = self.nested_truth(id)? {
+            if c.nested == t01 {
+                return Err(EngineError::invalid(
+                    "nested",
+                    format!("nested = {t01} is the context's declared nested01 (L0's table for L1): the shadow and the chain would not compose"),
+                ));
+            }
+        }
+        if c.nested != self.contexts[id as usize].nested {
+            self.truth_shadow_changed(id);
+        }
         self.contexts[id as usize] = c;
         Ok(())
     }

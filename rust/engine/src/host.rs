@@ -242,6 +242,8 @@ pub struct Host {
     pub(crate) cpu_thr: Vec<u8>,
     /// per context, the `context::CTX_COUNTERS` (a flat array, one row per context)
     pub(crate) ctx_ctr: Vec<u64>,
+    /// per context, its declared nested truth (nested_truth.rs)
+    pub(crate) truth: crate::nested_truth::NestedTruth,
     pub(crate) tlb1: Vec<TlbLevel>,
     pub(crate) tlb2: Vec<TlbLevel>,
     /// table walks so far, all CPUs (the translated batch watches it to prefetch walks)
@@ -313,6 +315,7 @@ impl Host {
             host_ctx: vec![0; n],
             host_saved: vec![HOST0; n],
             ctx_ctr: vec![0; crate::context::CTX_COUNTERS.len()],
+            truth: Default::default(),
             cpu_thr: (0..n).map(|c| if tlb_cfg.smt_tagged { (c / topo.cores) as u8 } else { 0 }).collect(),
             tlb1: (0..topo.cores).map(|_| TlbLevel::new(tlb_cfg.l1_entries as usize, tlb_cfg.l1_entries as usize)).collect(),
             tlb2: (0..topo.cores).map(|_| TlbLevel::new(tlb_cfg.l2_entries as usize, tlb_cfg.l2_ways as usize)).collect(),

@@ -10,6 +10,7 @@ pub mod directory;
 pub mod error;
 pub mod host;
 pub mod memory;
+pub mod nested_truth;
 pub mod paging;
 pub mod range;
 pub mod rmp;
@@ -18,6 +19,7 @@ pub mod snp;
 pub mod tlb;
 pub mod translate;
 pub mod topology;
+pub mod transition;
 pub mod util;
 pub mod violation;
 

@@ -209,7 +209,7 @@ impl Host {
                 let size = size_of(e.size);
                 let off = va & (size.bytes() - 1);
                 let pa = e.target + off;
-                if !self.entry_is_current(&e, &ctx) {
+                if !self.entry_is_current(&e, cid, &ctx) {
                     self.check_hit(cpu, cid, &ctx, va, pa, e, lvl, i, write);
                 } else if e.vm != ctx.vm {
                     self.translation_violation(Cause::ForeignVmTranslation, cpu, cid, &ctx, va, pa, pa);
@@ -250,11 +250,10 @@ impl Host {
 
     /// Was entry `e` filled from the context's current tables, unchanged since?
     #[inline]
-    fn entry_is_current(&self, e: &Entry, ctx: &Context) -> bool {
+    fn entry_is_current(&self, e: &Entry, cid: u32, ctx: &Context) -> bool {
         e.src_cr3 == ctx.cr3
             && e.gen_cr3 == self.tables[ctx.cr3 as usize].gen as u32
-            && (ctx.mode == Mode::Host
-                || (e.src_nested == ctx.nested && e.gen_nested == self.tables[ctx.nested as usize].gen as u32))
+            && (ctx.mode == Mode::Host || (e.src_nested == self.nested_src(cid, ctx) && e.gen_nested == self.nested_gen(cid, ctx)))
     }
 
     /// The oracle's slow path: re-walk and compare; refresh the entry's source if it agrees. An
@@ -266,7 +265,7 @@ impl Host {
         if e.vm != ctx.vm {
             self.translation_violation(Cause::ForeignVmTranslation, cpu, cid, ctx, va, pa, pa);
         }
-        let truth = walk(&self.tables, ctx, va);
+        let truth = self.truth_walk(cid, ctx, va);
         match truth {
             Some(w) if w.target == pa && (w.flags & F_CBIT) == (e.flags & F_CBIT) && (w.flags & F_RDONLY) != (e.flags & F_RDONLY) => {
                 if write && e.flags & F_RDONLY == 0 {
@@ -275,14 +274,14 @@ impl Host {
             }
             Some(w) if w.target == pa && (w.flags & F_CBIT) == (e.flags & F_CBIT) => {
                 let core = self.topo.cpu_core[cpu] as usize;
+                let gen_cr3 = self.tables[ctx.cr3 as usize].gen as u32;
+                let (src, gen) = if ctx.mode != Mode::Host { (self.nested_src(cid, ctx), self.nested_gen(cid, ctx)) } else { (e.src_nested, e.gen_nested) };
                 let t = if lvl == 1 { &mut self.tlb1[core] } else { &mut self.tlb2[core] };
                 let en = &mut t.ents[slot];
                 en.src_cr3 = ctx.cr3;
-                en.gen_cr3 = self.tables[ctx.cr3 as usize].gen as u32;
-                if ctx.mode != Mode::Host {
-                    en.src_nested = ctx.nested;
-                    en.gen_nested = self.tables[ctx.nested as usize].gen as u32;
-                }
+                en.gen_cr3 = gen_cr3;
+                en.src_nested = src;
+                en.gen_nested = gen;
             }
             other => {
                 let true_pa = other.map_or(u64::MAX, |w| w.target);
@@ -318,8 +317,12 @@ impl Host {
     /// current EP4TA"); on AMD the nested (gPA -> hPA) translations are cached under the ASID and
     /// survive INVLPGA (APM vol. 2 INVLPGA; tlb-policies.md section 1). A stale one used this way
     /// is a stale translation, recorded, and the combined entry made from it stays suspect. The
-    /// first stage always walks the guest table: no linear mappings are created or used while EPT
-    /// is in use (SDM vol. 3C 29.4.2), and AMD documents none for guests.
+    /// first stage always walks the guest table, never a cached linear entry: "No linear mappings
+    /// are created while EPT is in use" and "No linear mappings are used while EPT is in use" (SDM
+    /// vol. 3C 29.4.2, "Creating and Using Cached Translation Information"; 28.3.2 in older
+    /// editions); AMD documents no cached gVA -> gPA translations for a nested-paging guest (its
+    /// TLB holds gVA -> sPA and the nested gPA -> sPA ones). A context with a declared nested
+    /// truth (nested_truth.rs) has the shadow's second stage judged against the chain as well.
     #[allow(clippy::too_many_arguments)]
     #[inline(never)]
     fn fill(&mut self, cpu: usize, core: usize, thr: u8, cc: usize, ctx: &Context, va: u64, cat: u8, dom: u8, eptp: u32, write: bool) -> Option<(u64, u8, u64, u8)> {
@@ -350,22 +353,28 @@ impl Host {
             Some(i) => Some((1u8, i, self.tlb1[core].ents[i])),
             None => self.tlb2[core].find(gpa, CAT_GPHYS, gm).map(|i| (2u8, i, self.tlb2[core].ents[i])),
         };
-        let nested_gen = self.tables[ctx.nested as usize].gen as u32;
+        let cid = self.cur_ctx[cpu];
+        let src = self.nested_src(cid, ctx);
+        let nested_gen = self.nested_gen(cid, ctx);
         let (hpa, nsize, nflags, src_nested, cost) = match found {
             Some((lvl, i, ge)) => {
                 self.ctr.gphys_hits[cpu] += 1;
                 self.ctx_ctr[cc + CC_GPHYS] += 1;
                 let size = size_of(ge.size);
                 let hpa = ge.target + (gpa & (size.bytes() - 1));
-                let ok = self.check_gphys(cpu, ctx, va, gpa, hpa, &ge, lvl, i, write);
+                let ok = self.check_gphys(cpu, cid, ctx, va, gpa, hpa, &ge, lvl, i, write);
                 // a combined entry made from a stale one records no source: every hit on it is checked
-                (hpa, size, ge.flags, if ok { ctx.nested } else { NO_TABLE }, guest_only)
+                (hpa, size, ge.flags, if ok { src } else { NO_TABLE }, guest_only)
             }
             None => {
                 self.ctr.gphys_misses[cpu] += 1;
                 let Some((l2, hpa)) = self.tables[ctx.nested as usize].walk(gpa) else {
                     return fault(self, full);
                 };
+                // with a declared nested truth the shadow's leaf is judged against the chain: a
+                // shadow KVM did not sync gives a stale translation, and suspect entries
+                let ok = !self.chained(cid) || self.second_stage_agrees(cpu, cid, ctx, va, gpa, hpa, l2.flags & F_RDONLY, write);
+                let src = if ok { src } else { NO_TABLE };
                 // the guest-physical entry maps the nested leaf's frame (HPA = leaf + offset)
                 let ge = Entry {
                     target: hpa - (gpa & (l2.size.bytes() - 1)),
@@ -375,9 +384,9 @@ impl Host {
                     cat: CAT_GPHYS,
                     flags: l2.flags & F_RDONLY,
                     src_cr3: ctx.cr3,
-                    src_nested: ctx.nested,
+                    src_nested: src,
                     gen_cr3,
-                    gen_nested: nested_gen,
+                    gen_nested: if ok { nested_gen } else { 0 },
                     vm: ctx.vm,
                     gpa: gpa & !(l2.size.bytes() - 1),
                     nsize: l2.size as u8,
@@ -388,7 +397,7 @@ impl Host {
                 let ge2 = Entry { target: hpa - (gpa & (s2.bytes() - 1)), ..ge };
                 self.tlb2[core].insert(gpa, s2, ge2);
                 self.tlb1[core].insert(gpa, l2.size, ge);
-                (hpa, l2.size, l2.flags, ctx.nested, full)
+                (hpa, l2.size, l2.flags, src, full)
             }
         };
         // a combined translation covers the smaller of the two leaves; it is writable only if both
@@ -408,37 +417,45 @@ impl Host {
     }
 
     /// The second stage of a walk came from guest-physical entry `ge` (at `lvl`, slot `slot`):
-    /// if the entry was filled from the nested table as it is now, nothing to check; else compare
-    /// with the table, refresh the entry if it agrees, and record a stale translation if not (a
-    /// writable entry over a leaf now read-only: stale for a write only, as in `check_hit`).
-    /// Returns whether it agrees.
+    /// if the entry was filled from the nested table (or chain) as it is now, nothing to check;
+    /// else compare with the truth, refresh the entry if it agrees, and record a stale
+    /// translation if not. Returns whether it agrees.
     #[allow(clippy::too_many_arguments)]
-    fn check_gphys(&mut self, cpu: usize, ctx: &Context, va: u64, gpa: u64, hpa: u64, ge: &Entry, lvl: u8, slot: usize, write: bool) -> bool {
-        let cid = self.cur_ctx[cpu];
+    fn check_gphys(&mut self, cpu: usize, cid: u32, ctx: &Context, va: u64, gpa: u64, hpa: u64, ge: &Entry, lvl: u8, slot: usize, write: bool) -> bool {
         if ge.vm != ctx.vm {
             self.translation_violation(Cause::ForeignVmTranslation, cpu, cid, ctx, va, hpa, hpa);
         }
-        let gen = self.tables[ctx.nested as usize].gen as u32;
-        if ge.src_nested == ctx.nested && ge.gen_nested == gen {
+        let (src, gen) = (self.nested_src(cid, ctx), self.nested_gen(cid, ctx));
+        if ge.src_nested == src && ge.gen_nested == gen {
             return true;
         }
-        match self.tables[ctx.nested as usize].walk(gpa) {
-            Some((l2, truth)) if truth == hpa && (l2.flags & F_RDONLY) != (ge.flags & F_RDONLY) => {
-                if write && ge.flags & F_RDONLY == 0 {
+        if !self.second_stage_agrees(cpu, cid, ctx, va, gpa, hpa, ge.flags & F_RDONLY, write) {
+            return false;
+        }
+        let core = self.topo.cpu_core[cpu] as usize;
+        let t = if lvl == 1 { &mut self.tlb1[core] } else { &mut self.tlb2[core] };
+        t.ents[slot].src_nested = src;
+        t.ents[slot].gen_nested = gen;
+        true
+    }
+
+    /// Does the second stage the hardware used (`gpa` -> `hpa`, read-only bit `ro`) agree with the
+    /// truth (`second_stage_truth`)? A different HPA or none is a stale translation, recorded; a
+    /// different permission only for a write through a writable translation over a read-only truth
+    /// (as in `check_hit`). Either way a disagreement returns false.
+    #[allow(clippy::too_many_arguments)]
+    fn second_stage_agrees(&mut self, cpu: usize, cid: u32, ctx: &Context, va: u64, gpa: u64, hpa: u64, ro: u8, write: bool) -> bool {
+        match self.second_stage_truth(cid, ctx, gpa) {
+            Some((truth, tro)) if truth == hpa && tro != ro => {
+                if write && ro == 0 {
                     self.translation_violation(Cause::StaleTranslation, cpu, cid, ctx, va, hpa, truth);
                 }
                 false
             }
-            Some((_, truth)) if truth == hpa => {
-                let core = self.topo.cpu_core[cpu] as usize;
-                let t = if lvl == 1 { &mut self.tlb1[core] } else { &mut self.tlb2[core] };
-                t.ents[slot].src_nested = ctx.nested;
-                t.ents[slot].gen_nested = gen;
-                true
-            }
+            Some((truth, _)) if truth == hpa => true,
             other => {
                 // the true HPA is the whole walk's (the guest table was just walked)
-                let true_pa = other.map_or(u64::MAX, |(_, hp)| hp);
+                let true_pa = other.map_or(u64::MAX, |(t, _)| t);
                 self.translation_violation(Cause::StaleTranslation, cpu, cid, ctx, va, hpa, true_pa);
                 false
             }

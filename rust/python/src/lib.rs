@@ -1010,6 +1010,22 @@ impl PyHost {
     fn context_counters<'py>(&self, py: Python<'py>, ctx: Option<&Bound<'_, PyAny>>) -> PyResult<Bound<'py, PyDict>> {
         self.tlb_context_counters(py, ctx)
     }
+    /// Declare the nested truth of L2 guest context `ctx`: its translations are judged against
+    /// L2's table, then `nested12` (L1's NPT12/EPT12, a guest table: L2 GPA -> L1 GPA), then
+    /// `nested01` (L0's NPT01/EPT01, a nested table), while the hardware walks the context's own
+    /// nested table (KVM's shadow NPT02/EPT02). Both None: clear it.
+    #[pyo3(signature = (ctx, nested12, nested01))]
+    fn set_nested_truth(&mut self, ctx: &Bound<'_, PyAny>, nested12: Option<&Bound<'_, PyAny>>, nested01: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        self.tlb_set_nested_truth(ctx, nested12, nested01)
+    }
+    /// Enter guest `ctx` on `cpu` (SVM: VMRUN with `tlb_control`; VMX: VM entry, tlb_control 0),
+    /// make the translated accesses `va` (writes where `write`), exit: one call per guest run.
+    /// Returns (result, page_faults, rmp_refusals), result "entered" or "vmexit_invalid".
+    #[pyo3(signature = (cpu, ctx, va, tlb_control=None, write=None))]
+    fn run_guest<'py>(&mut self, py: Python<'py>, cpu: &Bound<'py, PyAny>, ctx: &Bound<'py, PyAny>, va: PyReadonlyArray1<'py, u64>,
+                      tlb_control: Option<&Bound<'py, PyAny>>, write: Option<&Bound<'py, PyAny>>) -> PyResult<(&'static str, u64, u64)> {
+        self.tlb_run_guest(py, cpu, ctx, va, tlb_control, write)
+    }
     /// The context `cpu` translates with now.
     fn current_context(&self, cpu: &Bound<'_, PyAny>) -> PyResult<u32> {
         Ok(self.h.current_context(self.cpu(cpu, "cpu")?))
