@@ -185,6 +185,8 @@ pub struct SnpConfig {
     /// memory bandwidth for clearing pages: one core, and a whole socket
     pub core_clear_gbps: f64,
     pub socket_clear_gbps: f64,
+    /// an idle CPU leaving its C-state when an IPI arrives (flush_tlb_all() targets, kflush.rs)
+    pub cstate_wake: u32,
 }
 
 /// One host preset, as written in the profile.

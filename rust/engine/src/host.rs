@@ -18,7 +18,7 @@ use crate::config::{check_memory, HostConfig, WbinvdScope, LINE, PAGE};
 use crate::directory::Directory;
 use crate::error::{EngineError, Result};
 use crate::memory::{Memory, MAX_KEY};
-use crate::paging::{Table, TableKind};
+use crate::paging::Table;
 use crate::tlb::{Context, Invlpgb, Mode, TlbLevel, NO_TABLE};
 use crate::topology::Topology;
 use crate::violation::{Cause, Violation, CAUSES};
@@ -105,6 +105,13 @@ counters!(
     dm_splits,
     cpa_wait_cycles,
     clear_bytes,
+    /// cycles this CPU held cpa_lock (set_memory_4k splits: fill and flush)
+    cpa_hold_cycles,
+    /// flush_tlb_all() calls this CPU made (kflush.rs), and as a target: IPIs that woke it from a
+    /// C-state, IPIs that took it out of a guest
+    kernel_flushes,
+    flush_wakeups,
+    flush_guest_exits,
 );
 
 /// How many lines ahead a flush loop prefetches directory slots.
@@ -257,6 +264,8 @@ pub struct Host {
     pub(crate) snp_asids: Vec<bool>,
     pub(crate) cpa_free_at: u64,
     pub(crate) socket_free_at: Vec<f64>,
+    /// per CPU: idle (in a C-state), so an IPI has to wake it (kflush.rs)
+    pub(crate) cpu_idle: Vec<bool>,
 }
 
 impl Host {
@@ -304,11 +313,7 @@ impl Host {
             range_mode: crate::range::RangeMode::Auto,
             range_lines: Vec::new(),
             lat,
-            tables: {
-                let mut t = Table::new(TableKind::Host);
-                crate::snp::build_direct_map(&mut t, bytes);
-                vec![t]
-            },
+            tables: vec![Table::with_direct_map(bytes)],
             contexts: vec![HOST0],
             cur_ctx: vec![0; n],
             cpu_ctx: vec![HOST0; n],
@@ -327,6 +332,7 @@ impl Host {
             snp_asids: vec![false; crate::rmp::MAX_ASID as usize + 1],
             cpa_free_at: 0,
             socket_free_at: vec![0.0; topo.sockets],
+            cpu_idle: vec![false; n],
             topo,
         })
     }
@@ -458,6 +464,7 @@ impl Host {
             + self.dir.bytes()
             + self.mem.heap_bytes()
             + self.rmp.heap_bytes()
+            + self.tables[0].dm.as_ref().map_or(0, |d| d.heap_bytes())
             + self.violations.capacity() * std::mem::size_of::<Violation>()
     }
 

@@ -6,9 +6,11 @@
 pub mod cache;
 pub mod config;
 pub mod context;
+pub mod directmap;
 pub mod directory;
 pub mod error;
 pub mod host;
+pub mod kflush;
 pub mod memory;
 pub mod nested_truth;
 pub mod paging;

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 
+use crate::directmap::{DirectMap, PAGE_OFFSET};
 use crate::error::{EngineError, Result};
 use crate::slotmap::SlotMap;
 use crate::util::FxBuild;
@@ -84,6 +85,9 @@ pub struct Table {
     maps: [SlotMap; 3],
     /// leaves of smaller sizes inside each 2 MiB and 1 GiB region (to refuse overlaps)
     inner: [HashMap<u64, u32, FxBuild>; 2],
+    /// the host table's direct map, walked for [PAGE_OFFSET, PAGE_OFFSET + memory) instead of
+    /// stored leaves (directmap.rs); None in every other table
+    pub(crate) dm: Option<DirectMap>,
 }
 
 /// Canonical 48-bit virtual address (bits 63:47 all equal).
@@ -94,16 +98,34 @@ pub fn canonical(va: u64) -> bool {
 
 impl Table {
     pub fn new(kind: TableKind) -> Self {
-        Table { kind, gen: 0, maps: std::array::from_fn(|_| SlotMap::with_capacity_pow2(4)), inner: Default::default() }
+        Table { kind, gen: 0, maps: std::array::from_fn(|_| SlotMap::with_capacity_pow2(4)), inner: Default::default(), dm: None }
     }
 
+    /// A host table holding the direct map of `bytes` of RAM (and nothing else yet).
+    pub fn with_direct_map(bytes: u64) -> Self {
+        Table { dm: Some(DirectMap::new(bytes)), ..Table::new(TableKind::Host) }
+    }
+
+    /// The direct map's physical address for `addr`, if `addr` is in it.
+    #[inline(always)]
+    pub(crate) fn dm_pa(&self, addr: u64) -> Option<u64> {
+        match &self.dm {
+            Some(d) if d.covers(addr.wrapping_sub(PAGE_OFFSET)) => Some(addr.wrapping_sub(PAGE_OFFSET)),
+            _ => None,
+        }
+    }
+
+    /// Leaves, the direct map's synthesised ones included.
     pub fn leaves(&self) -> usize {
-        self.maps.iter().map(|m| m.len()).sum()
+        self.maps.iter().map(|m| m.len()).sum::<usize>() + self.dm.as_ref().map_or(0, |d| d.leaves().iter().sum::<u64>() as usize)
     }
 
     /// Ask the host CPU to load what a walk of `addr` will read (a hint: no effect on results).
     #[inline(always)]
     pub fn prefetch(&self, addr: u64) {
+        if self.dm_pa(addr).is_some() {
+            return; // a bitmap read, nothing worth prefetching
+        }
         for s in PageSize::ALL {
             let m = &self.maps[s as usize];
             if !m.is_empty() {
@@ -115,6 +137,10 @@ impl Table {
     /// The leaf that maps `addr`, if any, and the address it translates to.
     #[inline]
     pub fn walk(&self, addr: u64) -> Option<(Leaf, u64)> {
+        if let Some(pa) = self.dm_pa(addr) {
+            let d = self.dm.as_ref().expect("direct map");
+            return Some((d.leaf(pa), pa));
+        }
         for s in PageSize::ALL {
             let m = &self.maps[s as usize];
             if m.is_empty() {
@@ -169,7 +195,12 @@ impl Table {
     }
 
     /// Remove the leaf that maps `addr`; returns it (None, and no change, if nothing maps it).
+    /// The direct map is not unmapped leaf by leaf: None for its addresses (Host::unmap refuses
+    /// them with an error).
     pub fn unmap(&mut self, addr: u64) -> Option<Leaf> {
+        if self.dm_pa(addr).is_some() {
+            return None;
+        }
         let (l, _) = self.walk(addr)?;
         let base = addr & !(l.size.bytes() - 1);
         self.maps[l.size as usize].remove(base >> l.size.shift());
@@ -187,7 +218,7 @@ impl Table {
         Some(l)
     }
 
-    /// Every leaf of size `size` (for splitting and inspection).
+    /// Every stored leaf of size `size` (for splitting and inspection; not the direct map's).
     pub fn leaves_of(&self, size: PageSize) -> impl Iterator<Item = (u64, Leaf)> + '_ {
         self.maps[size as usize].iter().map(move |(k, v)| (k << size.shift(), Leaf { target: v & !0xFFF, size, flags: v as u8 }))
     }

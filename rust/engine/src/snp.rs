@@ -5,89 +5,13 @@
 
 use crate::error::{EngineError, Result};
 use crate::host::Host;
-use crate::paging::{PageSize, Table, F_GLOBAL};
+use crate::paging::PageSize;
 use crate::rmp::{RmpEntry, RmpState, MAX_ASID};
 use crate::violation::Cause;
 
-/// Start of the direct map: Linux x86-64 with 4-level paging, __PAGE_OFFSET_BASE_L4
-/// (arch/x86/include/asm/page_64_types.h). KASLR moves it; the simulation does not.
-pub const PAGE_OFFSET: u64 = 0xffff_8880_0000_0000;
-
-/// The direct map over all memory in the host table, 1 GiB leaves where they fit (the kernel
-/// maps RAM with the largest pages it can), then 2 MiB, then 4 KiB for a ragged end.
-pub(crate) fn build_direct_map(t: &mut Table, bytes: u64) {
-    let mut pa = 0;
-    for size in [PageSize::G1, PageSize::M2, PageSize::K4] {
-        while pa + size.bytes() <= bytes {
-            t.map(PAGE_OFFSET + pa, pa, size, F_GLOBAL).expect("direct map");
-            pa += size.bytes();
-        }
-    }
-}
+pub use crate::directmap::PAGE_OFFSET;
 
 impl Host {
-    /// The direct-map virtual address of physical address `pa` (__va()).
-    pub fn direct_map_va(&self, pa: u64) -> u64 {
-        PAGE_OFFSET + pa
-    }
-
-    /// lookup_address(): the size of the host-table leaf that maps `va`, if any.
-    pub fn lookup_address(&self, va: u64) -> Option<PageSize> {
-        self.tables[0].walk(va).map(|(l, _)| l.size)
-    }
-
-    #[inline]
-    fn direct_map_level(&self, pa: u64) -> PageSize {
-        self.tables[0].walk(PAGE_OFFSET + pa).map_or(PageSize::K4, |(l, _)| l.size)
-    }
-
-    /// set_memory_4k(va, 1) on `cpu` (arch/x86/mm/pat/set_memory.c): split the direct-map leaf
-    /// covering `va` down to 4 KiB, 1G -> 2M -> 4K, each split a page-table page allocation, a
-    /// 512-entry fill and flush_tlb_all() (IPIs to every CPU), all under the global cpa_lock: a CPU
-    /// that finds the lock held waits until it is free. A leaf already at 4 KiB costs nothing: splits
-    /// are never undone. Returns the cycles `cpu` spent, waiting included.
-    pub fn set_memory_4k(&mut self, cpu: usize, va: u64) -> Result<u64> {
-        self.check_cpu("cpu", cpu)?;
-        if va < PAGE_OFFSET || va - PAGE_OFFSET >= self.mem.bytes {
-            return Err(EngineError::invalid(
-                "va",
-                format!("va = {va:#x} is not in the direct map [{PAGE_OFFSET:#x}, {:#x})", PAGE_OFFSET + self.mem.bytes),
-            ));
-        }
-        let t0 = self.cycles(cpu);
-        let mut level = match self.lookup_address(va) {
-            Some(l) => l,
-            None => return Err(EngineError::invalid("va", format!("va = {va:#x} is not mapped"))),
-        };
-        if level == PageSize::K4 {
-            return Ok(0);
-        }
-        // cpa_lock: a resource free at a given time
-        let start = t0.max(self.cpa_free_at);
-        let wait = start - t0;
-        self.clocks_add(cpu, wait);
-        self.ctr.cpa_wait_cycles[cpu] += wait;
-        let all: Vec<usize> = (0..self.topo.cpus).collect();
-        while level != PageSize::K4 {
-            let small = if level == PageSize::G1 { PageSize::M2 } else { PageSize::K4 };
-            let base = va & !(level.bytes() - 1);
-            let leaf = self.tables[0].unmap(base).expect("covering leaf");
-            for k in 0..512u64 {
-                let off = k * small.bytes();
-                self.tables[0].map(base + off, leaf.target + off, small, leaf.flags).expect("split leaf");
-            }
-            let c = self.cfg.snp.alloc_4k as u64 + self.cfg.snp.split_fill as u64;
-            self.clocks_add(cpu, c);
-            self.ctr.other_cycles[cpu] += c;
-            // __split_large_page(): flush_tlb_all() inside cpa_lock
-            self.flush_tlb_all_on_cpus(cpu, &all)?;
-            self.ctr.dm_splits[cpu] += 1;
-            level = small;
-        }
-        self.cpa_free_at = self.cycles(cpu);
-        Ok(self.cycles(cpu) - t0)
-    }
-
     /// SYSCFG.SNPEn on every CPU (snp_rmptable_init()): RMP checks on memory accesses from now on.
     /// The WBINVD that precedes it is the policy's to issue.
     /// A CPU without SEV-SNP (CPUID 8000_001F EAX[4] clear) cannot set SYSCFG.SNPEn: an error
@@ -177,8 +101,8 @@ impl Host {
 
     /// The RMP checks of one memory access (semantics.md 5.3), made only once SNP is enabled.
     /// Key 0 is a hypervisor-domain access: a write to an assigned page faults, and so does a write
-    /// through a 2 MiB/1 GiB direct-map leaf into a 2 MiB region holding any assigned 4 KiB page
-    /// (checked as a 2 MiB access). A private access under an SNP guest's key needs a page assigned
+    /// through a 2 MiB/1 GiB direct-map translation (the TLB entry used, else the leaf) into a 2 MiB
+    /// region holding any assigned 4 KiB page (checked as a 2 MiB access). A private access under an SNP guest's key needs a page assigned
     /// to that ASID and validated. Returns whether the access may proceed; a refusal is recorded.
     #[inline]
     pub(crate) fn rmp_allows(&mut self, cpu: usize, pa: u64, write: bool, key: u16) -> bool {
@@ -186,7 +110,8 @@ impl Host {
             if !write || !self.rmp.region_has_assigned(pa) {
                 return true;
             }
-            let cause = if self.direct_map_level(pa) != PageSize::K4 {
+            // checked at the size of the translation used (directmap.rs host_access_size)
+            let cause = if self.host_access_size(cpu, pa) != PageSize::K4 {
                 Cause::RmpHostWriteLargeMapping
             } else if self.rmp.entry(pa).assigned {
                 Cause::RmpHostWriteAssigned

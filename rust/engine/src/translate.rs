@@ -111,7 +111,9 @@ impl Host {
     }
 
     pub fn unmap(&mut self, table: u32, addr: u64) -> Result<Option<Leaf>> {
-        self.table_checked("table", table)?;
+        if self.table_checked("table", table)?.dm_pa(addr).is_some() {
+            return Err(EngineError::invalid("addr", format!("{addr:#x} is in the direct map, which is split (set_memory_4k), never unmapped")));
+        }
         Ok(self.tables[table as usize].unmap(addr))
     }
 

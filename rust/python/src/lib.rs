@@ -17,6 +17,7 @@ use sevsim_engine::translate::{Translated, VmrunResult};
 use sevsim_engine::EngineError;
 
 mod range;
+mod snp;
 mod tlb;
 
 fn verr(e: EngineError) -> PyErr {
@@ -1369,10 +1370,56 @@ impl PyHost {
         Ok(self.h.direct_map_va(pa))
     }
     /// set_memory_4k(va, 1) from `cpu`: split the direct-map leaf down to 4 KiB under cpa_lock
-    /// with a flush_tlb_all() per split; nothing if already 4 KiB. Returns cycles (waiting included).
-    fn set_memory_4k(&mut self, cpu: &Bound<'_, PyAny>, va: &Bound<'_, PyAny>) -> PyResult<u64> {
-        let c = self.cpu(cpu, "cpu")?;
-        self.h.set_memory_4k(c, int_arg(va, "va", u64::MAX)?).map_err(verr)
+    /// with a flush_tlb_all() per split ("ipi", "invlpgb", or "none": a broken kernel that does
+    /// not flush); nothing if already 4 KiB. Returns cycles (waiting included).
+    #[pyo3(signature = (cpu, va, *, flush="ipi"))]
+    fn set_memory_4k(&mut self, cpu: &Bound<'_, PyAny>, va: &Bound<'_, PyAny>, flush: &str) -> PyResult<u64> {
+        self.snp_set_memory_4k(cpu, va, flush)
+    }
+    // --- SNP at host scale (bodies in snp.rs) ---
+    /// set_memory_4k(__va(pa[i]), 1) for each i in order: (cycles, splits uint8 per element).
+    #[pyo3(signature = (cpu, pa, *, flush="ipi"))]
+    fn set_memory_4k_batch<'py>(&mut self, py: Python<'py>, cpu: &Bound<'py, PyAny>, pa: &Bound<'py, PyAny>, flush: &str)
+                                -> PyResult<(u64, Bound<'py, PyArray1<u8>>)> {
+        self.snp_set_memory_4k_batch(py, cpu, pa, flush)
+    }
+    /// The size in bytes of the direct-map leaf over physical address `pa`.
+    fn direct_map_leaf(&self, pa: &Bound<'_, PyAny>) -> PyResult<u64> {
+        self.snp_direct_map_leaf(pa)
+    }
+    /// `direct_map_leaf` of every element of a uint64 array: uint32 sizes in bytes.
+    fn direct_map_leaf_sizes<'py>(&self, py: Python<'py>, pa: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray1<u32>>> {
+        self.snp_direct_map_leaf_sizes(py, pa)
+    }
+    /// Build the whole direct map at 4 KiB, free of charge (before the run): (1G, 2M) leaves split.
+    fn direct_map_presplit(&mut self) -> (u64, u64) {
+        self.h.direct_map_presplit()
+    }
+    /// Direct-map leaves by size: {"4K": n, "2M": n, "1G": n}.
+    #[getter]
+    fn direct_map_leaves<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        self.snp_direct_map_leaves(py)
+    }
+    /// Bytes the direct map's storage takes.
+    #[getter]
+    fn direct_map_bytes(&self) -> usize {
+        self.h.direct_map_bytes()
+    }
+    /// The kernel's flush_tlb_all() from `initiator`: "ipi" (every other CPU interrupted; guest-mode
+    /// targets exit and re-enter, idle ones wake) or "invlpgb" (INVLPGB + TLBSYNC). Returns cycles.
+    #[pyo3(signature = (initiator, *, flush="ipi"))]
+    fn flush_tlb_all(&mut self, initiator: &Bound<'_, PyAny>, flush: &str) -> PyResult<u64> {
+        self.snp_flush_tlb_all(initiator, flush)
+    }
+    /// Mark `cpus` idle (an IPI must wake them from a C-state) or busy.
+    #[pyo3(signature = (cpus, idle=true))]
+    fn set_cpu_idle(&mut self, cpus: &Bound<'_, PyAny>, idle: bool) -> PyResult<()> {
+        self.snp_set_cpu_idle(cpus, idle)
+    }
+    /// Per CPU: idle (bool array).
+    #[getter]
+    fn cpu_idle<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<bool>> {
+        self.snp_cpu_idle(py)
     }
     /// Charge `cpu` for allocating `count` pages (2 MiB with huge, else 4 KiB). Returns cycles.
     #[pyo3(signature = (cpu, count=None, *, huge=false))]
