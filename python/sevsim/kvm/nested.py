@@ -37,17 +37,27 @@ class NestedMmu:
     changes of NPT01 zap the shadow entries derived from them at once (the rmaps cover the nested
     MMU's shadow pages too)."""
 
-    def __init__(self, host: "Host", npt01_of, gpa2: np.ndarray, gpa1: np.ndarray, kind: str = "nested"):
+    def __init__(self, host: "Host", npt01_of, gpa2: np.ndarray, gpa1: np.ndarray, kind: str = "nested",
+                 npt01: int | None = None):
         self.host = host
         self.npt01_of = npt01_of  # gpa1 page addresses -> hpa (L0's NPT01)
         self.npt12 = dict(zip((int(g) for g in gpa2), (int(g) for g in gpa1)))
         self.npt02 = host.create_table(kind)
+        # L1's NPT12/EPT12 itself, in L1's memory (a guest table: L2 GPA -> L1 GPA): with L0's
+        # NPT01 (`npt01`) it is the nested truth L2's contexts declare (Host.set_nested_truth), so
+        # the engine judges L2 against the composition rather than against this shadow
+        self.npt12_table = host.create_table("guest")
+        self.truth = None if npt01 is None else (self.npt12_table, npt01)
         self.pending: set[int] = set()
         if len(gpa2):
             host.map_many(self.npt02, np.asarray(gpa2, np.uint64), npt01_of(np.asarray(gpa1, np.uint64)), "4K")
+            host.map_many(self.npt12_table, np.asarray(gpa2, np.uint64), np.asarray(gpa1, np.uint64), "4K")
 
     def l1_writes_npt12(self, gpa2: int, gpa1: int) -> None:
+        """L1 writes its NPT12 leaf (at once, in its memory); the shadow follows at the next sync."""
         self.npt12[int(gpa2)] = int(gpa1)
+        self.host.unmap(self.npt12_table, int(gpa2))
+        self.host.map(self.npt12_table, int(gpa2), int(gpa1))
         self.pending.add(int(gpa2))
 
     def sync(self) -> int:

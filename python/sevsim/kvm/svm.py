@@ -63,11 +63,14 @@ class ContextCache:
         self.host = host
         self.ctx: dict[tuple, int] = {}
 
-    def get(self, mode: str, cr3: int, nested: int, tag: int, vm: int) -> int:
+    def get(self, mode: str, cr3: int, nested: int, tag: int, vm: int, truth: tuple[int, int] | None = None) -> int:
+        """`truth`: an L2 context's (NPT12, NPT01), fixed by its shadow table `nested`."""
         k = (mode, cr3, nested, tag, vm)
         c = self.ctx.get(k)
         if c is None:
             c = self.host.create_context(mode, cr3, nested=nested, tag=tag, vm=vm)
+            if truth is not None:
+                self.host.set_nested_truth(c, *truth)
             self.ctx[k] = c
         return c
 
@@ -138,7 +141,8 @@ class SvmPolicy:
 
     def context(self, vcpu: Vcpu, vmcb: Vmcb) -> int:
         if vcpu.guest_mode:
-            return self.contexts.get("svm", vcpu.l2_cr3, vcpu.arch["nested_mmu"].npt02, vmcb.asid, vcpu.l2_vm)
+            mmu = vcpu.arch["nested_mmu"]
+            return self.contexts.get("svm", vcpu.l2_cr3, mmu.npt02, vmcb.asid, vcpu.l2_vm, mmu.truth)
         return self.contexts.get("svm", vcpu.l1_cr3, vcpu.vm.npt01, vmcb.asid, vcpu.vm.vm_id)
 
     def pre_run(self, vcpu: Vcpu, vmcb: Vmcb) -> None:

@@ -107,7 +107,8 @@ class VmxUpstream:
 
     def context(self, vcpu: Vcpu) -> int:
         if vcpu.guest_mode:
-            return self.contexts.get("vmx", vcpu.l2_cr3, self.current_eptp(vcpu), self.current_vpid(vcpu), vcpu.l2_vm)
+            return self.contexts.get("vmx", vcpu.l2_cr3, self.current_eptp(vcpu), self.current_vpid(vcpu), vcpu.l2_vm,
+                                     vcpu.arch["nested_mmu"].truth)
         return self.contexts.get("vmx", vcpu.l1_cr3, vcpu.vm.npt01, vcpu.arch["vpid01"], vcpu.vm.vm_id)
 
     def enter_guest(self, vcpu: Vcpu) -> str:

@@ -118,8 +118,6 @@ LEGEND = {
 _UPSTREAM_COVERS = ("nsvm_upstream flushes the shared ASID at every nested transition, which covers it in this "
                     "scenario's sequences (the ASID wrap needs more ASIDs than one VM uses: shown in the tests)")
 _NO_HV = "no Hyper-V PV flush hypercalls in this scenario (tlb-tagging exercises them)"
-_G3 = ("the engine judges L2 against KVM's NPT02 itself (gap G3), so a missed MMU sync is not visible "
-       "until the engine composes NPT12 with NPT01")
 _F1 = ("F1: the other L2 has its own EPT12, hence its own EPT02 and EPTP, which tags its guest-physical and "
        "combined entries apart; the hazard needs the same EPT12 with another vpid12")
 BENIGN: dict[tuple[str, str], str] = {
@@ -129,8 +127,6 @@ BENIGN: dict[tuple[str, str], str] = {
     ("*", "init_vmcb:flush_on_first_use"): "no VM is destroyed and no ASID reused here",
     ("*", "svm_flush_tlb_gva:invlpga"): "used only for INVLPGA with ASID 0 and Hyper-V drains, neither of which "
                                         "this scenario issues (upstream: covered by the transition flush)",
-    ("*", "nested_svm_entry_tlb_flush:vmcb12_tlb_control(mmu_sync)"): _G3,
-    ("svm_upstream", "nested_svm_transition_tlb_flush:mmu_sync(vmrun)"): _G3,
     ("svm_upstream", "nested_svm_transition_tlb_flush:mmu_sync(vmexit)"): "nothing of L1's is shadowed: no sync is "
                                                                           "needed on the way back to L1",
     ("*", "svm_leave_nested:transition_flush"): "with a separate L2 ASID, L2's entries cannot reach L1 after a "
@@ -256,7 +252,7 @@ class World:
         self.npt01_map(gpa1)
         v.l2_cr3 = l2_gpt
         v.l2_vm = 100 + which
-        v.arch["nested_mmu"] = NestedMmu(h, self.npt01_of, gpa2, gpa1)
+        v.arch["nested_mmu"] = NestedMmu(h, self.npt01_of, gpa2, gpa1, npt01=self.npt01)
         v.arch["l2_gpa1"] = gpa1
 
 

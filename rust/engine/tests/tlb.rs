@@ -295,3 +295,38 @@ fn large_pages_splinter_and_guest_physical_entries_spare_walks() {
     h.translate(0, 0x4000_1234);
     assert_eq!(h.ctr.gphys_misses[0], misses + 1);
 }
+
+/// Nested truth: an L2 context judged against NPT12 then NPT01 catches a shadow NPT02 that was not
+/// synced after L1's NPT12 edit; a bad chain is refused with the context unchanged; run_guest is
+/// vmrun + batch + vmexit.
+#[test]
+fn nested_truth_catches_a_missed_shadow_sync() {
+    let mut h = host();
+    let gt = h.create_table(TableKind::Guest);
+    h.map(gt, VA, 0x1000, PageSize::K4, 0).unwrap();
+    let npt12 = h.create_table(TableKind::Guest);
+    h.map(npt12, 0x1000, 0x5000, PageSize::K4, 0).unwrap();
+    let npt01 = h.create_table(TableKind::Nested);
+    h.map(npt01, 0x5000, 0x30000, PageSize::K4, 0).unwrap();
+    h.map(npt01, 0x6000, 0x40000, PageSize::K4, 0).unwrap();
+    let npt02 = h.create_table(TableKind::Nested);
+    h.map(npt02, 0x1000, 0x30000, PageSize::K4, 0).unwrap();
+    let l2 = h.create_context(Context { mode: Mode::Svm, tag: 2, pcid: 0, cr3: gt, nested: npt02, key: 0, vm: 2 }).unwrap();
+    for bad in [(npt01, npt01), (npt12, npt12), (gt, npt01), (npt12, npt02), (npt12, 999)] {
+        assert!(h.set_nested_truth(l2, Some(bad)).is_err(), "{bad:?}");
+        assert_eq!(h.nested_truth(l2).unwrap(), None);
+    }
+    assert!(h.set_nested_truth(0, Some((npt12, npt01))).is_err());
+    h.set_nested_truth(l2, Some((npt12, npt01))).unwrap();
+    let (r, by) = h.run_guest(0, l2, 0, &[VA], sevsim_engine::host::Col::One(false)).unwrap();
+    assert_eq!((r, by[7]), (VmrunResult::Entered, 0));
+    assert!(h.violations().is_empty());
+    h.unmap(npt12, 0x1000).unwrap();
+    h.map(npt12, 0x1000, 0x6000, PageSize::K4, 0).unwrap();
+    // the flush without the sync: the walk goes through the stale shadow
+    h.run_guest(0, l2, 3, &[VA], sevsim_engine::host::Col::One(false)).unwrap();
+    let v = h.violations();
+    assert_eq!(v.len(), 1);
+    assert_eq!((v[0].cause, v[0].pa, v[0].true_pa), (Cause::StaleTranslation, 0x30000, 0x40000));
+    assert_eq!(h.current_context(0), 0);
+}
