@@ -143,12 +143,16 @@ impl Host {
     /// rate divided by the socket's beta, bounded by the socket's bandwidth shared in issue order,
     /// plus the direct-map walks of the sweep. Timing only. Returns the cycles.
     pub(crate) fn clear_range(&mut self, cpu: usize, pa: u64, size: u64) -> u64 {
+        self.clear_range_walking(cpu, pa, size, true)
+    }
+
+    fn clear_range_walking(&mut self, cpu: usize, pa: u64, size: u64, walk: bool) -> u64 {
         let f = self.cfg.freq_ghz;
         let beta = self.beta(cpu);
         let core_bpc = self.cfg.snp.core_clear_gbps / f / beta;
         let sock_bpc = self.cfg.snp.socket_clear_gbps / f;
         let s = self.socket_of(cpu);
-        let (walks, walk_c) = self.sweep_walks(pa, size, beta);
+        let (walks, walk_c) = if walk { self.sweep_walks(pa, size, beta) } else { (0, 0.0) };
         let start = self.cycles(cpu) as f64;
         let sock_start = start.max(self.socket_free_at[s]);
         let sock_end = sock_start + size as f64 / sock_bpc;
@@ -167,7 +171,7 @@ impl Host {
     }
 
     /// clear_pages over a page list: each of `pa` is a page of `page` bytes (4 KiB or 2 MiB),
-    /// cleared in order on `cpu`. Every address is checked first. Returns the cycles.
+    /// cleared in order on `cpu`; consecutive pages under the same large leaf pay one walk. Every address is checked first. Returns the cycles.
     pub fn clear_page_list(&mut self, cpu: usize, pa: &[u64], page: PageSize) -> Result<u64> {
         self.check_cpu("cpu", cpu)?;
         if page == PageSize::G1 {
@@ -181,8 +185,13 @@ impl Host {
             ));
         }
         let t0 = self.cycles(cpu);
+        // consecutive pages under one 2 MiB/1 GiB leaf share its TLB entry: one walk for the run
+        let mut last_big = u64::MAX;
         for &a in pa {
-            self.clear_range(cpu, a, b);
+            let s = self.tables[0].dm.as_ref().expect("direct map").leaf_size(a);
+            let big = if s == PageSize::K4 || b > s.bytes() { u64::MAX - 1 } else { a >> s.shift() << s.shift() };
+            self.clear_range_walking(cpu, a, b, big == u64::MAX - 1 || big != last_big);
+            last_big = big;
         }
         Ok(self.cycles(cpu) - t0)
     }
