@@ -1,6 +1,9 @@
 """Random RMPUPDATE / PSMASH / PVALIDATE / access / split sequences through the engine and a dense
 Python model of the RMP (one entry per 4 KiB page, written from semantics.md 5.1-5.4) must agree on
-every return code, every RMP check and every entry."""
+every return code, every RMP check and every entry. The engine stores uniform runs of 4 KiB entries
+as one record and falls back to 512 records when a region stops being uniform (rmp.rs); the
+`assign_run` rule makes uniform runs (consecutive GPAs of one ASID, whole or partial regions) that
+the other rules then break, so both forms and the moves between them are compared with the model."""
 
 import numpy as np
 from hypothesis import HealthCheck, settings
@@ -135,6 +138,21 @@ class RmpEngineVsModel(RuleBasedStateMachine):
         got = self.h.rmpupdate(0, p * 4096, assigned=assigned, huge=huge, asid=asid if assigned else 0,
                                gpa=gpa if assigned else 0, immutable=immutable)
         assert got == self.m.update(p, assigned, huge, asid if assigned else 0, gpa if assigned else 0, immutable)
+
+    @rule(r=regions, first=st.integers(0, REGION - 1), count=st.integers(1, REGION), asid=asids,
+          gpa=st.sampled_from([0, 2 << 20, 8 << 20]), validate=st.booleans())
+    def assign_run(self, r, first, count, asid, gpa, validate):
+        """A run of 4 KiB pages at consecutive GPAs through the batch calls, then (maybe) PVALIDATE."""
+        count = min(count, REGION - first)
+        p = np.arange(r + first, r + first + count, dtype=np.uint64)
+        g = np.uint64(gpa) + (p - np.uint64(r)) * np.uint64(4096)
+        codes = self.h.rmpupdate_batch(0, p * np.uint64(4096), g, assigned=True, asid=asid)
+        want = [self.m.update(int(q), True, False, asid, int(gg), False) for q, gg in zip(p, g)]
+        assert codes.tolist() == want
+        if validate:
+            codes, changed = self.h.pvalidate_batch(1, asid, p * np.uint64(4096), g)
+            want = [self.m.pvalidate(int(q), asid, int(gg), False, True) for q, gg in zip(p, g)]
+            assert list(zip(codes.tolist(), changed.tolist())) == want
 
     @rule(p=some_page)
     def psmash(self, p):

@@ -100,3 +100,23 @@ def test_garbage_never_panics(method, args):
         getattr(h, method)(*args)
     except (ValueError, TypeError, OverflowError):
         pass
+
+
+def test_direct_map_tax_bandwidth_and_batch_forms():
+    h = sevsim.Host.from_preset("epyc-9755-2s", memory="64GiB")
+    s = sevsim.Host.from_preset("epyc-9755-2s", memory="64GiB")
+    s.direct_map_presplit()
+    pages = np.arange(512, dtype=np.uint64) * np.uint64(4096) + np.uint64(2 << 30)
+    a, b = h.clear_page_list(0, pages), s.clear_page_list(0, pages)
+    assert b > a and int(s.counters["dm_walks"][0]) == 512 and int(h.counters["dm_walks"][0]) == 1
+    assert s.direct_map_walks(1, pages[:100])[0] == 100 and h.direct_map_walks(1, pages[:100])[0] == 1
+    assert h.clear_page_list(2, np.array([4 << 30], np.uint64), "2M") > 0
+    assert h.npf_exit(3, 511) == 511 * h.npf_exit(3) and int(h.counters["npf_exits"][3]) == 512
+    h = sevsim.Host.from_preset("epyc-9755-2s", memory="64GiB")  # a quiet socket again
+    assert h.memory_factor(5) == 1.0 and h.spend_memory_bound(5, 1000) == 1000
+    h.add_memory_traffic(5, "60MiB")
+    assert h.socket_utilisation(5) > 0.3 and h.memory_factor(5) > 1.1 and h.spend_memory_bound(5, 1000) > 1000
+    with pytest.raises(ValueError, match=r"pa\[0\]"):
+        h.clear_page_list(0, np.array([4097], np.uint64))
+    with pytest.raises(ValueError, match="page"):
+        h.clear_page_list(0, pages, "1G")

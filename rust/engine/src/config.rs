@@ -187,6 +187,12 @@ pub struct SnpConfig {
     pub socket_clear_gbps: f64,
     /// an idle CPU leaving its C-state when an IPI arrives (flush_tlb_all() targets, kflush.rs)
     pub cstate_wake: u32,
+    /// a host page walk ending at a 4 KiB direct-map leaf (membw.rs), before DRAM inflation
+    pub dm_walk_4k: u32,
+    /// the window over which a socket's DRAM utilisation is measured, and the loaded-latency
+    /// gain a in beta = 1 + a * rho / (1 - rho) (membw.rs)
+    pub bw_window: u32,
+    pub dram_queueing: f64,
 }
 
 /// One host preset, as written in the profile.
@@ -374,6 +380,12 @@ impl HostConfig {
             if !(v.is_finite() && v > 0.0) {
                 return Err(EngineError::invalid(f, format!("{f} must be positive, got {v}")));
             }
+        }
+        if !(self.snp.dram_queueing.is_finite() && (0.0..=100.0).contains(&self.snp.dram_queueing)) {
+            return Err(EngineError::invalid("snp.dram_queueing", format!("snp.dram_queueing must be in 0..=100, got {}", self.snp.dram_queueing)));
+        }
+        if self.snp.bw_window == 0 {
+            return Err(EngineError::invalid("snp.bw_window", "snp.bw_window must be positive (cycles)"));
         }
         let t = &self.tlb;
         if t.l1_entries == 0 || t.l1_entries > 1024 {

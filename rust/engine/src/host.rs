@@ -112,6 +112,13 @@ counters!(
     kernel_flushes,
     flush_wakeups,
     flush_guest_exits,
+    /// DRAM bytes counted against this CPU's socket (clears, add_memory_traffic; membw.rs)
+    dram_bytes,
+    /// direct-map page walks host work paid (clears, direct_map_walks) and their cycles
+    dm_walks,
+    dm_walk_cycles,
+    /// nested page faults charged (npf_exit, npf_exits)
+    npf_exits,
 );
 
 /// How many lines ahead a flush loop prefetches directory slots.
@@ -266,6 +273,8 @@ pub struct Host {
     pub(crate) socket_free_at: Vec<f64>,
     /// per CPU: idle (in a C-state), so an IPI has to wake it (kflush.rs)
     pub(crate) cpu_idle: Vec<bool>,
+    /// per socket, recent DRAM traffic (membw.rs)
+    pub(crate) traffic: crate::membw::SocketTraffic,
 }
 
 impl Host {
@@ -333,6 +342,7 @@ impl Host {
             cpa_free_at: 0,
             socket_free_at: vec![0.0; topo.sockets],
             cpu_idle: vec![false; n],
+            traffic: crate::membw::SocketTraffic::new(topo.sockets),
             topo,
         })
     }

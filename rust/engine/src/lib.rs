@@ -11,6 +11,7 @@ pub mod directory;
 pub mod error;
 pub mod host;
 pub mod kflush;
+pub mod membw;
 pub mod memory;
 pub mod nested_truth;
 pub mod paging;

@@ -83,6 +83,7 @@ impl Host {
         let mut c = if huge { self.cfg.snp.pvalidate_2m } else { self.cfg.snp.pvalidate_4k } as u64;
         if code >= crate::rmp::NPF_RMP {
             c += self.cfg.snp.npf_exit as u64;
+            self.ctr.npf_exits[cpu] += 1;
         }
         self.clocks_add(cpu, c);
         self.ctr.other_cycles[cpu] += c;
@@ -180,35 +181,20 @@ impl Host {
         Ok(c)
     }
 
-    /// Zero [pa, pa + size) from `cpu` (clear_page()), bounded by the core's bandwidth and by its
-    /// socket's, which the clears of every CPU share in the order they are issued: many CPUs
-    /// clearing at once take turns on the socket. Timing only: caches and line contents are not
-    /// touched. Returns the cycles.
+    /// Zero [pa, pa + size) from `cpu` (clear_page() through the direct map): bounded by the
+    /// core's bandwidth (slowed by its socket's DRAM utilisation) and by its socket's, which the
+    /// clears of every CPU share in the order they are issued, plus the direct-map page walks of
+    /// the sweep (membw.rs). Timing only: caches and line contents are not touched. Returns the
+    /// cycles.
     pub fn clear_pages(&mut self, cpu: usize, pa: u64, size: u64) -> Result<u64> {
         self.check_cpu("cpu", cpu)?;
         self.check_range("pa", pa, size, 4096)?;
-        let f = self.cfg.freq_ghz;
-        let core_bpc = self.cfg.snp.core_clear_gbps / f;
-        let sock_bpc = self.cfg.snp.socket_clear_gbps / f;
-        let s = self.topo.ccd_socket[self.topo.ccd_of_cpu(cpu)] as usize;
-        let start = self.cycles(cpu) as f64;
-        let sock_start = start.max(self.socket_free_at[s]);
-        let sock_end = sock_start + size as f64 / sock_bpc;
-        self.socket_free_at[s] = sock_end;
-        let end = (start + size as f64 / core_bpc).max(sock_end);
-        let c = (end - start).ceil() as u64;
-        self.clocks_add(cpu, c);
-        self.ctr.other_cycles[cpu] += c;
-        self.ctr.clear_bytes[cpu] += size;
-        Ok(c)
+        Ok(self.clear_range(cpu, pa, size))
     }
 
     /// Charge `cpu` a nested page fault (#VMEXIT, KVM's handler, VMRUN).
     pub fn npf_exit(&mut self, cpu: usize) -> Result<u64> {
         self.check_cpu("cpu", cpu)?;
-        let c = self.cfg.snp.npf_exit as u64;
-        self.clocks_add(cpu, c);
-        self.ctr.other_cycles[cpu] += c;
-        Ok(c)
+        self.npf_exits(cpu, 1)
     }
 }

@@ -102,3 +102,64 @@ fn unmapping_the_direct_map_is_refused() {
     assert!(h.unmap(0, PAGE_OFFSET + 0x1000).is_err());
     assert_eq!(h.lookup_address(PAGE_OFFSET + 0x1000), Some(PageSize::M2));
 }
+
+#[test]
+fn a_split_direct_map_taxes_host_clears_and_kernel_data() {
+    let mut big = Host::preset("epyc-9755-2s", Some(64 << 30)).unwrap();
+    let mut split = Host::preset("epyc-9755-2s", Some(64 << 30)).unwrap();
+    split.direct_map_presplit();
+    let a = big.clear_pages(0, 2 << 30, 2 << 20).unwrap();
+    let b = split.clear_pages(0, 2 << 30, 2 << 20).unwrap();
+    assert_eq!(big.ctr.dm_walks[0], 1);
+    assert_eq!(split.ctr.dm_walks[0], 512);
+    let w4 = split.cfg.snp.dm_walk_4k as u64;
+    assert!(b > a && b - a >= 511 * w4 - 1 && b - a <= 512 * w4 + 1, "{a} {b}");
+    // kernel data: one walk per distinct leaf
+    let pa: Vec<u64> = (0..150u64).map(|i| (i % 50) * 4096 * 7 + (1 << 30)).collect();
+    assert_eq!(big.direct_map_walks(1, &pa).unwrap().0, 1);
+    assert_eq!(split.direct_map_walks(1, &pa).unwrap().0, 50);
+    // a page list clears the same as its pages one by one
+    let mut h1 = Host::preset("epyc-9755-2s", Some(64 << 30)).unwrap();
+    let mut h2 = Host::preset("epyc-9755-2s", Some(64 << 30)).unwrap();
+    h1.direct_map_presplit();
+    h2.direct_map_presplit();
+    let pages: Vec<u64> = (0..8u64).map(|i| (3 << 30) + i * 8192).collect();
+    let l = h1.clear_page_list(0, &pages, PageSize::K4).unwrap();
+    let one: u64 = pages.iter().map(|&p| h2.clear_pages(0, p, 4096).unwrap()).sum();
+    assert_eq!(l, one, "4 KiB leaves: a walk per page either way");
+    assert!(h1.clear_page_list(0, &[4096 + 1], PageSize::K4).is_err());
+}
+
+#[test]
+fn a_busy_socket_slows_memory_bound_work() {
+    let mut h = Host::preset("epyc-9755-2s", Some(64 << 30)).unwrap();
+    let t = &h.topo;
+    let socket_of = |cpu: usize| t.ccd_socket[t.core_ccd[t.cpu_core[cpu] as usize] as usize];
+    let s0: Vec<usize> = (0..t.cpus).filter(|&c| socket_of(c) == 0).collect();
+    let other = (0..t.cpus).find(|&c| socket_of(c) == 1).unwrap();
+    assert_eq!(h.memory_factor(s0[0]).unwrap(), 1.0);
+    let idle = h.spend_memory_bound(s0[1], 10_000).unwrap();
+    assert_eq!(idle, 10_000);
+    // traffic the engine does not model step by step fills the socket's window
+    h.add_memory_traffic(s0[0], 60 << 20).unwrap();
+    let rho = h.socket_utilisation(s0[2]).unwrap();
+    assert!(rho > 0.3 && rho <= 0.95, "{rho}");
+    let beta = h.memory_factor(s0[2]).unwrap();
+    assert!(beta > 1.1, "{beta}");
+    assert!(h.spend_memory_bound(s0[2], 10_000).unwrap() > 10_000);
+    // a clear on the busy socket is slower than the same clear on the other one
+    let busy = h.clear_pages(s0[3], 0, 2 << 20).unwrap();
+    let calm = h.clear_pages(other, 2 << 20, 2 << 20).unwrap();
+    assert!(busy > calm, "{busy} {calm}");
+    assert_eq!(h.memory_factor(other).unwrap() < beta, true);
+}
+
+#[test]
+fn npf_exits_in_one_call() {
+    let mut h = host();
+    let c = h.npf_exits(2, 511).unwrap();
+    assert_eq!(c, 511 * h.cfg.snp.npf_exit as u64);
+    assert_eq!(h.ctr.npf_exits[2], 511);
+    h.npf_exit(2).unwrap();
+    assert_eq!(h.ctr.npf_exits[2], 512);
+}

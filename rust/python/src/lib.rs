@@ -1434,10 +1434,43 @@ impl PyHost {
         let c = self.cpu(cpu, "cpu")?;
         self.h.clear_pages(c, int_arg(pa, "pa", u64::MAX)?, size_arg(size, "size")?).map_err(verr)
     }
-    /// Charge `cpu` a nested page fault round trip. Returns cycles.
-    fn npf_exit(&mut self, cpu: &Bound<'_, PyAny>) -> PyResult<u64> {
+    /// Charge `cpu` `count` nested page fault round trips (one call). Returns cycles.
+    #[pyo3(signature = (cpu, count=None))]
+    fn npf_exit(&mut self, cpu: &Bound<'_, PyAny>, count: Option<&Bound<'_, PyAny>>) -> PyResult<u64> {
+        let n = opt_int(count, "count", u32::MAX as u64)?.unwrap_or(1);
         let c = self.cpu(cpu, "cpu")?;
-        self.h.npf_exit(c).map_err(verr)
+        self.h.npf_exits(c, n).map_err(verr)
+    }
+    /// Clear each page of `pa` (uint64; `page` "4K" or "2M") in order on `cpu`. Returns cycles.
+    #[pyo3(signature = (cpu, pa, page=None))]
+    fn clear_page_list(&mut self, cpu: &Bound<'_, PyAny>, pa: &Bound<'_, PyAny>, page: Option<&Bound<'_, PyAny>>) -> PyResult<u64> {
+        self.snp_clear_page_list(cpu, pa, page)
+    }
+    /// Kernel data at `pa` (uint64) reached through the direct map: (walks, cycles).
+    fn direct_map_walks(&mut self, cpu: &Bound<'_, PyAny>, pa: &Bound<'_, PyAny>) -> PyResult<(u64, u64)> {
+        self.snp_direct_map_walks(cpu, pa)
+    }
+    /// DRAM utilisation of `cpu`'s socket now, in [0, 0.95].
+    fn socket_utilisation(&self, cpu: &Bound<'_, PyAny>) -> PyResult<f64> {
+        let c = self.cpu(cpu, "cpu")?;
+        self.h.socket_utilisation(c).map_err(verr)
+    }
+    /// Memory-latency factor beta of `cpu`'s socket now (>= 1).
+    fn memory_factor(&self, cpu: &Bound<'_, PyAny>) -> PyResult<f64> {
+        let c = self.cpu(cpu, "cpu")?;
+        self.h.memory_factor(c).map_err(verr)
+    }
+    /// Count `bytes` of DRAM traffic from `cpu` (raises its socket's utilisation; free).
+    fn add_memory_traffic(&mut self, cpu: &Bound<'_, PyAny>, bytes: &Bound<'_, PyAny>) -> PyResult<()> {
+        let c = self.cpu(cpu, "cpu")?;
+        let b = size_arg(bytes, "bytes")?;
+        self.h.add_memory_traffic(c, b).map_err(verr)
+    }
+    /// Charge `cycles` of memory-bound work, times beta. Returns the cycles charged.
+    fn spend_memory_bound(&mut self, cpu: &Bound<'_, PyAny>, cycles: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let c = self.cpu(cpu, "cpu")?;
+        let n = int_arg(cycles, "cycles", u64::MAX >> 2)?;
+        self.h.spend_memory_bound(c, n).map_err(verr)
     }
 
     /// Bytes of TLB state of all cores.

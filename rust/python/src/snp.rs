@@ -78,4 +78,24 @@ impl PyHost {
     pub(crate) fn snp_cpu_idle<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<bool>> {
         PyArray1::from_slice(py, self.h.cpu_idle())
     }
+
+    pub(crate) fn snp_clear_page_list(&mut self, cpu: &Bound<'_, PyAny>, pa: &Bound<'_, PyAny>, page: Option<&Bound<'_, PyAny>>) -> PyResult<u64> {
+        let c = self.cpu(cpu, "cpu")?;
+        let size = match page {
+            Some(p) if !p.is_none() => crate::page_size_arg(p)?,
+            _ => sevsim_engine::paging::PageSize::K4,
+        };
+        let pa = array_arg::<u64>(pa, "pa", "uint64")?;
+        let mut owned = Vec::new();
+        let p = contiguous(&pa, &mut owned);
+        self.h.clear_page_list(c, p, size).map_err(verr)
+    }
+
+    pub(crate) fn snp_direct_map_walks(&mut self, cpu: &Bound<'_, PyAny>, pa: &Bound<'_, PyAny>) -> PyResult<(u64, u64)> {
+        let c = self.cpu(cpu, "cpu")?;
+        let pa = array_arg::<u64>(pa, "pa", "uint64")?;
+        let mut owned = Vec::new();
+        let p = contiguous(&pa, &mut owned);
+        self.h.direct_map_walks(c, p).map_err(verr)
+    }
 }
