@@ -9,7 +9,7 @@ import sys
 import pytest
 
 SEVSIM = [sys.executable, "-m", "sevsim.cli"]
-FAST = ["--set", "vm_memory=2MiB", "--set", "guest_accesses=4000", "--set", "neighbours=4",
+FAST = ["--set", "scale=small", "--set", "vm_memory=2MiB", "--set", "guest_accesses=4000", "--set", "neighbours=4",
         "--set", "neighbour_accesses=4096"]
 
 
@@ -29,7 +29,7 @@ def test_version_and_list():
 def test_list_a_scenario_prints_its_parameters_and_columns():
     r = run("list", "sev-teardown")
     assert r.returncode == 0, r.stderr
-    assert "vm_memory" in r.stdout and "= 16MiB" in r.stdout and "allowed: an integer in [1, 509]" in r.stdout
+    assert "vm_memory" in r.stdout and "= 64GiB" in r.stdout and "allowed: an integer in [1, 509]" in r.stdout
     assert "nb_extra_misses" in r.stdout and "teardown_cpu_us" in r.stdout
 
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 RUNS = [
-    ["sev-teardown", "--strategy", "wbnoinvd_ran_cpus,clflushopt_hva,none", "--set", "vm_memory=2MiB",
+    ["sev-teardown", "--strategy", "wbnoinvd_ran_cpus,clflushopt_hva,none", "--set", "scale=small", "--set", "vm_memory=2MiB",
      "--set", "neighbours=4", "--set", "guest_accesses=4000"],
     ["snp-notifier-storm", "--strategy", "clflushopt_hva,none", "--set", "vm_memory=2MiB", "--set", "neighbours=2",
      "--set", "epochs=2"],

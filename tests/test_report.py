@@ -20,7 +20,7 @@ SEVSIM = [sys.executable, "-m", "sevsim.cli"]
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-SMALL = ["--set", "neighbours=2", "--set", "guest_accesses=2000"]
+SMALL = ["--set", "scale=small", "--set", "neighbours=2", "--set", "guest_accesses=2000"]
 
 
 def run(*args):
