@@ -91,7 +91,7 @@ def test_config_file_round_trip(tmp_path):
 
 
 def test_storm_runs_from_the_cli(tmp_path):
-    r = run("run", "snp-notifier-storm", "--strategy", "clflushopt_pfn", "--set", "epochs=2",
+    r = run("run", "snp-notifier-storm", "--strategy", "clflushopt_pfn", "--set", "scale=small", "--set", "epochs=2",
             "--set", "neighbours=2", "--set", "vm_memory=2MiB", "--json", str(tmp_path / "s.json"))
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "s.json").read_text())["rows"][0]["verdict"] == "SAFE"

@@ -108,7 +108,7 @@ def test_teardown_on_a_host_without_sme_coherent():
     assert row(t, "vm_page_flush")["violations"] == 0
 
 
-STORM = dict(vm_memory="4MiB", neighbours=4, epochs=3, epoch_accesses=2048, events_per_epoch=4)
+STORM = dict(scale="small", vm_memory="4MiB", neighbours=4, epochs=3, epoch_accesses=2048, events_per_epoch=4)
 
 
 def test_storm_hva_flush_caught_when_mappings_are_gone_pfn_flush_clean():
@@ -359,3 +359,15 @@ def test_scale_small_is_the_scaled_down_default_and_explicit_values_win():
     t = scenarios.run("sev-teardown", strategies=["none"], scale="small", vcpus=16, vm_memory="2MiB",
                       guest_accesses=1000, neighbours=1)
     assert t.rows[0]["vcpus"] == 16 and t.rows[0]["memory"] == "64GiB"
+
+
+def test_storm_shared_setup_equals_a_fresh_setup_per_strategy():
+    from sevsim.scenarios import defaults, get, snp_notifier_storm
+
+    sc = get("snp-notifier-storm")
+    p = {**defaults(sc, STORM), **STORM}
+    names = ["wbinvd_all", "clflushopt_hva", "none"]
+    shared = snp_notifier_storm.run(strategies=names, seed=2, reps=1, share_setup=True, **p)
+    fresh = snp_notifier_storm.run(strategies=names, seed=2, reps=1, share_setup=False, **p)
+    assert shared.rows == fresh.rows and shared.violations == fresh.violations
+    assert any(r["verdict"] == "UNSAFE" for r in shared.rows)
