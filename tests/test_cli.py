@@ -9,7 +9,7 @@ import sys
 import pytest
 
 SEVSIM = [sys.executable, "-m", "sevsim.cli"]
-FAST = ["--set", "vm_memory=2MiB", "--set", "guest_accesses=4000", "--set", "neighbours=4",
+FAST = ["--set", "scale=small", "--set", "vm_memory=2MiB", "--set", "guest_accesses=4000", "--set", "neighbours=4",
         "--set", "neighbour_accesses=4096"]
 
 
@@ -29,7 +29,7 @@ def test_version_and_list():
 def test_list_a_scenario_prints_its_parameters_and_columns():
     r = run("list", "sev-teardown")
     assert r.returncode == 0, r.stderr
-    assert "vm_memory" in r.stdout and "= 16MiB" in r.stdout and "allowed: an integer in [1, 509]" in r.stdout
+    assert "vm_memory" in r.stdout and "= 64GiB" in r.stdout and "allowed: an integer in [1, 509]" in r.stdout
     assert "nb_extra_misses" in r.stdout and "teardown_cpu_us" in r.stdout
 
 
@@ -91,7 +91,7 @@ def test_config_file_round_trip(tmp_path):
 
 
 def test_storm_runs_from_the_cli(tmp_path):
-    r = run("run", "snp-notifier-storm", "--strategy", "clflushopt_pfn", "--set", "epochs=2",
+    r = run("run", "snp-notifier-storm", "--strategy", "clflushopt_pfn", "--set", "scale=small", "--set", "epochs=2",
             "--set", "neighbours=2", "--set", "vm_memory=2MiB", "--json", str(tmp_path / "s.json"))
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "s.json").read_text())["rows"][0]["verdict"] == "SAFE"

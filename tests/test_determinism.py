@@ -7,9 +7,9 @@ import sys
 import pytest
 
 RUNS = [
-    ["sev-teardown", "--strategy", "wbnoinvd_ran_cpus,clflushopt_hva,none", "--set", "vm_memory=2MiB",
+    ["sev-teardown", "--strategy", "wbnoinvd_ran_cpus,clflushopt_hva,none", "--set", "scale=small", "--set", "vm_memory=2MiB",
      "--set", "neighbours=4", "--set", "guest_accesses=4000"],
-    ["snp-notifier-storm", "--strategy", "clflushopt_hva,none", "--set", "vm_memory=2MiB", "--set", "neighbours=2",
+    ["snp-notifier-storm", "--strategy", "clflushopt_hva,none", "--set", "scale=small", "--set", "vm_memory=2MiB", "--set", "neighbours=2",
      "--set", "epochs=2"],
     ["nested-asid", "--set", "round_trips=100", "--set", "warmup_round_trips=10", "--set", "vcpus=2",
      "--set", "migrate_every=5"],

@@ -20,7 +20,7 @@ SEVSIM = [sys.executable, "-m", "sevsim.cli"]
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-SMALL = ["--set", "neighbours=2", "--set", "guest_accesses=2000"]
+SMALL = ["--set", "scale=small", "--set", "neighbours=2", "--set", "guest_accesses=2000"]
 
 
 def run(*args):
@@ -34,7 +34,7 @@ def page(tmp_path_factory):
     d = tmp_path_factory.mktemp("report")
     run("sweep", "sev-teardown", *SMALL, "--set", "vm_memory=2MiB,4MiB", "--strategy",
         "wbinvd_all,wbnoinvd_ran_cpus,clflushopt_hva,none", "--seeds", "0-1", "--out", str(d / "sweep"), "-q")
-    run("run", "snp-notifier-storm", "--set", "vm_memory=2MiB", "--set", "neighbours=2", "--set", "epochs=2",
+    run("run", "snp-notifier-storm", "--set", "scale=small", "--set", "vm_memory=2MiB", "--set", "neighbours=2", "--set", "epochs=2",
         "--set", "epoch_accesses=1000", "--strategy", "wbinvd_all,clflushopt_pfn,none", "--json", str(d / "storm.json"),
         "-q")
     # the columns of two scenarios to come (nested-asid, snp-pagein), as their rows would carry them

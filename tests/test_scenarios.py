@@ -8,7 +8,7 @@ import pytest
 from sevsim import scenarios
 from sevsim.kvm import AsidExhausted, ConfigError
 
-SMALL = dict(vm_memory="4MiB", guest_accesses=8000, neighbours=8, neighbour_accesses=8192)
+SMALL = dict(scale="small", vm_memory="4MiB", guest_accesses=8000, neighbours=8, neighbour_accesses=8192)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_teardown_on_a_host_without_sme_coherent():
     assert row(t, "vm_page_flush")["violations"] == 0
 
 
-STORM = dict(vm_memory="4MiB", neighbours=4, epochs=3, epoch_accesses=2048, events_per_epoch=4)
+STORM = dict(scale="small", vm_memory="4MiB", neighbours=4, epochs=3, epoch_accesses=2048, events_per_epoch=4)
 
 
 def test_storm_hva_flush_caught_when_mappings_are_gone_pfn_flush_clean():
@@ -332,3 +332,42 @@ def test_summary_over_repetitions_with_a_baseline():
         t.summary(["teardown_us"], baseline="nope")
     assert "ResultTable" in repr(t) and "teardown_us" in repr(t) and "nb_refill_us" not in repr(t)
     assert "<table>" in t._repr_html_() and "color:#b00020" not in t._repr_html_()
+
+
+def test_teardown_shared_setup_equals_a_fresh_setup_per_strategy():
+    """`run` prepares the pre-teardown state once and tears down a forked copy per strategy: the
+    rows, violation records and series must equal those of a fresh set-up for each strategy."""
+    from sevsim.scenarios import defaults, get, sev_teardown
+
+    sc = get("sev-teardown")
+    p = {**defaults(sc, SMALL), **SMALL}
+    names = ["wbinvd_all", "clflushopt_hva", "none"]
+    shared = sev_teardown.run(strategies=names, seed=5, reps=2, share_setup=True, **p)
+    fresh = sev_teardown.run(strategies=names, seed=5, reps=2, share_setup=False, **p)
+    assert shared.rows == fresh.rows and shared.series == fresh.series
+    assert shared.violations == fresh.violations and any(r["verdict"] == "UNSAFE" for r in shared.rows)
+
+
+def test_scale_small_is_the_scaled_down_default_and_explicit_values_win():
+    from sevsim.scenarios import defaults, get
+
+    sc = get("sev-teardown")
+    real = defaults(sc, {})
+    assert real["vm_memory"] == "64GiB" and real["vcpus"] == 16 and real["memory"] == "1.5TiB"
+    small = defaults(sc, {"scale": "small"})
+    assert small["vm_memory"] == "16MiB" and small["vcpus"] == 4 and small["memory"] == "64GiB"
+    t = scenarios.run("sev-teardown", strategies=["none"], scale="small", vcpus=16, vm_memory="2MiB",
+                      guest_accesses=1000, neighbours=1)
+    assert t.rows[0]["vcpus"] == 16 and t.rows[0]["memory"] == "64GiB"
+
+
+def test_storm_shared_setup_equals_a_fresh_setup_per_strategy():
+    from sevsim.scenarios import defaults, get, snp_notifier_storm
+
+    sc = get("snp-notifier-storm")
+    p = {**defaults(sc, STORM), **STORM}
+    names = ["wbinvd_all", "clflushopt_hva", "none"]
+    shared = snp_notifier_storm.run(strategies=names, seed=2, reps=1, share_setup=True, **p)
+    fresh = snp_notifier_storm.run(strategies=names, seed=2, reps=1, share_setup=False, **p)
+    assert shared.rows == fresh.rows and shared.violations == fresh.violations
+    assert any(r["verdict"] == "UNSAFE" for r in shared.rows)

@@ -7,7 +7,7 @@ import pytest
 
 from sevsim import Host, scenarios
 
-FAST = dict(vm_memory="2MiB", neighbours=2, guest_accesses=2000)
+FAST = dict(scale="small", vm_memory="2MiB", neighbours=2, guest_accesses=2000)
 
 
 def test_series_around_a_teardown():

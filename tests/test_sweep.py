@@ -12,9 +12,9 @@ import pytest
 from sevsim import scenarios, sweep
 
 SEVSIM = [sys.executable, "-m", "sevsim.cli"]
-SMALL = ["--set", "vm_memory=2MiB", "--set", "neighbours=2", "--set", "guest_accesses=2000"]
+SMALL = ["--set", "scale=small", "--set", "vm_memory=2MiB", "--set", "neighbours=2", "--set", "guest_accesses=2000"]
 #: cells of about half a second each, so that a sweep can be killed in the middle
-SLOW = ["--set", "vm_memory=2MiB", "--set", "neighbours=2", "--set", "guest_accesses=500000"]
+SLOW = ["--set", "scale=small", "--set", "vm_memory=2MiB", "--set", "neighbours=2", "--set", "guest_accesses=500000"]
 
 
 def run(*args, **kw):
@@ -54,7 +54,7 @@ def test_cell_id_is_stable_and_names_the_configuration():
 
     a = one(vm_memory="2MiB")
     assert a == one(vm_memory="2048KiB")  # the same size, however written
-    assert a == one(vm_memory="2MiB", vcpus=4)  # 4 is the default
+    assert a == one(vm_memory="2MiB", vcpus=16)  # 16 is the default
     assert a != one(vm_memory="4MiB") and a != one(vm_memory="2MiB", vcpus=8)
     # the same in another process (no per-process hash seed)
     code = ("from sevsim import sweep; print(sweep.make_grid('sev-teardown', sets=['vm_memory=2MiB'], "
@@ -123,7 +123,7 @@ def test_sweep_writes_one_file_per_cell_records_failures_and_resumes(tmp_path):
     assert {x["verdict"] for x in ok if x["strategy"] == "none"} == {"UNSAFE"}
     # the same numbers as the scenario run directly
     x = next(x for x in ok if x["strategy"] == "wbinvd_all" and x["seed"] == 1)
-    direct = scenarios.run("sev-teardown", strategies=["wbinvd_all"], seed=1, vm_memory="2MiB", neighbours=2,
+    direct = scenarios.run("sev-teardown", strategies=["wbinvd_all"], seed=1, scale="small", vm_memory="2MiB", neighbours=2,
                            guest_accesses=2000, vcpus=2).rows[0]
     assert x["teardown_us"] == direct["teardown_us"] and x["writebacks"] == direct["writebacks"]
     before = {f: (out / "cells" / f).read_bytes() for f in cell_files(out)}

@@ -226,7 +226,7 @@ def cmd_run(args) -> int:
     if baseline is not None and baseline not in strategies:
         raise CliError(f"--baseline {baseline!r} is not one of the strategies run: {', '.join(strategies)}")
     # every parameter checked, and every output path, before anything runs
-    merged = {k: p.default for k, p in sc.PARAMS.items()}
+    merged = scenarios.defaults(sc, params)
     for k, v in params.items():
         merged[k] = scenarios.coerce(sc, k, v)
     _check_output(args.json, "--json")

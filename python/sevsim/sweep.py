@@ -102,7 +102,7 @@ class Grid:
         names = list(self.axes)
         out, seen = [], set()
         for combo in itertools.product(*(self.axes[n] for n in names)):
-            merged = {k: p.default for k, p in sc.PARAMS.items()}
+            merged = scenarios.defaults(sc, dict(zip(names, combo)))
             merged.update(zip(names, combo))
             params = tuple(merged.items())
             for seed in self.seeds:

@@ -32,6 +32,15 @@ def coerce(scenario: ModuleType, name: str, value: Any) -> Any:
     return scenario.PARAMS[name].parse(name, value)
 
 
+def defaults(sc: ModuleType, given: dict[str, Any]) -> dict[str, Any]:
+    """Every parameter's default for a run given the parameters `given`: the PARAMS defaults, or,
+    where `given` has `scale=small` and the scenario a `SMALL` table, its scaled-down values."""
+    merged = {k: v.default for k, v in sc.PARAMS.items()}
+    if "scale" in given and getattr(sc, "SMALL", None) and coerce(sc, "scale", given["scale"]) == "small":
+        merged.update({k: coerce(sc, k, v) for k, v in sc.SMALL.items()})
+    return merged
+
+
 def run(name: str, *, strategies: str | Sequence[str] | None = None, seed: int = 0, reps: int = 1,
         progress: Callable[..., None] | None = None, **params: Any):
     """Run scenario `name` and return its ResultTable, one row per strategy x repetition.
@@ -46,7 +55,7 @@ def run(name: str, *, strategies: str | Sequence[str] | None = None, seed: int =
     for k in params:
         if k not in sc.PARAMS:
             raise ValueError(f"scenario {name} has no parameter {k!r}; valid: {', '.join(sc.PARAMS)}")
-    merged = {k: v.default for k, v in sc.PARAMS.items()}
+    merged = defaults(sc, params)
     merged.update({k: coerce(sc, k, v) for k, v in params.items()})
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")

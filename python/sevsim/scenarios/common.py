@@ -4,6 +4,8 @@ with their own memory and workloads, and measuring what a phase did to them."""
 from __future__ import annotations
 
 import gc
+import os
+import pickle
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +17,53 @@ from ..kvm import ConfigError, Kvm
 from ..workloads import Workload
 
 LINE = 64
+
+
+def can_fork() -> bool:
+    return hasattr(os, "fork")
+
+
+def shared_setup(prepare, finish):
+    """A `run_one(strategy, seed, rep, **params)` for `run_grid` that calls `prepare(strategy,
+    seed, **params)` once per seed and then, for each strategy, `finish(state, strategy, rep)` in
+    a forked child on a copy-on-write copy of that state, so that no strategy sees another's
+    teardown. For scenarios whose set-up does not depend on the strategy: the results equal
+    `finish(prepare(...))` per strategy. An exception in the child is raised in the parent."""
+    cache: dict = {}
+
+    def one(strategy, seed, rep, **params):
+        if cache.get("seed") != seed:
+            cache.clear()
+            gc.collect()
+            cache["state"] = prepare(strategy, seed, **params)
+            cache["seed"] = seed
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: tear down, send the result, leave without cleanup
+            os.close(r)
+            try:
+                out = ("ok", finish(cache["state"], strategy, rep))
+            except BaseException as e:  # noqa: BLE001 - handed to the parent
+                out = ("error", e)
+            try:
+                data = pickle.dumps(out)
+            except Exception as e:  # an unpicklable exception: its text
+                data = pickle.dumps(("error", RuntimeError(f"{type(e).__name__}: {out[1]!r}")))
+            with os.fdopen(w, "wb") as f:
+                f.write(data)
+            os._exit(0)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            data = f.read()
+        os.waitpid(pid, 0)
+        if not data:
+            raise RuntimeError(f"strategy {strategy}: the teardown's process died without a result")
+        kind, value = pickle.loads(data)
+        if kind == "error":
+            raise value
+        return value
+
+    return one
 
 
 def first_threads_by_ccd(host: Host) -> list[list[int]]:

@@ -38,7 +38,11 @@ SOURCE = "KVM: SEV: Prefer WBNOINVD over WBINVD for cache maintenance efficiency
 
 PARAMS = {
     "preset": Text("epyc-9755-2s", "host preset", check=check_preset),
-    "memory": Size("64GiB", "host memory (the VMs' footprints are scaled down from a real host's)", lo=64 << 20),
+    "scale": Choice("real", "real: real footprints on the preset's whole memory (2 x 64 GiB VMs of 16 vCPUs, "
+                            "neighbours whose working sets fill their caches); small: the scaled-down "
+                            "configuration (16 MiB VMs of 4 vCPUs, 512 KiB neighbours, 64 GiB host) for quick "
+                            "runs (the values in SMALL). Parameters given explicitly win over either", ("real", "small")),
+    "memory": Size("1.5TiB", "host memory (the preset's 1.5 TiB)", lo=64 << 20),
     "sme_coherent": OptBool("override the preset's SME_COHERENT (none: the preset's)"),
     "vms": Int(2, "number of SEV VMs torn down", lo=1, hi=509),
     "vm_type": Choice("sev-es", "the VMs' type", ("sev", "sev-es", "snp")),
@@ -47,16 +51,23 @@ PARAMS = {
                        "shared, CLFLUSH by PFN), not through the strategy"),
     "gmem_huge": Bool(False, "with snp: guest_memfd backed by 2 MiB folios (2 MiB RMP entries, out-of-tree "
                              "hugetlb guest_memfd); by default 4 KiB folios, as upstream"),
-    "vcpus": Int(4, "vCPUs per VM, each pinned to its own core", lo=1),
-    "vm_memory": Size("16MiB", "guest memory per VM (a multiple of 4 KiB)", lo=4096),
-    "guest_accesses": Int(50_000, "accesses each vCPU makes before the teardown (30% writes)", lo=0),
+    "vcpus": Int(16, "vCPUs per VM, each pinned to its own core", lo=1),
+    "vm_memory": Size("64GiB", "guest memory per VM (a multiple of 4 KiB)", lo=4096),
+    # 100,000 random lines over 64 GiB are 1.2x a vCPU's share of the caches it runs on on the
+    # 9755 preset: its L2's 16,384 lines and an eighth of its CCD's 524,288-line L3
+    "guest_accesses": Int(100_000, "accesses each vCPU makes before the teardown (uniform random over the VM, "
+                                   "30% writes); the default fills the caches the vCPUs run on", lo=0),
     "vcpu_migrations": Int(0, "times each vCPU moves to another free core while it runs (have_run_cpus grows)", lo=0),
     "neighbours": Int(16, "neighbour tenants, one core each, on other CCDs", lo=0),
     "neighbour_workload": Text("working-set", "working-set, streaming, random, zipf[:ALPHA] or trace:PATH",
                                check=check_workload),
-    "neighbour_memory": Size("512KiB", "each neighbour's footprint", lo=64),
-    "neighbour_accesses": Int(16_384, "accesses per neighbour in the baseline phase", lo=1),
-    "reuse_fraction": Float(0.125, "fraction of the freed lines the host writes when it reuses the memory", 0.0, 1.0),
+    # 24 MiB swept over and over stays in a core's 1 MiB L2 and its CCD's 32 MiB victim L3 (one
+    # neighbour per CCD by default): caches full of the neighbour's lines, all hits when steady
+    "neighbour_memory": Size("24MiB", "each neighbour's footprint (the default fills its L2 and its CCD's L3)", lo=64),
+    "neighbour_accesses": Int(98_304, "accesses per neighbour in the baseline phase", lo=1),
+    "reuse_memory": Size("1GiB", "how much of the freed memory the host reuses at once (the page allocator hands "
+                                 "out the most recently freed pages first); all of it if less was freed", lo=0),
+    "reuse_fraction": Float(0.125, "fraction of the lines of each reused page the host writes", 0.0, 1.0),
     "min_sev_asid": Int(100, "CPUID 0x8000001F EDX: first plain-SEV ASID; ES/SNP use 1..min_sev_asid-1", 1, 1024),
     "max_sev_asid": Int(1006, "CPUID 0x8000001F ECX: last SEV ASID ([MEM] ~1006 on Genoa/Turin, unverified)",
                         1, 1023),
@@ -111,16 +122,40 @@ LEGEND = {
 }
 
 
-def run(*, strategies, seed, reps, progress=None, **p) -> ResultTable:
+#: whether `run` shares the set-up between strategies (None: where the OS can fork)
+SHARE_SETUP: bool | None = None
+
+#: the scaled-down configuration (`scale=small`): what the defaults were before real footprints
+SMALL = {"memory": "64GiB", "vcpus": 4, "vm_memory": "16MiB", "guest_accesses": 50_000,
+         "neighbour_memory": "512KiB", "neighbour_accesses": 16_384, "reuse_memory": "1GiB"}
+
+
+def run(*, strategies, seed, reps, progress=None, share_setup: bool | None = None, **p) -> ResultTable:
+    """`share_setup`: prepare the pre-teardown state once per repetition and tear down a forked
+    copy of it for each strategy (the default where the OS can fork); the rows are the same as
+    from a fresh set-up per strategy (`share_setup=False`), since nothing before the teardown
+    depends on the strategy and everything is seeded."""
+    if share_setup is None:
+        share_setup = SHARE_SETUP if SHARE_SETUP is not None else common.can_fork() and len(strategies) > 1
+    one = common.shared_setup(prepare, finish) if share_setup else run_one
     title = (f"{NAME}: {p['vms']} x {p['vm_type']} VM ({p['vcpus']} vCPUs, {p['vm_memory']}) "
              f"torn down next to {p['neighbours']} neighbours on {p['preset']}")
-    return common.run_grid(title, run_one, strategies=strategies, seed=seed, reps=reps, progress=progress,
+    return common.run_grid(title, one, strategies=strategies, seed=seed, reps=reps, progress=progress,
                            scenario=NAME, legend=LEGEND, shown=SUMMARY_COLUMNS, **p)
 
 
-def run_one(strategy: str, seed: int, rep: int, *, preset, memory, sme_coherent, vms, vm_type, vcpus, vm_memory,
+def run_one(strategy: str, seed: int, rep: int, **p):
+    """One strategy from scratch: the set-up, then the teardown and what follows."""
+    return finish(prepare(strategy, seed, **p), strategy, rep)
+
+
+def prepare(strategy: str, seed: int, *, preset, memory, sme_coherent, vms, vm_type, vcpus, vm_memory,
             guest_accesses, vcpu_migrations, neighbours, neighbour_workload, neighbour_memory, neighbour_accesses,
-            reuse_fraction, min_sev_asid, max_sev_asid, recycle_asids, snp=False, gmem_huge=False):
+            reuse_fraction, min_sev_asid, max_sev_asid, recycle_asids, snp=False, gmem_huge=False,
+            reuse_memory="1GiB", scale="real") -> dict:
+    """Everything before the teardown: the host, the VMs and the neighbours, run until steady.
+    None of it depends on the strategy (KVM consults it only from the unregister on), so
+    `run` prepares once per seed and tears down a copy for each strategy."""
     rng = np.random.default_rng(seed)
     host = Host.from_preset(preset, memory=memory, sme_coherent=sme_coherent)
     if vm_type == "snp" and not host.features["snp"]:
@@ -176,11 +211,25 @@ def run_one(strategy: str, seed: int, rep: int, *, preset, memory, sme_coherent,
     before = common.neighbour_stats(host, s0, s1)
     base = common.group_stats(host, s0, s1)
 
+    return dict(locals())
+
+
+def finish(ctx: dict, strategy: str, rep: int):
+    """The teardown with `strategy`, the host's reuse of the memory and the neighbours' recovery,
+    on a prepared state (`prepare`); returns the row, the violation records and the time series."""
+    from ..kvm import get_strategy
+
+    host, kvm, steps, guests, nbs, rng = (ctx[k] for k in ("host", "kvm", "steps", "guests", "nbs", "rng"))
+    nb_cpus, nb_window, hit_before, warm, steady = (ctx[k] for k in ("nb_cpus", "nb_window", "hit_before", "warm",
+                                                                      "steady"))
+    before, base, vcpus, reuse_memory, reuse_fraction, seed, s1 = (ctx[k] for k in (
+        "before", "base", "vcpus", "reuse_memory", "reuse_fraction", "seed", "s1"))
+    kvm.strategy = get_strategy(strategy)
     # the teardown, from the initiating CPU
     clocks0 = host.clocks.astype(np.int64)
     c0 = host.counters
     init = kvm.initiator
-    freed = []
+    n_freed = 0  # pages the teardown gives back to the host
     flush = {"steps": [], "t": [], "cycles": [c0["flush_cycles"].astype(np.int64)]}  # per-CPU flush timeline
 
     def flushed(step):
@@ -193,8 +242,7 @@ def run_one(strategy: str, seed: int, rep: int, *, preset, memory, sme_coherent,
         for v in range(vcpus):
             kvm.vcpu_put(vm, v)
         flushed(f"vcpu_put {vm.name}")
-        freed.append(vm.pages.copy())
-        freed.append(np.asarray(vm.vmsa, dtype=np.uint64))
+        n_freed += len(vm.pages) + len(vm.vmsa)
         if vm.regions:  # SEV/SEV-ES pinned memory; SNP's is guest_memfd's, freed at destroy
             steps.mark(f"sev_mem_enc_unregister_region {vm.name}")
             kvm.sev_mem_enc_unregister_region(vm, 0)
@@ -207,9 +255,11 @@ def run_one(strategy: str, seed: int, rep: int, *, preset, memory, sme_coherent,
     teardown_init = int(clocks1[init] - clocks0[init])
     teardown_total = int((clocks1 - clocks0).sum())
 
-    # the host reuses the memory at once (the page allocator hands it out and it is written)
+    # the host reuses the memory at once: the page allocator hands out the most recently freed
+    # pages first (HostMemory, as the per-CPU free lists do) and they are written
     steps.mark("host reuses the freed memory")
-    pages = np.concatenate(freed) if freed else np.zeros(0, np.uint64)
+    n_reuse = min(n_freed, size(reuse_memory, "reuse_memory") // 4096)
+    pages = kvm.mem.alloc(n_reuse) if n_reuse else np.zeros(0, np.uint64)
     if len(pages) and reuse_fraction > 0:
         per_page = max(1, int(round(64 * reuse_fraction)))
         lines = (pages[:, None] + np.arange(per_page, dtype=np.uint64)[None, :] * np.uint64(64 * (64 // per_page)))

@@ -47,7 +47,7 @@ from ..results import ResultTable  # noqa: F401 (the return type)
 from ..workloads import make as make_workload
 from . import common
 from .common import size
-from .params import Bool, Float, Int, OptBool, Size, Text, check_preset, check_workload
+from .params import Bool, Choice, Float, Int, OptBool, Size, Text, check_preset, check_workload
 
 NAME = "snp-notifier-storm"
 SUMMARY = "MMU-notifier storms (AutoNUMA/KSM) against SEV and SNP guests: guest cost, neighbour cost, safety"
@@ -64,21 +64,31 @@ def _check_types(v: str) -> str | None:
 
 PARAMS = {
     "preset": Text("epyc-9755-2s", "host preset", check=check_preset),
-    "memory": Size("64GiB", "host memory", lo=64 << 20),
+    "scale": Choice("real", "real: real footprints on the preset's whole memory (an SEV-ES and an SNP guest of "
+                            "64 GiB and 16 vCPUs, neighbours whose working sets fill their caches); small: the "
+                            "scaled-down configuration (16 MiB guests of 4 vCPUs, 512 KiB neighbours, 64 GiB "
+                            "host; the values in SMALL). Parameters given explicitly win over either",
+                    ("real", "small")),
+    "memory": Size("1.5TiB", "host memory (the preset's 1.5 TiB)", lo=64 << 20),
     "sme_coherent": OptBool("override the preset's SME_COHERENT (none: the preset's)"),
     "vm_types": Text("sev-es,snp", "comma-separated types of the guests, one VM each", check=_check_types),
-    "vcpus": Int(4, "vCPUs per VM, each pinned to its own core", lo=1),
-    "vm_memory": Size("16MiB", "guest memory per VM (a multiple of 4 KiB)", lo=4096),
+    "vcpus": Int(16, "vCPUs per VM, each pinned to its own core", lo=1),
+    "vm_memory": Size("64GiB", "guest memory per VM (a multiple of 4 KiB)", lo=4096),
     "guest_workload": Text("random", "the guests' workload (working-set, streaming, random, zipf[:A], trace:PATH)",
                            check=check_workload),
     "neighbours": Int(16, "neighbour tenants, one core each, on other CCDs", lo=0),
     "neighbour_workload": Text("working-set", "the neighbours' workload", check=check_workload),
-    "neighbour_memory": Size("512KiB", "each neighbour's footprint", lo=64),
+    # 24 MiB swept over and over stays in a core's 1 MiB L2 and its CCD's 32 MiB victim L3 (one
+    # neighbour per CCD by default): caches full of the neighbour's lines
+    "neighbour_memory": Size("24MiB", "each neighbour's footprint (the default fills its L2 and its CCD's L3)", lo=64),
     "epochs": Int(6, "measured epochs in each phase (quiet, storm)", lo=1),
-    "epoch_accesses": Int(4_096, "accesses per vCPU and per neighbour in an epoch", lo=1),
+    "epoch_accesses": Int(49_152, "accesses per vCPU and per neighbour in an epoch (the default: an eighth of a "
+                                  "neighbour's sweep)", lo=1),
     "max_warmup_epochs": Int(200, "warm-up epochs at most, while waiting for every party's steady state", lo=0),
     "events_per_epoch": Int(4, "notifier invalidations per epoch during the storm", lo=0),
-    "pages_per_event": Int(8, "4 KiB guest pages per invalidation (a NUMA-balancing scan chunk)", lo=1),
+    # NUMA balancing migrates a PMD-mapped THP as one 2 MiB folio (migrate_misplaced_folio(),
+    # mm/migrate.c); guest RAM is commonly THP-backed. sevsim picks the pages at random in the VM
+    "pages_per_event": Int(512, "4 KiB guest pages per invalidation (512: a 2 MiB THP folio's worth)", lo=1),
     "free_fraction": Float(0.5, "fraction of invalidations that migrate the pages (AutoNUMA: the old pages are "
                                 "freed; pinned SEV memory cannot move); the rest only change the mapping, like a "
                                 "NUMA hinting scan", 0.0, 1.0),
@@ -93,6 +103,14 @@ PARAMS = {
                                       "an SNP guest per storm epoch (sev_gmem_invalidate: RMP, CLFLUSH by PFN)", lo=0),
 }
 DEFAULT_STRATEGIES = ["wbinvd_all", "wbnoinvd_ran_cpus", "clflushopt_hva", "clflushopt_pfn", "none"]
+
+#: the scaled-down configuration (`scale=small`): what the defaults were before real footprints
+SMALL = {"memory": "64GiB", "vcpus": 4, "vm_memory": "16MiB", "neighbour_memory": "512KiB", "epoch_accesses": 4_096,
+         "pages_per_event": 8}
+
+#: whether `run` shares the set-up (warm-up and quiet phase) between strategies (None: where the
+#: OS can fork and more than one strategy runs)
+SHARE_SETUP: bool | None = None
 
 SUMMARY_COLUMNS = ["strategy", "rep", "events", "notifier_us_per_event", "writebacks", "guest_tput_quiet",
                    "guest_tput_storm", "guest_lost_us_per_event", "nb_hit_quiet", "nb_hit_storm",
@@ -144,10 +162,16 @@ LEGEND = {
 }
 
 
-def run(*, strategies, seed, reps, progress=None, **p) -> ResultTable:
+def run(*, strategies, seed, reps, progress=None, share_setup: bool | None = None, **p) -> ResultTable:
+    """`share_setup`: warm up and run the quiet phase once per repetition and run the storm on a
+    forked copy for each strategy (the default where the OS can fork and several strategies run);
+    the rows equal those of a fresh set-up per strategy (`share_setup=False`)."""
     title = (f"{NAME}: {p['vm_types']} guests under {p['events_per_epoch']} invalidations/epoch "
              f"of {p['pages_per_event']} pages, {p['neighbours']} neighbours on {p['preset']}")
-    return common.run_grid(title, run_one, strategies=strategies, seed=seed, reps=reps, progress=progress,
+    if share_setup is None:
+        share_setup = SHARE_SETUP if SHARE_SETUP is not None else common.can_fork() and len(strategies) > 1
+    one = common.shared_setup(prepare, finish) if share_setup else run_one
+    return common.run_grid(title, one, strategies=strategies, seed=seed, reps=reps, progress=progress,
                            scenario=NAME, legend=LEGEND, shown=SUMMARY_COLUMNS, **p)
 
 
@@ -157,10 +181,18 @@ def _lost(host: Host, quiet: dict, storm: dict) -> float:
     return float((storm["cycles"] - q * storm["accesses"]).sum())
 
 
-def run_one(strategy: str, seed: int, rep: int, *, preset, memory, sme_coherent, vm_types, vcpus, vm_memory,
+def run_one(strategy: str, seed: int, rep: int, **p):
+    """One strategy from scratch: the set-up and quiet phase, then the storm."""
+    return finish(prepare(strategy, seed, **p), strategy, rep)
+
+
+def prepare(strategy: str, seed: int, *, preset, memory, sme_coherent, vm_types, vcpus, vm_memory,
             guest_workload, neighbours, neighbour_workload, neighbour_memory, epochs, epoch_accesses,
             max_warmup_epochs, events_per_epoch, pages_per_event, free_fraction, unmapped_fraction, snp=False,
-            gmem_huge=False, gmem_discards_per_epoch=0):
+            gmem_huge=False, gmem_discards_per_epoch=0, scale="real") -> dict:
+    """The host, the guests and the neighbours, warmed up until steady, and the quiet phase. None
+    of it depends on the strategy (KVM consults it only in the notifier's reclaim hook), so `run`
+    prepares once per seed and runs the storm on a copy for each strategy."""
     rng = np.random.default_rng(seed)
     types = [VmType(t.strip()) for t in str(vm_types).split(",") if t.strip()]
     if gmem_discards_per_epoch and not (snp and VmType.SNP in types):
@@ -235,17 +267,40 @@ def run_one(strategy: str, seed: int, rep: int, *, preset, memory, sme_coherent,
         steps.mark("host reuses the freed pages")
         host.access(kvm.initiator, freed.astype(np.uint64), True, 0)
 
-    # warm-up: the guests touch all their memory (each vCPU its share), then every party runs
-    # until its hit rate and throughput are steady
+    # warm-up: the guests touch their memory (each vCPU its share: all of it, or, in a guest
+    # larger than that, 1.25 times what fills the caches the vCPU runs on, its L2 and its part of
+    # its CCD's L3, spread over the share), then every party runs until its hit rate and
+    # throughput are steady
     steps.mark("warm-up")
+    geo = host.caches
+    per_ccd = max(1, host.core_count // host.ccd_count)
+    fill = int(1.25 * (geo["l2"]["size"] + geo["l3"]["size"] // per_ccd) // 64)
     for vm, cpus in zip(guests, vm_cpus):
-        lines = np.arange(0, vm.memory, 64, dtype=np.uint64)
+        n_lines = vm.memory // 64
         for v, cpu in enumerate(cpus):
-            share = lines[v::len(cpus)]
+            mine = (n_lines - v + len(cpus) - 1) // len(cpus)  # lines v, v + len(cpus), ...
+            k = np.arange(mine, dtype=np.uint64) if mine <= fill else np.sort(
+                rng.choice(mine, size=fill, replace=False)).astype(np.uint64)
+            share = (k * np.uint64(len(cpus)) + np.uint64(v)) * np.uint64(64)
             kvm.vcpu_run(vm, v, cpu, share, rng.random(len(share)) < 0.3)
+    # at least one whole sweep of a neighbour's working set first: during its first, cold sweep a
+    # neighbour misses at a steady rate that is not its steady state
+    first_sweep = -(-(nb_mem // 64) // epoch_accesses) if nbs and neighbour_workload == "working-set" else 2
     warm, steady = common.warm_until_steady(host, epoch, {"guests": all_vcpu_cpus, "neighbours": nb_cpus},
+                                            min_epochs=max(2, first_sweep),
                                             max_epochs=max_warmup_epochs)
     quiet = phase(storm=False)
+    return dict(locals())
+
+
+def finish(ctx: dict, strategy: str, rep: int):
+    """The storm with `strategy` on a prepared state (`prepare`); returns the row and records."""
+    from ..kvm import get_strategy
+
+    host, kvm, steps, phase, quiet, nbs, seed = (ctx[k] for k in ("host", "kvm", "steps", "phase", "quiet", "nbs",
+                                                                  "seed"))
+    warm, steady = ctx["warm"], ctx["steady"]
+    kvm.strategy = get_strategy(strategy)
     w0, k0 = host.counters, dict(kvm.stats)
     storm = phase(storm=True)
     w1 = host.counters

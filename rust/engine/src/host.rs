@@ -592,7 +592,7 @@ impl Host {
         self.ctr.l2_misses[cpu] += 1;
         // does this core hold other keys' aliases of the line? (only an SME_COHERENT host cares)
         let own_alias = self.cfg.features.sme_coherent && any2 != 0;
-        if !own_alias && self.solo(core) {
+        if !own_alias && self.solo_for(core, x) {
             if let Some(l) = self.miss_solo::<W1, W2, W3>(cpu, core, x, key, write) {
                 return l;
             }
@@ -612,6 +612,19 @@ impl Host {
             return false;
         }
         self.topo.ccd_cores(ccd).all(|c| c == core || self.l2.valid[c] == 0)
+    }
+
+    /// Is `core` the only agent that can hold line `x`: `solo`, or, with the directory on, no
+    /// other core of its CCD has anything cached and the directory names no other CCD for `x`?
+    /// Then the general search (`collect`) could only find the CCD's own L3 copy, which the solo
+    /// path looks at. (The directory's mask is a superset of the CCDs holding `x`.)
+    #[inline(always)]
+    fn solo_for(&self, core: usize, x: u64) -> bool {
+        if !self.dir_active {
+            return self.solo(core);
+        }
+        let ccd = self.topo.core_ccd[core] as usize;
+        self.dir.get(x) & !(1u64 << ccd) == 0 && self.topo.ccd_cores(ccd).all(|c| c == core || self.l2.valid[c] == 0)
     }
 
     /// The private-cache miss of a solo core: the same outcome as `miss`, without the general
