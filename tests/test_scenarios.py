@@ -334,16 +334,22 @@ def test_summary_over_repetitions_with_a_baseline():
     assert "<table>" in t._repr_html_() and "color:#b00020" not in t._repr_html_()
 
 
-def test_teardown_shared_setup_equals_a_fresh_setup_per_strategy():
-    """`run` prepares the pre-teardown state once and tears down a forked copy per strategy: the
-    rows, violation records and series must equal those of a fresh set-up for each strategy."""
-    from sevsim.scenarios import defaults, get, sev_teardown
+@pytest.mark.parametrize("name, module, small, seed, reps", [
+    ("sev-teardown", "sev_teardown", SMALL, 5, 2),
+    ("snp-notifier-storm", "snp_notifier_storm", STORM, 2, 1),
+])
+def test_shared_setup_equals_a_fresh_setup_per_strategy(name, module, small, seed, reps):
+    """`run` prepares the pre-teardown (pre-storm) state once and gives each strategy a forked
+    copy: the rows, violation records and series must equal those of a fresh set-up per strategy."""
+    import importlib
 
-    sc = get("sev-teardown")
-    p = {**defaults(sc, SMALL), **SMALL}
+    from sevsim.scenarios import defaults, get
+
+    run = importlib.import_module(f"sevsim.scenarios.{module}").run
+    p = {**defaults(get(name), small), **small}
     names = ["wbinvd_all", "clflushopt_hva", "none"]
-    shared = sev_teardown.run(strategies=names, seed=5, reps=2, share_setup=True, **p)
-    fresh = sev_teardown.run(strategies=names, seed=5, reps=2, share_setup=False, **p)
+    shared = run(strategies=names, seed=seed, reps=reps, share_setup=True, **p)
+    fresh = run(strategies=names, seed=seed, reps=reps, share_setup=False, **p)
     assert shared.rows == fresh.rows and shared.series == fresh.series
     assert shared.violations == fresh.violations and any(r["verdict"] == "UNSAFE" for r in shared.rows)
 
@@ -361,13 +367,3 @@ def test_scale_small_is_the_scaled_down_default_and_explicit_values_win():
     assert t.rows[0]["vcpus"] == 16 and t.rows[0]["memory"] == "64GiB"
 
 
-def test_storm_shared_setup_equals_a_fresh_setup_per_strategy():
-    from sevsim.scenarios import defaults, get, snp_notifier_storm
-
-    sc = get("snp-notifier-storm")
-    p = {**defaults(sc, STORM), **STORM}
-    names = ["wbinvd_all", "clflushopt_hva", "none"]
-    shared = snp_notifier_storm.run(strategies=names, seed=2, reps=1, share_setup=True, **p)
-    fresh = snp_notifier_storm.run(strategies=names, seed=2, reps=1, share_setup=False, **p)
-    assert shared.rows == fresh.rows and shared.violations == fresh.violations
-    assert any(r["verdict"] == "UNSAFE" for r in shared.rows)

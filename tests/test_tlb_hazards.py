@@ -10,6 +10,12 @@ import sevsim
 VA = 0x400000
 
 
+
+def remap(h, table, addr, target):
+    """Point `addr` of `table` at `target` (an edit: no TLB is touched)."""
+    h.unmap(table, addr)
+    h.map(table, addr, target)
+
 def svm_guest(h, asid, hpa, vm, gpa=0x1000):
     gt = h.create_table("guest")
     h.map(gt, VA, gpa)
@@ -415,10 +421,8 @@ def test_a_stale_l2_entry_after_an_npt12_edit_is_caught_even_with_the_shadow_syn
     h.map(gt, VA2, 0x1000)
     enter(h, l2)
     assert h.translate(0, VA) == (0x30000, 0)
-    h.unmap(npt12, 0x1000)
-    h.map(npt12, 0x1000, 0x6000)
-    h.unmap(npt02, 0x1000)
-    h.map(npt02, 0x1000, 0x40000)
+    remap(h, npt12, 0x1000, 0x6000)
+    remap(h, npt02, 0x1000, 0x40000)
     enter(h, l2)
     assert h.translate(0, VA) == (0x30000, 0)
     assert h.translate(0, VA2) == (0x30000, 0)  # second stage from the kept guest-physical entry
@@ -434,10 +438,8 @@ def test_an_npt01_edit_under_l2_memory_is_judged_through_the_chain():
     npt01 = h.context(l2)["nested01"]
     enter(h, l2)
     h.translate(0, VA)
-    h.unmap(npt01, 0x5000)
-    h.map(npt01, 0x5000, 0x50000)
-    h.unmap(npt02, 0x1000)
-    h.map(npt02, 0x1000, 0x50000)
+    remap(h, npt01, 0x5000, 0x50000)
+    remap(h, npt02, 0x1000, 0x50000)
     enter(h, l2)
     assert h.translate(0, VA) == (0x30000, 0)
     assert [(v.cause, v.true_pa) for v in h.violations] == [("stale_translation", 0x50000)]
