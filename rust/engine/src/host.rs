@@ -171,13 +171,6 @@ impl<'a, T: Copy> Col<'a, T> {
             Col::Each(s) => Some(s.len()),
         }
     }
-    /// Elements `a..b` (a scalar stays itself).
-    pub fn slice(&self, a: usize, b: usize) -> Col<'a, T> {
-        match *self {
-            Col::One(v) => Col::One(v),
-            Col::Each(s) => Col::Each(&s[a..b]),
-        }
-    }
 }
 
 pub(crate) const NONE: usize = usize::MAX;

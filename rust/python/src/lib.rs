@@ -559,6 +559,8 @@ impl PyHost {
         let n = addr_s.len();
         let mut levels = if return_levels { vec![0u8; n] } else { Vec::new() };
         let h = &mut self.h;
+        // the whole batch is checked before any chunk runs (nothing runs if an argument is bad);
+        // each chunk is checked again on its copy, which only fails if the arrays changed meanwhile
         h.check_access_batch(&cpu_s, addr_s, &write_s, &key_s, return_levels.then_some(n)).map_err(verr)?;
         let mut by_level = [0u64; 7];
         let mut i = 0;
