@@ -1,0 +1,115 @@
+"""A kernel lock in simulated time: a mutex or a reader/writer lock, with wait and hold
+accounting.
+
+A request at time t is granted at the earliest time the lock allows, and the caller says when
+it let go. Requests made at the start of a driver step arrive in simulated-time order
+(driver.py); requests made later in a step (nested locks) may not, see Lock.
+
+Reader/writer semantics follow the kernel's queued rwlock (include/asm-generic/qrwlock.h,
+kernel/locking/qrwlock.c: a waiting writer makes later readers queue behind it, i.e. writer-fair)
+and rw_semaphore's handoff (kernel/locking/rwsem.c): a writer waits for every reader admitted
+before it; a reader arriving after a writer waits for that writer. Readers overlap each other.
+A mutex is a writer-only lock. Waiters are served in arrival order (FIFO): the kernel's qspinlock
+and mutex handoff are FIFO-like under contention [assumed for mutex optimistic spinning].
+"""
+
+from __future__ import annotations
+
+
+class Lock:
+    """One lock. `kind` is "mutex" or "rw". Times are in cycles (floats).
+
+    A request at time t waits for every exclusive section asked for at or before t (FIFO), and
+    an exclusive request also for the shared sections running at t; a shared request waits for
+    no other reader. Sections asked for after t are not waited for, even when the driver
+    happened to process them first (a nested lock taken later in another thread's step): that
+    keeps waiting causal, at the price of an occasional overlap with such a future section."""
+
+    __slots__ = ("name", "kind", "ex", "readers", "acquisitions", "contended", "wait", "hold",
+                 "read_acquisitions", "read_wait", "_asked")
+
+    def __init__(self, name: str, kind: str = "mutex"):
+        if kind not in ("mutex", "rw"):
+            raise ValueError(f"lock {name!r}: kind = {kind!r} is not a lock kind; use \"mutex\" or \"rw\"")
+        self.name = name
+        self.kind = kind
+        self.ex: list[tuple[float, float]] = []        # (asked, end) of exclusive sections
+        self.readers: list[tuple[float, float]] = []   # (start, end) of shared sections
+        self.acquisitions = 0   # exclusive acquisitions
+        self.read_acquisitions = 0
+        self.contended = 0      # acquisitions (either kind) that waited
+        self.wait = 0.0         # cycles waited, exclusive
+        self.read_wait = 0.0    # cycles waited, shared
+        self.hold = 0.0         # cycles held exclusively
+        self._asked = None
+
+    def _after_writers(self, t: float) -> float:
+        # exclusive sections are granted one after another, so the latest one asked for at or
+        # before t ends last among those: scan back from the newest
+        ex = self.ex
+        if len(ex) > 64:
+            del ex[:32]
+        for i in range(len(ex) - 1, -1, -1):
+            a, e = ex[i]
+            if a <= t:
+                return e if e > t else t
+        return t
+
+    def acquire(self, t: float) -> float:
+        """Exclusive (mutex, or rw write) request at `t`: the time it is granted. The caller
+        must release() it before the next acquire()."""
+        if self._asked is not None:
+            raise RuntimeError(f"lock {self.name}: acquire() before the previous holder's release()")
+        start = self._after_writers(t)
+        rs = self.readers
+        if rs:
+            if len(rs) > 16:
+                del rs[:8]  # [assumed] no more than 8 shared sections overlap one request
+            for r0, r1 in rs:
+                if r1 > start and r0 <= t:
+                    start = r1
+        w = start - t
+        self.acquisitions += 1
+        if w > 0:
+            self.contended += 1
+            self.wait += w
+        self._asked = t
+        return start
+
+    def release(self, start: float, end: float) -> None:
+        """The exclusive holder that was granted at `start` lets go at `end`."""
+        if self._asked is None:
+            raise RuntimeError(f"lock {self.name}: release() without acquire()")
+        if end < start:
+            raise ValueError(f"lock {self.name}: release at {end} before the grant at {start}")
+        self.hold += end - start
+        self.ex.append((self._asked, end))
+        self._asked = None
+
+    def hold_for(self, t: float, cycles: float) -> tuple[float, float]:
+        """Acquire at `t`, hold for `cycles`: (granted, released)."""
+        s = self.acquire(t)
+        e = s + cycles
+        self.release(s, e)
+        return s, e
+
+    def read_for(self, t: float, cycles: float) -> tuple[float, float]:
+        """A shared (read) section of `cycles` asked for at `t`: (granted, released). Waits for
+        writers asked for at or before its time and not yet done (writer-fair)."""
+        if self.kind != "rw":
+            raise ValueError(f"lock {self.name} is a mutex: it has no shared mode")
+        start = self._after_writers(t)
+        w = start - t
+        self.read_acquisitions += 1
+        if w > 0:
+            self.contended += 1
+            self.read_wait += w
+        end = start + cycles
+        self.readers.append((start, end))
+        return start, end
+
+    def stats(self, freq_ghz: float) -> dict[str, float]:
+        """Counts and times in microseconds."""
+        us = 1.0 / (freq_ghz * 1e3)
+        return {"acquisitions": self.acquisitions + self.read_acquisitions, "contended": self.contended,
+                "wait_us": (self.wait + self.read_wait) * us, "hold_us": self.hold * us}
