@@ -43,11 +43,10 @@ def kvm_vm_set_mem_attributes(m, vm, tid: int, t: float, ngfn: int) -> float:
     m.sync(cpu, x)
     beta = host.memory_factor(cpu)
     per_gfn = c.attr_per_gfn * (1.0 - c.attr_memory_bound + c.attr_memory_bound * beta) * slow
-    # the kernel objects the call touches through the direct map (xarray nodes, slab, memslots)
-    k = max(1, min(len(m.kernel_data), round(c.attr_dm_pages_per_4m * ngfn / 1024)))
-    e0 = host.cycles(cpu)
-    host.direct_map_walks(cpu, m.kernel_data[:k])
-    x += (host.cycles(cpu) - e0) * slow
+    # the kernel objects the call touches through the direct map (xarray nodes, slab, memslots):
+    # one walk each at its leaf size (the engine's direct_map_walks() charge, computed here from
+    # the leaf sizes, which change only when a split happens)
+    x += m.kernel_walk_cycles(ngfn, beta) * slow
     x += ngfn * per_gfn / 2                       # xa_reserve loop
     x = kvm_mmu_lock_write(m, vm, x, c.mmu_write_section * slow)  # pre_set: invalidate_begin, zap
     x += ngfn * per_gfn / 2                       # xa_store loop

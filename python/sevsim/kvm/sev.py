@@ -706,12 +706,13 @@ class FolioMemory:
         self.state[pick] = self.MIXED
         self.mixed_free = np.where(pick, self.PER_BLOCK // 2, 0).astype(np.int16)
         self.node_lo = np.array([n * k // nodes for k in range(nodes)] + [n], dtype=np.int64)
-        self.cursor = self.node_lo[:-1].copy()  # lowest possibly-free block of each node
-        self.free_blocks = np.array([int(np.count_nonzero(self.state[self.node_lo[k]:self.node_lo[k + 1]] == self.FREE))
-                                     for k in range(nodes)], dtype=np.int64)
+        self.cursor = [int(x) for x in self.node_lo[:-1]]  # lowest possibly-free block of each node
+        self.free_blocks = [int(np.count_nonzero(self.state[self.node_lo[k]:self.node_lo[k + 1]] == self.FREE))
+                            for k in range(nodes)]
         used = np.where(self.state == self.USED, self.PER_BLOCK, 0) + np.where(pick, self.PER_BLOCK - self.mixed_free, 0)
-        self.used_pages = np.array([int(used[self.node_lo[k]:self.node_lo[k + 1]].sum()) for k in range(nodes)],
-                                   dtype=np.int64)
+        self.used_pages = [int(used[self.node_lo[k]:self.node_lo[k + 1]].sum()) for k in range(nodes)]
+        self.hi = [int(x) for x in self.node_lo[1:]]
+        self.npages = [self.node_pages(k) for k in range(nodes)]
         mixed = np.nonzero(pick)[0]
         self.mixed_order = [mixed[(mixed >= self.node_lo[k]) & (mixed < self.node_lo[k + 1])] for k in range(nodes)]
         for k in range(nodes):
@@ -725,15 +726,16 @@ class FolioMemory:
         return int(self.node_lo[node + 1] - self.node_lo[node]) * self.PER_BLOCK
 
     def utilisation(self, node: int) -> float:
-        return float(self.used_pages[node]) / self.node_pages(node)
+        return self.used_pages[node] / self.npages[node]
 
     def _take_free_block(self, node: int) -> int | None:
         for k in (node, *range(self.nodes)):
             if self.free_blocks[k] == 0:
                 continue
-            hi = self.node_lo[k + 1]
-            c = int(self.cursor[k])
-            while c < hi and self.state[c] != self.FREE:
+            hi = self.hi[k]
+            c = self.cursor[k]
+            st = self.state
+            while c < hi and st[c] != 0:  # FREE
                 c += 1
             self.cursor[k] = c + 1
             self.state[c] = self.USED

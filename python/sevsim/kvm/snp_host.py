@@ -77,6 +77,7 @@ class Counters:
     npf_retries: int = 0
     huge_chunks: int = 0
     fallback_chunks: int = 0
+    order0_regions: int = 0      # host 2 MiB regions holding each fallback chunk's pages, summed over chunks
     splits: int = 0
     flushes: int = 0
     neighbour_waits: int = 0
@@ -144,6 +145,9 @@ class SnpPageinHost:
         self.world_switch = float(tlb["world_switch"])
         self.alloc_4k = float(snp["alloc_4k"])
         self.npf_exit = float(snp["npf_exit"])
+        self.pvalidate_2m = float(snp["pvalidate_2m"])
+        self.dm_walk_4k, self.walk_native = float(snp["dm_walk_4k"]), float(tlb["walk_native"])
+        self._walk_key = -1
         # kernel data the attribute update reaches through the direct map: pages spread over memory
         self.kernel_data = (self.rng.integers(0, host.memory // PAGE_4K, size=max(1, int(self.c.attr_dm_pages_per_4m)))
                             .astype(np.uint64) * np.uint64(PAGE_4K))
@@ -160,6 +164,17 @@ class SnpPageinHost:
                 host.vmrun(self.cpu[t], ctx)  # every vCPU runs its guest: flush IPIs make it exit
             self.vms.append(vm)
         self.seen_flushes = [0] * n
+
+    def kernel_walk_cycles(self, ngfn: int, beta: float) -> float:
+        """Direct-map walks of the kernel data an attribute call on `ngfn` gfns reaches: 4 KiB
+        leaves cost snp.dm_walk_4k times beta, large ones tlb.walk_native (membw.rs)."""
+        if self._walk_key != self.ctr.splits:
+            sizes = self.host.direct_map_leaf_sizes(self.kernel_data)
+            self._small = np.cumsum(sizes == PAGE_4K)
+            self._walk_key = self.ctr.splits
+        k = max(1, min(len(self.kernel_data), round(self.c.attr_dm_pages_per_4m * ngfn / 1024)))
+        n4 = int(self._small[k - 1])
+        return n4 * self.dm_walk_4k * beta + (k - n4) * self.walk_native
 
     # ---- time helpers
     def sync(self, cpu: int, t: float) -> None:
@@ -194,6 +209,10 @@ def preset_section(host: Host, section: str) -> dict:
 
     if _PROFILE is None:
         _PROFILE = tomllib.loads(DEFAULT_PROFILE)
+    if host.preset not in _PROFILE["presets"]:  # a build older than the package's data file
+        from importlib.resources import files
+
+        _PROFILE = tomllib.loads((files("sevsim") / "data" / "profile.toml").read_text())
     try:
         return _PROFILE["presets"][host.preset][section]
     except KeyError:

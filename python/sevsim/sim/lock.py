@@ -68,11 +68,10 @@ class Lock:
             for r0, r1 in rs:
                 if r1 > start and r0 <= t:
                     start = r1
-        w = start - t
         self.acquisitions += 1
-        if w > 0:
+        if start > t:
             self.contended += 1
-            self.wait += w
+            self.wait += start - t
         self._asked = t
         return start
 
