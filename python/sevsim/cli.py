@@ -293,7 +293,8 @@ def cmd_run(args) -> int:
     print(table.format(shown, legend=reps == 1), file=out)
     if reps > 1:
         print(file=out)
-        print(table.summary(sc.METRICS, baseline=baseline).format_summary(), file=out)
+        by = getattr(sc, "SUMMARY_BY", "strategy") if baseline is None else "strategy"
+        print(table.summary(sc.METRICS, by=by, baseline=baseline).format_summary(), file=out)
     def label(r):
         return r["strategy"] + (f" without {r['mutation']}" if r.get("mutation") else "") + f" rep {r['rep']}"
 

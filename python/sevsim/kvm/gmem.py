@@ -61,8 +61,8 @@ def _huge_chunks(m, vm, tid: int, t: float, pa: np.ndarray, g: np.ndarray) -> fl
     host.rmpupdate_batch(cpu, pa, g, assigned=True, huge=True, asid=vm.asid)
     e1 = host.cycles(cpu)
     code, _ = host.pvalidate_batch(cpu, vm.asid, pa, g, huge=True)
-    if code.max() != 0:
-        raise RuntimeError(f"PVALIDATE 2 MiB of a 2 MiB private folio returned {int(code.max())}")
+    if any(code.tolist()):
+        raise RuntimeError(f"PVALIDATE 2 MiB of a 2 MiB private folio returned {code.tolist()}")
     pv = (host.cycles(cpu) - e1) * slow
     per = (e1 - e0) * slow / k
     x = t

@@ -40,6 +40,8 @@ SOURCE = "x86/sev: Invalidate pages from the direct map when adding them to the 
 STRATEGY_NAMES = tuple(POLICIES)
 DEFAULT_STRATEGIES = ["presplit", "on_demand"]
 DEFAULT_REPS = 3
+#: the CLI's summary over repetitions: one row per configuration and policy
+SUMMARY_BY = "run"
 
 #: seeds.md 5: (guests, vcpus, guest memory) -> strategy -> the three published rates (GB/s)
 PUBLISHED = {
@@ -97,6 +99,7 @@ METRICS = ["pagein_gbps", "splits", "flushes", "rmp", "slots_wait_ms", "cpa_wait
 PLOTS = [("pagein_gbps", "page-in rate (GB/s, simulated)")]
 LEGEND = {
     "config": "guests x (vCPUs per guest, memory per guest)",
+    "run": "configuration and policy",
     "strategy": "direct-map policy: presplit (4 KiB from boot), on_demand (adjust_direct_map), never (broken)",
     "pagein_gbps": "page-in/acceptance rate, summed over the guests: bytes accepted / simulated time (GB/s)",
     "filehuge_gbps": "the same for 2 MiB guest_memfd folios only (what FileHugePages in /proc/meminfo counts)",
@@ -189,6 +192,7 @@ def run_one(strategy: str, seed: int, rep: int, *, preset: str, guests: int, vcp
         v = host.violations[0]
         first = f"{v.cause} on CPU {v.cpu} at pa {v.pa:#x} (owner {v.owner}), cycle {v.cycle}"
     notes = []
+    notes.append(f"{guests}x({vcpus}, {memory_text})")
     if strategy == "never":
         notes.append("deliberately broken: large direct-map entries left over private 4 KiB pages")
     if ctr["fallback_chunks"] == 0 and strategy == "on_demand" and era == "2024":
@@ -198,7 +202,8 @@ def run_one(strategy: str, seed: int, rep: int, *, preset: str, guests: int, vcp
     sim_s = r["sim_seconds"]
     slots_hold = locks["slots_lock"]["hold_us"] / 1e6 / guests / sim_s if sim_s else 0.0
     return {
-        "config": f"{guests}x({vcpus}, {memory_text})", "guests": guests, "vcpus": vcpus, "strategy": strategy,
+        "config": f"{guests}x({vcpus}, {memory_text})", "run": f"{guests}x({vcpus}, {memory_text}) {strategy}",
+        "guests": guests, "vcpus": vcpus, "strategy": strategy,
         "rep": rep, "pagein_gbps": round(r["pagein_gbps"], 3),
         "filehuge_gbps": round(r["pagein_gbps"] * r["huge_fraction"], 3),
         "published": f"{min(pub):.2f}-{max(pub):.2f}" if pub else "-", "band": band,
@@ -215,5 +220,5 @@ def run_one(strategy: str, seed: int, rep: int, *, preset: str, guests: int, vcp
         "host_util": round(sum(r["host_utilisation"]) / len(r["host_utilisation"]), 3),
         "sim_s": round(sim_s, 4), "events": r["events"], "wall_s": round(wall, 2),
         "violations": viol, "verdict": "SAFE" if viol == 0 else "UNSAFE", "first_violation": first,
-        "notes": "; ".join(notes),
+        "notes": "; ".join(notes) if len(notes) > 1 else "",
     }

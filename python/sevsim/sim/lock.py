@@ -15,6 +15,8 @@ and mutex handoff are FIFO-like under contention [assumed for mutex optimistic s
 
 from __future__ import annotations
 
+from bisect import bisect_right
+
 
 class Lock:
     """One lock. `kind` is "mutex" or "rw". Times are in cycles (floats).
@@ -25,7 +27,7 @@ class Lock:
     happened to process them first (a nested lock taken later in another thread's step): that
     keeps waiting causal, at the price of an occasional overlap with such a future section."""
 
-    __slots__ = ("name", "kind", "ex", "readers", "acquisitions", "contended", "wait", "hold",
+    __slots__ = ("name", "kind", "ex_ask", "ex_end", "readers", "acquisitions", "contended", "wait", "hold",
                  "read_acquisitions", "read_wait", "_asked")
 
     def __init__(self, name: str, kind: str = "mutex"):
@@ -33,7 +35,8 @@ class Lock:
             raise ValueError(f"lock {name!r}: kind = {kind!r} is not a lock kind; use \"mutex\" or \"rw\"")
         self.name = name
         self.kind = kind
-        self.ex: list[tuple[float, float]] = []        # (asked, end) of exclusive sections
+        self.ex_ask: list[float] = []   # exclusive sections: when asked for (sorted) ...
+        self.ex_end: list[float] = []   # ... and when they end
         self.readers: list[tuple[float, float]] = []   # (start, end) of shared sections
         self.acquisitions = 0   # exclusive acquisitions
         self.read_acquisitions = 0
@@ -44,16 +47,14 @@ class Lock:
         self._asked = None
 
     def _after_writers(self, t: float) -> float:
-        # exclusive sections are granted one after another, so the latest one asked for at or
-        # before t ends last among those: scan back from the newest
-        ex = self.ex
-        if len(ex) > 64:
-            del ex[:32]
-        for i in range(len(ex) - 1, -1, -1):
-            a, e = ex[i]
-            if a <= t:
-                return e if e > t else t
-        return t
+        # exclusive sections sorted by the time they were asked for; those asked at or before t
+        # were granted one after another, so the last few of them hold the latest end
+        asks = self.ex_ask
+        i = bisect_right(asks, t)
+        if i == 0:
+            return t
+        e = max(self.ex_end[max(0, i - 4):i])
+        return e if e > t else t
 
     def acquire(self, t: float) -> float:
         """Exclusive (mutex, or rw write) request at `t`: the time it is granted. The caller
@@ -82,7 +83,16 @@ class Lock:
         if end < start:
             raise ValueError(f"lock {self.name}: release at {end} before the grant at {start}")
         self.hold += end - start
-        self.ex.append((self._asked, end))
+        asks, ends, a = self.ex_ask, self.ex_end, self._asked
+        if len(asks) > 48:
+            del asks[:16], ends[:16]  # [assumed] no request waits behind a section 32 grants older
+        if not asks or a >= asks[-1]:
+            asks.append(a)
+            ends.append(end)
+        else:
+            i = bisect_right(asks, a)
+            asks.insert(i, a)
+            ends.insert(i, end)
         self._asked = None
 
     def hold_for(self, t: float, cycles: float) -> tuple[float, float]:
