@@ -131,7 +131,7 @@ def test_more_vcpus_than_cpus_runs_time_sliced():
 
 @pytest.mark.parametrize("params, pattern", [
     ({"guests": "0"}, "guests"), ({"vcpus": "x"}, "vcpus"), ({"guest_memory": "1MiB"}, "guest_memory"),
-    ({"era": "1999"}, "era"), ({"assume": "smt_pair_yield"}, "assume"),
+    ({"era": "1999"}, "era"), ({"assume": "smt_pair_yield"}, "assume"), ({"assume": "nope=1"}, "nope"),
     ({"guests": "1,4", "vcpus": "1,2,3"}, "2 values, but another list has 3"),
 ])
 def test_bad_parameters_are_named(params, pattern):

@@ -43,6 +43,7 @@ class PageinCosts:
     psc_exit: float
     userspace_roundtrip: float
     shmem_discard: float
+    madvise_dontneed: float
     gmem_filemap: float
     npf_map: float
     guest_fault: float
@@ -56,6 +57,13 @@ class PageinCosts:
     @classmethod
     def from_host(cls, host: Host, overrides: dict[str, float] | None = None) -> "PageinCosts":
         k = dict(host.kvm_cost)
+        names = {f.name for f in fields(cls)}
+        for key in overrides or {}:
+            base = key[:-3] if key.endswith("_ns") else key
+            if base not in names:
+                raise ConfigError(f"assume: {key!r} is not a page-in parameter; valid: {', '.join(sorted(names))}")
+            k.pop(base + "_ns", None)
+            k.pop(base, None)
         k.update(overrides or {})
         out = {}
         for f in fields(cls):

@@ -67,11 +67,19 @@ def _check_sizes(v: str) -> str | None:
 
 
 def _check_assume(v: str) -> str | None:
+    from dataclasses import fields
+
+    from ..kvm.snp_host import PageinCosts
+
     if not v.strip():
         return None
+    names = {f.name for f in fields(PageinCosts)}
     for item in v.split(","):
         if "=" not in item:
             return f"{item!r}: give NAME=VALUE pairs, comma-separated"
+        key = item.split("=", 1)[0].strip()
+        if key.removesuffix("_ns") not in names:
+            return f"{key!r} is not a page-in parameter; valid: {', '.join(sorted(names))}"
         try:
             float(item.split("=", 1)[1])
         except ValueError:
