@@ -1,6 +1,6 @@
 """guest_memfd faults of the SNP page-in (virt/kvm/guest_memfd.c, arch/x86/kvm/svm/sev.c
 sev_gmem_prepare(), arch/x86/kvm/mmu/mmu.c kvm_tdp_mmu_page_fault(); snp-pagein.md 1.2 G4-H7,
-1.3), one 2 MiB guest chunk per call, engine work batched per chunk.
+1.3), one driver step per 2 MiB guest chunk, its engine work batched.
 
 The guest PVALIDATEs the chunk at 2 MiB: the GPA is not in the NPT, so a #NPF; KVM's private
 fault asks guest_memfd for the pfn: kvm_gmem_get_folio() allocates (in the 2024 era a PMD-order
@@ -29,21 +29,17 @@ K4 = 4096
 N4 = HUGE // K4
 
 
-def fault_in_range(m, vm, tid: int, t: float, gpa: int, n: int) -> float:
-    """The 2 MiB guest chunks [gpa, gpa + n * 2 MiB), one after another on thread `tid` from `t`
-    (engine work batched over the chunks that got 2 MiB folios). Returns the time after."""
-    huge = []
-    if m.gmem_huge:
-        for k in range(n):
-            huge.append(m.mem.alloc_huge(m.node[tid]))
-    else:
-        huge = [None] * n
-    ok = [k for k in range(n) if huge[k] is not None]
-    if ok:
-        t = _huge_chunks(m, vm, tid, t, np.array([huge[k] for k in ok], dtype=np.uint64),
-                         np.array([gpa + k * HUGE for k in ok], dtype=np.uint64))
+def fault_in_range(m, vm, tid: int, t: float, gpa: int, n: int):
+    """The 2 MiB guest chunks [gpa, gpa + n * 2 MiB), one after another on thread `tid` from `t`.
+    A generator for the driver: it yields before each chunk, so that the engine's shared
+    resources that are free-at times (a socket's DRAM, membw.rs) see the chunks' clears in
+    simulated-time order; its value (StopIteration) is the time after the last chunk."""
     for k in range(n):
-        if huge[k] is None:
+        pa = m.mem.alloc_huge(m.node[tid]) if m.gmem_huge else None
+        yield t
+        if pa is not None:
+            t = _huge_chunks(m, vm, tid, t, np.array([pa], dtype=np.uint64), np.array([gpa + k * HUGE], dtype=np.uint64))
+        else:
             t = fault_in_chunk(m, vm, tid, t, gpa + k * HUGE)
     return t
 

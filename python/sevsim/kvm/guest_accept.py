@@ -115,8 +115,7 @@ def vcpu_thread(m, vm, tid: int, driver):
             t = psc_exit_to_userspace(m, tid, t)
             yield t                                       # the slots_lock request, in time order
             t = kvm_convert_memory(m, vm, tid, t, n * (UNIT // 4096))
-            yield t                                       # back in the guest: its faults' engine work in time order
-            t = fault_in_range(m, vm, tid, t, u * UNIT, n)
+            t = yield from fault_in_range(m, vm, tid, t, u * UNIT, n)
             done_units += n
         yield t                                           # the acceptance ends: others see it at this time
         g.in_flight[b + 1] = False

@@ -131,7 +131,8 @@ class SnpPageinHost:
         self.policy.at_boot(self)
         self.mem = FolioMemory(host.memory, host.socket_count, self.rng, mixed_fraction=self.c.host_mixed,
                                fail_half=self.c.thp_fail_half)
-        self.cpa_lock = Lock("cpa_lock")
+        # strict: its holder runs the engine's split, which waits on the engine's cpa_free_at
+        self.cpa_lock = Lock("cpa_lock", strict=True)
         self.engine_cpa_free = 0  # the engine's own cpa_free_at, as far as our calls moved it
         self.ctr = Counters()
         self.freq = host.freq_ghz
@@ -197,7 +198,9 @@ class SnpPageinHost:
         if n == 0:
             return 0.0
         self.seen_flushes[tid] = self.ctr.flushes
-        return n * self.victim_cycles * self.slow[tid]
+        # what the engine charged this thread's CPU for them (kflush.rs), so that the thread's
+        # clock and its CPU's engine clock stay together
+        return n * self.victim_cycles
 
     def us(self, cycles: float) -> float:
         return cycles / (self.freq * 1e3)

@@ -27,10 +27,15 @@ class Lock:
     happened to process them first (a nested lock taken later in another thread's step): that
     keeps waiting causal, at the price of an occasional overlap with such a future section."""
 
-    __slots__ = ("name", "kind", "ex_ask", "ex_end", "readers", "acquisitions", "contended", "wait", "hold",
+    __slots__ = ("name", "kind", "strict", "last_end", "ex_ask", "ex_end", "readers", "acquisitions", "contended", "wait", "hold",
                  "read_acquisitions", "read_wait", "_asked")
 
-    def __init__(self, name: str, kind: str = "mutex"):
+    def __init__(self, name: str, kind: str = "mutex", *, strict: bool = False):
+        """`strict`: exclusive sections in the order they are asked for in the program, each
+        after every one granted before (the engine's own resources, such as its cpa_free_at,
+        work that way; a lock whose holder does engine work on such a resource must too)."""
+        self.strict = strict
+        self.last_end = 0.0
         if kind not in ("mutex", "rw"):
             raise ValueError(f"lock {name!r}: kind = {kind!r} is not a lock kind; use \"mutex\" or \"rw\"")
         self.name = name
@@ -62,6 +67,8 @@ class Lock:
         if self._asked is not None:
             raise RuntimeError(f"lock {self.name}: acquire() before the previous holder's release()")
         start = self._after_writers(t)
+        if self.strict and self.last_end > start:
+            start = self.last_end
         rs = self.readers
         if rs:
             if len(rs) > 16:
@@ -83,6 +90,8 @@ class Lock:
         if end < start:
             raise ValueError(f"lock {self.name}: release at {end} before the grant at {start}")
         self.hold += end - start
+        if end > self.last_end:
+            self.last_end = end
         asks, ends, a = self.ex_ask, self.ex_end, self._asked
         if len(asks) > 48:
             del asks[:16], ends[:16]  # [assumed] no request waits behind a section 32 grants older
