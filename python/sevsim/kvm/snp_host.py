@@ -155,6 +155,7 @@ class SnpPageinHost:
         self.alloc_4k = float(snp["alloc_4k"])
         self.npf_exit = float(snp["npf_exit"])
         self.pvalidate_2m = float(snp["pvalidate_2m"])
+        self.alloc_2m, self.rmpupdate = float(snp["alloc_2m"]), float(snp["rmpupdate"])
         self.dm_walk_4k, self.walk_native = float(snp["dm_walk_4k"]), float(tlb["walk_native"])
         self._walk_key = -1
         # kernel data the attribute update reaches through the direct map: pages spread over memory
