@@ -223,3 +223,26 @@ def test_fallback_chunks_are_parallel_work_the_serial_section_still_bounds():
     b = row("presplit", guests=4, vcpus=128, mem="4GiB", assume="thp_fail_half=0.3")
     assert b["fallback_chunks"] > 0
     assert b["pagein_gbps"] > 0.9 * a["pagein_gbps"], (a["pagein_gbps"], b["pagein_gbps"])
+
+
+def test_folio_memory_fragmentation_model():
+    from sevsim.kvm.sev import FolioMemory
+
+    rng = np.random.default_rng(0)
+    fm = FolioMemory(64 << 30, 2, rng, mixed_fraction=0.1, fail_half=0.0)
+    # a fresh node: every order-9 request succeeds, lowest free block first, 2 MiB aligned
+    pas = [fm.alloc_huge(0) for _ in range(100)]
+    assert all(p is not None and p % (2 << 20) == 0 for p in pas) and pas == sorted(pas)
+    # order-0 pages come from the mixed blocks first, scattered over several 2 MiB regions
+    o0 = fm.alloc_order0(0, 512)
+    assert len(o0) == 512 and len(np.unique(o0 >> np.uint64(21))) >= 2
+    assert not set((o0 >> np.uint64(21)).tolist()) & {p >> 21 for p in pas}
+    # p(u) = fail_half * u / (1 - u): certain failure once u >= 1/2 with fail_half = 1
+    fm2 = FolioMemory(8 << 30, 1, np.random.default_rng(1), fail_half=1.0)
+    while fm2.utilisation(0) < 0.5:
+        fm2.alloc_order0(0, 512)
+    assert all(fm2.alloc_huge(0) is None for _ in range(20))
+    # deterministic with the seed
+    a = FolioMemory(64 << 30, 2, np.random.default_rng(5), mixed_fraction=0.1, fail_half=0.3)
+    b = FolioMemory(64 << 30, 2, np.random.default_rng(5), mixed_fraction=0.1, fail_half=0.3)
+    assert [a.alloc_huge(0) for _ in range(50)] == [b.alloc_huge(0) for _ in range(50)]

@@ -122,8 +122,6 @@ class SnpPageinHost:
         self.era = era
         self.gmem_huge = ERAS[era]["gmem_huge"]
         self.flush = ERAS[era]["flush"]
-        if self.flush == "invlpgb" and not host.features.get("invlpgb", True):
-            self.flush = "ipi"  # pragma: no cover - every SNP part has INVLPGB (Milan on)
         self.c = PageinCosts.from_host(host, overrides)
         self.rng = np.random.default_rng(seed)
         host.snp_enable()
