@@ -112,8 +112,9 @@ def vcpu_thread(m, vm, tid: int, driver):
         for u, n in runs:
             g.accepted[u:u + n] = True                    # bits cleared as accepted (this range is ours)
         for u, n in runs:
+            # the slots_lock request follows the block's take (a step start, in time order) by the
+            # few microseconds of the exit; not a step of its own
             t = psc_exit_to_userspace(m, tid, t)
-            yield t                                       # the slots_lock request, in time order
             t = kvm_convert_memory(m, vm, tid, t, n * (UNIT // 4096))
             t = yield from fault_in_range(m, vm, tid, t, u * UNIT, n)
             done_units += n
