@@ -76,38 +76,40 @@ def _huge_chunks(m, vm, tid: int, t: float, pa: np.ndarray, g: np.ndarray) -> fl
 
 
 def fault_in_chunk(m, vm, tid: int, t: float, gpa: int) -> float:
-    """The order-0 path of the 2 MiB guest chunk at `gpa` (module comment)."""
+    """The order-0 path of the 2 MiB guest chunk at `gpa` (module comment). Per host 2 MiB region
+    of its pages, in the kernel's order: the first page is cleared and made private
+    (adjust_direct_map() splitting the region under on_demand), then the region's other pages are
+    cleared, through whatever mapping the direct map has by then, and made private."""
     host, c = m.host, m.c
     cpu, slow = m.cpu[tid], m.slow[tid]
     t0 = t
     m.sync(cpu, t)
     e0 = host.cycles(cpu)
-    # order 0: 512 faults, each its own folio
     pa = m.mem.alloc_order0(m.node[tid], N4)
     g = np.uint64(gpa) + np.arange(N4, dtype=np.uint64) * np.uint64(K4)
-    host.npf_exit(cpu, N4)
-    host.alloc_pages(cpu, N4, huge=False)
-    host.clear_page_list(cpu, pa, "4K")
-    x = t + (host.cycles(cpu) - e0) * slow
-    # per host 2 MiB region: the first page goes private before the next is cleared
+    host.spend(cpu, int(N4 * (m.npf_exit + m.alloc_4k)))  # 512 #NPFs, 512 order-0 folios
     regions, first = np.unique(pa >> np.uint64(21), return_index=True)
     m.ctr.order0_regions += len(regions)
     head = np.zeros(N4, dtype=bool)
     head[first] = True
-    # host writes clearing into regions that may already hold private 4 KiB pages
+    # clearing the first page of each region: a host write there, which faults if the region
+    # already holds a private 4 KiB page and the write goes through a large mapping
     host.access(cpu, pa[head], True, 0)
+    host.clear_page_list(cpu, pa[head], "4K")
+    x = t + (host.cycles(cpu) - e0) * slow
     x = m.policy.adjust(m, tid, x, pa[head])
     m.sync(cpu, x)
     e1 = host.cycles(cpu)
     host.rmpupdate_batch(cpu, pa[head], g[head], assigned=True, huge=False, asid=vm.asid)
     rest = ~head
     if rest.any():
-        # the next clear in each region now writes next to a private page
+        # the next clears in each region write next to a private page
         second = np.zeros(N4, dtype=bool)
         idx = np.nonzero(rest)[0]
         _, f2 = np.unique(pa[idx] >> np.uint64(21), return_index=True)
         second[idx[f2]] = True
         host.access(cpu, pa[second], True, 0)
+        host.clear_page_list(cpu, pa[rest], "4K")
         host.rmpupdate_batch(cpu, pa[rest], g[rest], assigned=True, huge=False, asid=vm.asid)
     x += (host.cycles(cpu) - e1) * slow
     _, lock_t = vm.gmem_lock.hold_for(t, N4 * c.gmem_filemap * slow)
