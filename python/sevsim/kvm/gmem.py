@@ -109,7 +109,7 @@ def fault_in_chunk(m, vm, tid: int, t: float, gpa: int) -> float:
         _, f2 = np.unique(pa[idx] >> np.uint64(21), return_index=True)
         second[idx[f2]] = True
         host.access(cpu, pa[second], True, 0)
-        host.clear_page_list(cpu, pa[rest], "4K")
+        _clear_rest(m, cpu, pa[rest])
         host.rmpupdate_batch(cpu, pa[rest], g[rest], assigned=True, huge=False, asid=vm.asid)
     x += (host.cycles(cpu) - e1) * slow
     _, lock_t = vm.gmem_lock.hold_for(t, N4 * c.gmem_filemap * slow)
@@ -129,6 +129,22 @@ def fault_in_chunk(m, vm, tid: int, t: float, gpa: int) -> float:
     m.ctr.pvalidates += N4 + 1
     m.ctr.npf += N4
     return x
+
+
+def _clear_rest(m, cpu: int, pa: np.ndarray) -> None:
+    """clear_page() of the chunk's other 4 KiB pages, one after another on `cpu`: the core's
+    clear rate slowed by its socket's beta plus the direct-map walks they meet (what the engine's
+    clear_page_list charges), without the engine's socket free-at reservation: a list of
+    hundreds of pages would hold that shared resource up to the list's end, ahead of every other
+    thread's present, and serialise all their clears (membw.rs: calls are not issued in time
+    order). DRAM stays far below its cap at these rates (snp-pagein.md 1.5); the bytes still
+    count towards the socket's utilisation."""
+    host = m.host
+    beta = host.memory_factor(cpu)
+    host.direct_map_walks(cpu, pa)
+    nbytes = len(pa) * K4
+    host.spend(cpu, int(nbytes * beta / m.core_clear_bpc))
+    host.add_memory_traffic(cpu, nbytes)
 
 
 def _map(m, vm, tid: int, t_fault: float, x: float, n: int) -> float:

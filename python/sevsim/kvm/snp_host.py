@@ -154,6 +154,7 @@ class SnpPageinHost:
         self.npf_exit = float(snp["npf_exit"])
         self.pvalidate_2m = float(snp["pvalidate_2m"])
         self.alloc_2m, self.rmpupdate = float(snp["alloc_2m"]), float(snp["rmpupdate"])
+        self.core_clear_bpc = float(snp["core_clear_gbps"]) / host.freq_ghz  # bytes per cycle, one core
         self.dm_walk_4k, self.walk_native = float(snp["dm_walk_4k"]), float(tlb["walk_native"])
         self._walk_key = -1
         # kernel data the attribute update reaches through the direct map: pages spread over memory
