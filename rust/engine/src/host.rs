@@ -380,7 +380,7 @@ impl Host {
         if pa % align != 0 || size % align != 0 {
             return Err(EngineError::invalid(
                 arg,
-                format!("{arg}: address {pa:#x} and size {size:#x} must be multiples of {align:#x}"),
+                format!("{arg} = {pa:#x} and size = {size:#x} must be multiples of {align:#x}"),
             ));
         }
         if size == 0 {
@@ -389,7 +389,7 @@ impl Host {
         if pa >= mem || size > mem - pa {
             return Err(EngineError::invalid(
                 arg,
-                format!("{arg}: range {pa:#x}+{size:#x} is past the end of memory ({mem:#x} bytes)"),
+                format!("{arg} = {pa:#x} with size = {size:#x} runs past the end of memory ({mem:#x} bytes)"),
             ));
         }
         Ok(())
@@ -1467,10 +1467,7 @@ impl Host {
     pub fn clflush(&mut self, cpu: usize, pa: u64, size: u64, key: u16, op: FlushOp, fenced: bool) -> Result<u64> {
         self.check_cpu("cpu", cpu)?;
         let key = self.check_key("key", key as u64)?;
-        let first = pa / LINE;
-        let end = pa.checked_add(size.max(1)).ok_or_else(|| EngineError::invalid("size", "range overflows"))?;
-        self.check_range("addr", first * LINE, end.div_ceil(LINE) * LINE - first * LINE, LINE)?;
-        let last = end.div_ceil(LINE);
+        let (first, last) = self.flush_span(pa, size)?;
         // the cached lines only, the rest charged per line (range.rs)
         Ok(self.clflush_checked(cpu, first, last, key, op, fenced))
     }
@@ -1508,10 +1505,7 @@ impl Host {
     /// under other keys are invisible to it: each is a `dma` violation (semantics.md 1.6 case C).
     pub fn dma(&mut self, pa: u64, size: u64, key: u16, write: bool) -> Result<()> {
         let key = self.check_key("key", key as u64)?;
-        let first = pa / LINE;
-        let end = pa.checked_add(size.max(1)).ok_or_else(|| EngineError::invalid("size", "range overflows"))?;
-        let last = end.div_ceil(LINE);
-        self.check_range("addr", first * LINE, (last - first) * LINE, LINE)?;
+        let (first, last) = self.flush_span(pa, size)?;
         // the cached lines only; memory written as a range (range.rs)
         self.dma_checked(first, last, key, write);
         Ok(())
@@ -1523,14 +1517,14 @@ impl Host {
     /// The host hands the 4 KiB pages of [pa, pa + size) to `key`. Caches are untouched: whatever
     /// they still hold under the previous owner's key is the policy's problem, and the oracle's.
     pub fn set_owner(&mut self, pa: u64, size: u64, key: u16) -> Result<()> {
-        self.check_range("addr", pa, size, PAGE)?;
+        self.check_range("pa", pa, size, PAGE)?;
         let key = self.check_key("key", key as u64)?;
         self.mem.set_owner(pa, size, key);
         Ok(())
     }
 
     pub fn owner(&self, pa: u64) -> Result<u16> {
-        self.check_addr("addr", pa)?;
+        self.check_addr("pa", pa)?;
         Ok(self.mem.owner(pa / LINE))
     }
 
@@ -1563,7 +1557,7 @@ impl Host {
 
     /// Every cached copy of the line holding `pa`, in any cache, under any key.
     pub fn copies(&self, pa: u64) -> Result<Vec<CachedCopy>> {
-        self.check_addr("addr", pa)?;
+        self.check_addr("pa", pa)?;
         let x = pa / LINE;
         let mut out = Vec::new();
         for (level, cache) in [(1u8, &self.l1), (2, &self.l2), (3, &self.l3)] {
