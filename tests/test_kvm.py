@@ -471,3 +471,80 @@ def test_4k_prepare_in_runs_matches_page_by_page():
         kvm.kvm_gmem_punch_hole(vm, [1, 700, 1500])
         return launched, state()
     assert run(False) == run(True)
+
+
+def _gmem_invalidate_page_by_page(kvm, vm, gpages, initiator):
+    """The page-by-page form of sev_gmem_invalidate (the kernel's loop, one RMP lookup per pfn),
+    kept as the reference of the array form."""
+    if not kvm.host.snp_enabled:
+        return
+    freeing = {int(p) for p in vm.pages[gpages]}
+    done_huge, flushed = set(), []
+    for pa in sorted(freeing):
+        e = kvm.host.rmp_entry(pa)
+        if not e["assigned"]:
+            continue
+        base = pa - pa % HUGE
+        if e["huge"]:
+            if base in done_huge:
+                continue
+            if all(base + k * 4096 in freeing for k in range(512)):
+                kvm.rmpupdate(base, initiator, assigned=False, huge=True)
+                done_huge.add(base)
+                flushed.extend(range(base, base + HUGE, 4096))
+                continue
+            kvm.host.psmash(initiator, base)
+        kvm.rmpupdate(pa, initiator, assigned=False, huge=False)
+        flushed.append(pa)
+    kvm.host.clflushopt_ranges(initiator, *kvm.runs(np.array(sorted(flushed), dtype=np.uint64)), key=0)
+
+
+def _gmem_prepare_page_by_page(kvm, vm, gpages, initiator):
+    """The page-by-page form of sev_gmem_prepare with 2 MiB folios (the reference of the array form)."""
+    pages = vm.pages[gpages]
+    i = 0
+    while i < len(pages):
+        pa, gpa = int(pages[i]), int(gpages[i]) * 4096
+        run = pages[i:i + 512]
+        huge = (pa % HUGE == 0 and gpa % HUGE == 0 and len(run) == 512
+                and bool(np.all(np.diff(run) == 4096)) and int(gpages[i + 511]) * 4096 == gpa + HUGE - 4096)
+        kvm.rmpupdate(pa, initiator, assigned=True, huge=huge, asid=vm.asid, gpa=gpa)
+        assert kvm.host.pvalidate(initiator, vm.asid, pa, gpa, huge=huge)[0] == 0
+        i += 512 if huge else 1
+
+
+HUGE = 2 << 20
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_gmem_invalidate_and_prepare_as_arrays_match_page_by_page(seed):
+    """sev_gmem_invalidate and the 2 MiB-folio sev_gmem_prepare work on page arrays, one 2 MiB
+    region at a time; on random lifecycles (VMs launched on fragmented memory, holes punched in 2 MiB
+    entries, pages unassigned behind KVM's back, teardown) clocks, counters, the RMP, the direct map
+    and the caches must come out as the page-by-page loops leave them."""
+    def run(page_by_page):
+        rng = np.random.default_rng(seed)
+        h = sevsim.Host.from_preset("tiny", sme_coherent=True)
+        h.snp_enable()
+        kvm = Kvm(h, "none", initiator=7, gmem_huge=True)
+        if page_by_page:
+            kvm.sev_gmem_invalidate = lambda vm, g, cpu: _gmem_invalidate_page_by_page(kvm, vm, g, cpu)
+            kvm.sev_gmem_prepare = lambda vm, g, cpu: _gmem_prepare_page_by_page(kvm, vm, g, cpu)
+        vms = [kvm.sev_guest_init(f"v{i}", "snp", int(rng.integers(2, 6)) << 20, 1) for i in range(3)]
+        kvm.sev_vm_destroy(vms.pop(1))  # its pages are reused, most recently freed first
+        vms.append(kvm.sev_guest_init("w", "snp", 5 << 20, 2))
+        touched = np.concatenate([vm.pages for vm in vms])
+        for vm in vms:
+            kvm.vcpu_run(vm, 0, int(rng.integers(8)), rng.integers(0, vm.memory, 2000, dtype=np.uint64) & ~np.uint64(63), True)
+            # holes in the first 2 MiB only: the VM's later 2 MiB entries go whole at teardown
+            kvm.kvm_gmem_punch_hole(vm, rng.choice(512, int(rng.integers(1, 40)), replace=False))
+            gone = int(rng.choice(vm.pages))  # a page the RMP no longer shows as assigned: skipped
+            if not h.rmp_entry(gone)["huge"]:
+                kvm.rmpupdate(gone, 7, assigned=False, huge=False)
+        touched = np.concatenate([touched] + [vm.pages for vm in vms])
+        for vm in list(vms):
+            kvm.sev_vm_destroy(vm)
+        assert h.counters["psmashes"].sum() and h.counters["rmp_updates"].sum() < 3 * len(touched)  # both kinds
+        return (h.clocks.tolist(), {k: v.tolist() for k, v in h.counters.items()},
+                [h.rmp_entry(int(p)) for p in np.unique(touched)], h.direct_map_leaves, h.cached_lines(), h.cached_lines(dirty=True))
+    assert run(False) == run(True)

@@ -41,7 +41,9 @@ class NestedMmu:
                  npt01: int | None = None):
         self.host = host
         self.npt01_of = npt01_of  # gpa1 page addresses -> hpa (L0's NPT01)
-        self.npt12 = dict(zip((int(g) for g in gpa2), (int(g) for g in gpa1)))
+        # L1's NPT12 leaves as two arrays in the order they were made (L2 GPA page -> L1 GPA page)
+        self.g2 = np.array(gpa2, dtype=np.uint64).ravel()
+        self.g1 = np.array(gpa1, dtype=np.uint64).ravel()
         self.npt02 = host.create_table(kind)
         # L1's NPT12/EPT12 itself, in L1's memory (a guest table: L2 GPA -> L1 GPA): with L0's
         # NPT01 (`npt01`) it is the nested truth L2's contexts declare (Host.set_nested_truth), so
@@ -55,7 +57,11 @@ class NestedMmu:
 
     def l1_writes_npt12(self, gpa2: int, gpa1: int) -> None:
         """L1 writes its NPT12 leaf (at once, in its memory); the shadow follows at the next sync."""
-        self.npt12[int(gpa2)] = int(gpa1)
+        at = np.flatnonzero(self.g2 == np.uint64(gpa2))
+        if len(at):
+            self.g1[at[0]] = gpa1
+        else:
+            self.g2, self.g1 = np.append(self.g2, np.uint64(gpa2)), np.append(self.g1, np.uint64(gpa1))
         self.host.unmap(self.npt12_table, int(gpa2))
         self.host.map(self.npt12_table, int(gpa2), int(gpa1))
         self.pending.add(int(gpa2))
@@ -65,7 +71,8 @@ class NestedMmu:
         n = len(self.pending)
         if n:
             g2 = np.array(sorted(self.pending), dtype=np.uint64)
-            g1 = np.array([self.npt12[int(g)] for g in g2], dtype=np.uint64)
+            order = np.argsort(self.g2, kind="stable")
+            g1 = self.g1[order[np.searchsorted(self.g2, g2, sorter=order)]]
             for g in g2:
                 self.host.unmap(self.npt02, int(g))
             self.host.map_many(self.npt02, g2, self.npt01_of(g1), "4K")
@@ -74,7 +81,8 @@ class NestedMmu:
 
     def l0_remapped(self, gpa1: int) -> None:
         """L0 moved L1's page gpa1 (NPT01 changed): the shadow entries through it follow at once."""
-        g2 = np.array([g for g, t in self.npt12.items() if t == gpa1 and g not in self.pending], dtype=np.uint64)
+        pending = np.fromiter(self.pending, dtype=np.uint64, count=len(self.pending))
+        g2 = self.g2[(self.g1 == np.uint64(gpa1)) & ~np.isin(self.g2, pending)]
         for g in g2:
             self.host.unmap(self.npt02, int(g))
         if len(g2):

@@ -434,7 +434,7 @@ class Kvm:
         cpu = self.initiator if initiator is None else initiator
         # every argument is checked before anything changes
         gpages = self._check_gpages(vm, gpages)
-        mapped = [True] * len(gpages) if hva_mapped is None else [bool(m) for m in hva_mapped]
+        mapped = np.ones(len(gpages), dtype=bool) if hva_mapped is None else np.asarray(hva_mapped, dtype=bool).ravel()
         if len(mapped) != len(gpages):
             raise ValueError(f"hva_mapped has {len(mapped)} entries for {len(gpages)} pages")
         gmem = self.gmem_backed(vm)
@@ -450,7 +450,7 @@ class Kvm:
         # kvm_unmap_gfn_range(): the NPT entries go; the guest faults them back in
         vm.npt_zapped[gpages] = True
         old = vm.pages[gpages].copy()
-        self.sev_guest_memory_reclaimed(vm, cpu, old, np.asarray(mapped, dtype=bool))
+        self.sev_guest_memory_reclaimed(vm, cpu, old, mapped)
         pinned = self._pinned(vm, gpages)
         if pinned.any():
             # registered (pinned) SEV memory cannot move: migrate_pages() fails on pinned pages
@@ -458,7 +458,7 @@ class Kvm:
             # encryption is tweaked by the physical address, semantics.md 1.1). The notifier has
             # fired all the same (the 2023 thread's complaint); only unpinned pages are freed.
             gpages = gpages[~pinned]
-            mapped = [m for m, p in zip(mapped, pinned) if not p]
+            mapped = mapped[~pinned]
         if not free or len(gpages) == 0:
             return np.zeros(0, dtype=np.uint64)
         vm.migrating[gpages] = migrate
@@ -578,20 +578,33 @@ class Kvm:
         around each 2 MiB region it touches. With `gmem_huge` (2 MiB folios): 2 MiB entries where
         the pfn and gfn are 2 MiB aligned and the whole 2 MiB is the guest's, else 4 KiB."""
         pages = vm.pages[gpages]
+        gpas = np.asarray(gpages, dtype=np.uint64) * np.uint64(PAGE)
         if not self.gmem_huge:
-            self._prepare_4k(vm, pages, np.asarray(gpages, dtype=np.uint64) * np.uint64(PAGE), initiator)
+            self._prepare_4k(vm, pages, gpas, initiator)
             return
-        i = 0
-        while i < len(pages):
-            pa, gpa = int(pages[i]), int(gpages[i]) * PAGE
-            run = pages[i:i + 512]
-            huge = (self.gmem_huge and pa % HUGE == 0 and gpa % HUGE == 0 and len(run) == 512
-                    and bool(np.all(np.diff(run) == PAGE)) and int(gpages[i + 511]) * PAGE == gpa + HUGE - PAGE)
-            self.rmpupdate(pa, initiator, assigned=True, huge=huge, asid=vm.asid, gpa=gpa)
-            code, _ = self.host.pvalidate(initiator, vm.asid, pa, gpa, huge=huge)
+        # a 2 MiB entry starts at i when pa and gpa are 2 MiB aligned and the next 511 pages follow
+        # it contiguously (gpa of the last = gpa + 2 MiB - 4 KiB); such starts cannot overlap (a page
+        # inside a run is not 2 MiB aligned), so scanning for them is what the page walk finds
+        n = len(pages)
+        huge = np.zeros(n, dtype=bool)
+        if n >= 512:
+            breaks = np.concatenate([[0], np.cumsum(np.diff(pages) != PAGE)])  # breaks[j]: gaps before j
+            i = np.arange(n - 511)
+            huge[:n - 511] = ((pages[:n - 511] % HUGE == 0) & (gpas[:n - 511] % HUGE == 0)
+                              & (breaks[i + 511] == breaks[i]) & (gpas[i + 511] == gpas[:n - 511] + (HUGE - PAGE)))
+        # in order: each 2 MiB entry, and the 4 KiB pages between them as one batch
+        k = 0
+        for i in np.nonzero(huge)[0].tolist() + [n]:
+            if i > k:
+                self._prepare_4k(vm, pages[k:i], gpas[k:i], initiator)
+            if i == n:
+                break
+            pa, gpa = int(pages[i]), int(gpas[i])
+            self.rmpupdate(pa, initiator, assigned=True, huge=True, asid=vm.asid, gpa=gpa)
+            code, _ = self.host.pvalidate(initiator, vm.asid, pa, gpa, huge=True)
             if code:
                 raise SevsimError(f"PVALIDATE of {pa:#x} failed with code {code}")
-            i += 512 if huge else 1
+            k = i + 512
 
     def _prepare_4k(self, vm: SevVm, pages: np.ndarray, gpas: np.ndarray, initiator: int) -> None:
         """4 KiB RMP entries for `pages` (at `gpas`), then their PVALIDATE: one engine call per run
@@ -620,29 +633,47 @@ class Kvm:
         the RMP, make it shared again (PSMASH first when only part of a 2 MiB entry goes) and then
         clflush_cache_range(__va(pfn), size) through the direct map, one CPU, no IPI. A page the
         RMP does not show as assigned is skipped, flush included ("if (rc || !assigned) goto
-        next_pfn"; semantics.md 1.7.7)."""
+        next_pfn"; semantics.md 1.7.7).
+
+        Pages are handled as arrays, one 2 MiB region at a time in address order (the kernel's
+        order): a huge entry wholly freed is one 2 MiB RMPUPDATE; a huge entry partly freed is a
+        PSMASH, then 4 KiB RMPUPDATEs of the freed pages; 4 KiB entries get 4 KiB RMPUPDATEs of the
+        assigned ones. The direct map splits at a region's first 4 KiB RMPUPDATE (later pages of it
+        find it split, at no cost), so the charges and their order on `initiator` are those of the
+        page-by-page loop."""
         if not self.host.snp_enabled:
             return
-        freeing = {int(p) for p in vm.pages[gpages]}
-        done_huge = set()
-        flushed = []
-        for pa in sorted(freeing):
-            e = self.host.rmp_entry(pa)
-            if not e["assigned"]:
-                continue
-            base = pa - pa % HUGE
-            if e["huge"]:
-                if base in done_huge:
-                    continue
-                if all(base + k * PAGE in freeing for k in range(512)):
+        freeing = np.unique(vm.pages[gpages])  # sorted, distinct physical addresses
+        if len(freeing) == 0:
+            return
+        assigned, huge = self._rmp_assigned_huge(freeing)
+        regions = freeing // np.uint64(HUGE)
+        starts = np.concatenate([[0], np.nonzero(np.diff(regions))[0] + 1, [len(freeing)]])
+        for a, b in zip(starts[:-1].tolist(), starts[1:].tolist()):
+            if huge[a]:  # the whole region is one assigned 2 MiB entry
+                base = int(regions[a]) * HUGE
+                if b - a == 512:
                     self.rmpupdate(base, initiator, assigned=False, huge=True)
-                    done_huge.add(base)
-                    flushed.extend(range(base, base + HUGE, PAGE))
                     continue
                 self.host.psmash(initiator, base)
-            self.rmpupdate(pa, initiator, assigned=False, huge=False)
-            flushed.append(pa)
-        self.host.clflushopt_ranges(initiator, *self.runs(np.array(sorted(flushed), dtype=np.uint64)), key=0)
+                pas = freeing[a:b]
+            else:
+                pas = freeing[a:b][assigned[a:b]]
+                if len(pas) == 0:
+                    continue
+            self.adjust_direct_map(int(pas[0]), False, initiator)
+            codes = self.host.rmpupdate_batch(initiator, pas, np.zeros(len(pas), dtype=np.uint64), assigned=False)
+            if codes.any():
+                k = int(np.nonzero(codes)[0][0])
+                raise SevsimError(f"RMPUPDATE of {int(pas[k]):#x} failed with code {int(codes[k])}")
+        # every assigned page is flushed (a wholly freed huge entry's 512 pages are all in `freeing`)
+        self.host.clflushopt_ranges(initiator, *self.runs(freeing[assigned]), key=0)
+
+    def _rmp_assigned_huge(self, pas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per page of `pas`: is its RMP entry assigned, and is it a 2 MiB entry (bool arrays)."""
+        es = [self.host.rmp_entry(int(pa)) for pa in pas]
+        return (np.fromiter((e["assigned"] for e in es), dtype=bool, count=len(es)),
+                np.fromiter((e["assigned"] and e["huge"] for e in es), dtype=bool, count=len(es)))
 
     @staticmethod
     def runs(pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
