@@ -223,6 +223,11 @@ def test_fallback_chunks_are_parallel_work_the_serial_section_still_bounds():
     b = row("presplit", guests=4, vcpus=128, mem="4GiB", assume="thp_fail_half=0.3")
     assert b["fallback_chunks"] > 0
     assert b["pagein_gbps"] > 0.9 * a["pagein_gbps"], (a["pagein_gbps"], b["pagein_gbps"])
+    # and slots_lock stays a mutex: its sections never overlap (held at most all the time)
+    c = row("on_demand", guests=4, vcpus=128, mem="4GiB", assume="thp_fail_half=0.3")
+    assert c["splits"] > 0
+    for r in (a, b, c):
+        assert r["slots_hold_frac"] <= 1.0 + 1e-9, r["slots_hold_frac"]
 
 
 def test_folio_memory_fragmentation_model():

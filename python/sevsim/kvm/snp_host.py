@@ -129,8 +129,8 @@ class SnpPageinHost:
         self.policy.at_boot(self)
         self.mem = FolioMemory(host.memory, host.socket_count, self.rng, mixed_fraction=self.c.host_mixed,
                                fail_half=self.c.thp_fail_half)
-        # strict: its holder runs the engine's split, which waits on the engine's cpa_free_at
-        self.cpa_lock = Lock("cpa_lock", strict=True)
+        # strict (as every Lock): its holder runs the engine's split, which waits on the engine's cpa_free_at
+        self.cpa_lock = Lock("cpa_lock")
         self.engine_cpa_free = 0  # the engine's own cpa_free_at, as far as our calls moved it
         self.ctr = Counters()
         self.freq = host.freq_ghz

@@ -23,17 +23,18 @@ class Lock:
 
     A request at time t waits for every exclusive section asked for at or before t (FIFO), and
     an exclusive request also for the shared sections running at t; a shared request waits for
-    no other reader. Sections asked for after t are not waited for, even when the driver
-    happened to process them first (a nested lock taken later in another thread's step): that
-    keeps waiting causal, at the price of an occasional overlap with such a future section."""
+    no other reader. A shared request does not wait for a writer asked for after its time, even
+    when the driver happened to process that one first (a nested lock taken later in another
+    thread's step), which keeps it causal; exclusive sections never overlap (`strict`)."""
 
     __slots__ = ("name", "kind", "strict", "last_end", "ex_ask", "ex_end", "readers", "acquisitions", "contended", "wait", "hold",
                  "read_acquisitions", "read_wait", "_asked")
 
-    def __init__(self, name: str, kind: str = "mutex", *, strict: bool = False):
-        """`strict`: exclusive sections in the order they are asked for in the program, each
-        after every one granted before (the engine's own resources, such as its cpa_free_at,
-        work that way; a lock whose holder does engine work on such a resource must too)."""
+    def __init__(self, name: str, kind: str = "mutex", *, strict: bool = True):
+        """`strict` (the default): exclusive sections never overlap: each starts after every one
+        granted before it, even one asked for later in simulated time (mutual exclusion first;
+        the engine's own resources, such as its cpa_free_at, work that way too). With
+        strict=False an exclusive request ignores sections asked for after its time."""
         self.strict = strict
         self.last_end = 0.0
         if kind not in ("mutex", "rw"):
