@@ -171,18 +171,19 @@ def test_mutex_is_fifo_and_counts_waits():
 
 
 def test_driver_runs_the_smallest_clock_first_and_wakes_blocked_threads():
-    order = []
+    seen = []  # (driver time at each resume, thread)
     d = Driver()
 
     def th(name, times):
         for t in times:
-            order.append((t, name))
+            seen.append((d.now, name))
             yield t
+        seen.append((d.now, name + " ends"))
 
     def sleeper():
-        order.append((0, "s"))
+        seen.append((d.now, "s"))
         yield None
-        order.append((d.now, "s-woken"))
+        seen.append((d.now, "s woken"))
 
     def waker():
         yield 7.0
@@ -193,14 +194,17 @@ def test_driver_runs_the_smallest_clock_first_and_wakes_blocked_threads():
     d.spawn(2, sleeper())
     d.spawn(3, waker())
     d.run()
-    times = [t for t, n in order if n in ("a", "b")]
-    assert order[-1] == (7.0, "s-woken") or (7.0, "s-woken") in order
-    # each yield is processed in time order
-    assert times == [5.0, 1.0, 6.0, 9.0] or sorted(times[2:]) == times[2:]
+    assert [t for t, _ in seen] == sorted(t for t, _ in seen)           # resumed in time order
+    assert seen == [(0, "a"), (0, "b"), (0, "s"), (1.0, "b"), (5.0, "a"), (6.0, "b ends"),
+                    (7.0, "s woken"), (9.0, "a ends")]                  # ties by spawn order
     d2 = Driver()
     d2.spawn(0, (x for x in [None]))
     with pytest.raises(RuntimeError, match="blocked forever"):
         d2.run()
+    d3 = Driver()
+    d3.spawn(0, (x for x in [5.0, 1.0]))
+    with pytest.raises(RuntimeError, match="back in time"):
+        d3.run()
 
 
 def test_placement_idle_cores_first_then_siblings_then_time_slicing():
