@@ -153,3 +153,62 @@ def test_a_batch_uses_what_it_checked_even_if_another_thread_writes_the_arrays()
         stop.set()
         t.join()
     assert h.violation_counts() == {k: 0 for k in h.violation_counts()}
+
+
+
+def test_a_second_thread_is_told_the_host_is_busy_and_changes_nothing():
+    """Item 9: a call on a Host while another thread's batch runs on it (the batch releases the
+    GIL) raised PyO3's bare "Already mutably borrowed". It now says what is going on and names
+    both calls; a refused call changes nothing (CPU 1's clock counts only the spends that got in),
+    and the batch gives exactly a lone run's result."""
+    import threading
+    n = 6_000_000
+    addr = np.random.default_rng(5).integers(0, (64 << 20) // 64, n, dtype=np.uint64) * np.uint64(64)
+    h = sevsim.Host.from_preset("tiny", memory="64MiB")
+    done = threading.Event()
+    refusals, others, spent = [], [], [0]
+
+    def poke():
+        while not done.is_set():
+            for name, call in (("cycles", lambda: h.cycles(0)), ("spend", lambda: h.spend(1, 10)),
+                               ("counters", lambda: h.counters)):
+                try:
+                    call()
+                    spent[0] += name == "spend"
+                except RuntimeError as e:
+                    refusals.append((name, str(e)))
+                except Exception as e:
+                    others.append(repr(e))
+    t = threading.Thread(target=poke)
+    t.start()
+    try:
+        got = h.access(0, addr, return_levels=True)
+    finally:
+        done.set()
+        t.join()
+    assert not others
+    assert refusals, "the batch ran too fast for the second thread to meet it"
+    for name, msg in refusals:
+        assert msg.startswith(f"Host.{name}: this Host is busy in another thread's call (Host.access)"), msg
+        assert "cannot be shared across threads while a call runs" in msg
+    assert h.cycles(1) == 10 * spent[0]
+    ref = sevsim.Host.from_preset("tiny", memory="64MiB")
+    want = ref.access(0, addr, return_levels=True)
+    assert (got.pop("levels") == want.pop("levels")).all() and got == want
+    assert h.cycles(0) == ref.cycles(0)
+
+
+@pytest.mark.parametrize("call, pattern", [
+    (lambda h: h.clflushopt_range(0, 2**64 - 10, 100), r"^pa = 0xfffffffffffffff6 with size = 0x64 runs past 2\^64$"),
+    (lambda h: h.clflushopt_range(0, 64 << 20, 64), r"^pa = 0x4000000 with size = 0x40 runs past the end of memory"),
+    (lambda h: h.dma_write(2**64 - 1, 10), r"^pa = 0xffffffffffffffff with size = 0xa runs past 2\^64$"),
+    (lambda h: h.set_owner(4096, 8 << 30, 1), r"^pa = 0x1000 with size = 0x200000000 runs past the end of memory"),
+    (lambda h: h.set_owner(4095, 4096, 1), r"^pa = 0xfff and size = 0x1000 must be multiples of 0x1000$"),
+    (lambda h: h.owner(1 << 40), r"^pa = 0x10000000000 is past the end of memory"),
+    (lambda h: h.copies(1 << 40), r"^pa = 0x10000000000 is past the end of memory"),
+])
+def test_range_errors_name_pa_and_size(call, pattern):
+    """Item 4: these said "range overflows" or "addr: ..." where the parameter is `pa`."""
+    h = sevsim.Host.from_preset("tiny", memory="64MiB")
+    with pytest.raises(ValueError, match=pattern):
+        call(h)

@@ -165,7 +165,7 @@ impl Table {
             ));
         }
         if self.kind != TableKind::Nested && !canonical(addr) {
-            return Err(EngineError::invalid("addr", format!("{addr:#x} is not a canonical virtual address")));
+            return Err(EngineError::invalid("addr", format!("addr = {addr:#x} is not a canonical virtual address")));
         }
         if self.kind == TableKind::Nested && addr >= 1 << 52 {
             return Err(EngineError::invalid("addr", format!("guest physical address {addr:#x} is beyond 52 bits")));
@@ -174,7 +174,7 @@ impl Table {
         if let Some((l, _)) = self.walk(addr) {
             return Err(EngineError::invalid(
                 "addr",
-                format!("{addr:#x} is already mapped by a {} leaf: unmap it first (overlapping leaves)", l.size.name()),
+                format!("addr = {addr:#x} is already mapped by a {} leaf: unmap it first (overlapping leaves)", l.size.name()),
             ));
         }
         if size != PageSize::K4 && self.inner[size as usize - 1].get(&(addr >> size.shift())).copied().unwrap_or(0) > 0 {

@@ -196,11 +196,19 @@ impl Host {
     }
 
     /// The lines [first, last) of a flush of [pa, pa + size), checked against the host's memory.
-    fn flush_span(&self, pa: u64, size: u64) -> Result<(u64, u64)> {
+    pub(crate) fn flush_span(&self, pa: u64, size: u64) -> Result<(u64, u64)> {
         let first = pa / LINE;
-        let end = pa.checked_add(size.max(1)).ok_or_else(|| EngineError::invalid("size", "range overflows"))?;
+        let end = pa.checked_add(size.max(1)).ok_or_else(|| {
+            EngineError::invalid("size", format!("pa = {pa:#x} with size = {size:#x} runs past 2^64"))
+        })?;
         let last = end.div_ceil(LINE);
-        self.check_range("addr", first * LINE, (last - first) * LINE, LINE)?;
+        let mem = self.mem.bytes;
+        if pa >= mem || end > mem {
+            return Err(EngineError::invalid(
+                "pa",
+                format!("pa = {pa:#x} with size = {size:#x} runs past the end of memory ({mem:#x} bytes)"),
+            ));
+        }
         Ok((first, last))
     }
 
@@ -364,7 +372,7 @@ impl Host {
             return Err(EngineError::invalid("sizes", format!("sizes has {} entries for {} addresses", sizes.len(), pas.len())));
         }
         for (i, (&pa, &size)) in pas.iter().zip(sizes).enumerate() {
-            self.check_range("addr", pa, size, PAGE).map_err(|e| EngineError::invalid("pa", format!("range {i}: {e}")))?;
+            self.check_range("pa", pa, size, PAGE).map_err(|e| EngineError::invalid("pa", format!("range {i}: {e}")))?;
         }
         for (&pa, &size) in pas.iter().zip(sizes) {
             self.mem.set_owner(pa, size, key);

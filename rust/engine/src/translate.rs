@@ -112,7 +112,7 @@ impl Host {
 
     pub fn unmap(&mut self, table: u32, addr: u64) -> Result<Option<Leaf>> {
         if self.table_checked("table", table)?.dm_pa(addr).is_some() {
-            return Err(EngineError::invalid("addr", format!("{addr:#x} is in the direct map, which is split (set_memory_4k), never unmapped")));
+            return Err(EngineError::invalid("addr", format!("addr = {addr:#x} is in the direct map, which is split (set_memory_4k), never unmapped")));
         }
         Ok(self.tables[table as usize].unmap(addr))
     }
@@ -714,7 +714,7 @@ impl Host {
     pub fn invlpg(&mut self, cpu: usize, va: u64) -> Result<u64> {
         self.check_cpu("cpu", cpu)?;
         if !canonical(va) {
-            return Err(EngineError::invalid("va", format!("{va:#x} is not a canonical address")));
+            return Err(EngineError::invalid("va", format!("va = {va:#x} is not a canonical address")));
         }
         let c = self.cur(cpu);
         let (dom, tag, pcid) = (c.mode.dom(), c.tag, c.pcid);
@@ -786,7 +786,7 @@ impl Host {
     pub fn invlpga(&mut self, cpu: usize, va: u64, asid: u16) -> Result<u64> {
         self.check_cpu("cpu", cpu)?;
         if !canonical(va) {
-            return Err(EngineError::invalid("va", format!("{va:#x} is not a canonical address")));
+            return Err(EngineError::invalid("va", format!("va = {va:#x} is not a canonical address")));
         }
         let dom = if asid == 0 { DOM_HOST } else { DOM_SVM };
         let n = self.drop_local_addr(cpu, va, LIN_COMB, |e| e.dom == dom && e.tag == asid);
