@@ -28,6 +28,29 @@ def test_rmp_codes_and_entries():
     assert codes.tolist() == [0, 0]
 
 
+def test_rmp_entries_are_rmp_entry_page_by_page():
+    """The batch query (sev_gmem_invalidate's one crossing) gives each page's rmp_entry: a 2 MiB
+    entry, one PSMASHed, 4 KiB entries, blank pages; a bad address fails before anything."""
+    h = host()
+    h.rmpupdate(0, 0x200000, assigned=True, huge=True, asid=3, gpa=0x600000)
+    h.rmpupdate(0, 0x400000, assigned=True, huge=True, asid=4, gpa=0)
+    h.psmash(0, 0x400000)
+    h.rmpupdate(0, 0x401000, assigned=False)
+    h.rmpupdate_batch(0, np.array([0x800000, 0x803000], np.uint64), np.array([0x1000, 0x9000], np.uint64), assigned=True, asid=5)
+    h.pvalidate(1, 5, 0x803000, 0x9000)
+    pas = np.array([0x200000, 0x3ff000, 0x400000, 0x401000, 0x7ff000, 0x800000, 0x801000, 0x803000, 0], np.uint64)
+    got = h.rmp_entries(pas)
+    for i, pa in enumerate(pas.tolist()):
+        assert {k: (v[i].item()) for k, v in got.items()} == h.rmp_entry(pa), hex(pa)
+    assert got["assigned"].tolist() == [True, True, True, False, False, True, False, True, False]
+    assert got["huge"].dtype == np.bool_ and got["asid"].dtype == np.uint16 and got["gpa"].dtype == np.uint64
+    assert len(h.rmp_entries(np.zeros(0, np.uint64))["assigned"]) == 0
+    with pytest.raises(ValueError, match=r"pa\[1\] = 0x4000000 is past the end of memory"):
+        h.rmp_entries(np.array([0, 64 << 20], np.uint64))
+    with pytest.raises((TypeError, ValueError), match="pa"):
+        h.rmp_entries(np.array([0.5]))
+
+
 def test_the_large_mapping_fault_and_the_split():
     h = host()
     va = h.direct_map_va(0x400000)

@@ -671,9 +671,8 @@ class Kvm:
 
     def _rmp_assigned_huge(self, pas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per page of `pas`: is its RMP entry assigned, and is it a 2 MiB entry (bool arrays)."""
-        es = [self.host.rmp_entry(int(pa)) for pa in pas]
-        return (np.fromiter((e["assigned"] for e in es), dtype=bool, count=len(es)),
-                np.fromiter((e["assigned"] and e["huge"] for e in es), dtype=bool, count=len(es)))
+        e = self.host.rmp_entries(np.ascontiguousarray(pas, dtype=np.uint64))
+        return e["assigned"], e["assigned"] & e["huge"]
 
     @staticmethod
     def runs(pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -120,4 +120,56 @@ mod tests {
             assert_eq!(d.get(line), *m.get(&line).unwrap_or(&0), "line {line}");
         }
     }
+
+    /// The access path relies on the mask being a superset (a miss skips the L3 set of a CCD the
+    /// mask does not name, and `collect` scans only named CCDs): after random accesses of every CPU
+    /// under several keys, with WBINVDs and CLFLUSHes between, every line an L2 or L3 holds has its
+    /// CCD's bit.
+    #[test]
+    fn the_mask_names_every_ccd_holding_the_line() {
+        use crate::host::{Col, FlushOp, Host};
+        for (seed, sme) in [(1u64, false), (7, true), (99, false)] {
+            let mut cfg = crate::HostConfig::preset("tiny").unwrap();
+            cfg.features.sme_coherent = sme;
+            let mut h = Host::new(cfg, Some(64 << 20)).unwrap();
+            let mut x = seed;
+            let mut next = move || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x
+            };
+            for round in 0..40 {
+                let n = 500;
+                let cpu: Vec<u32> = (0..n).map(|_| (next() % h.topo.cpus as u64) as u32).collect();
+                let addr: Vec<u64> = (0..n).map(|_| (next() % (1 << 20)) & !7).collect();
+                let write: Vec<bool> = (0..n).map(|_| next() % 3 == 0).collect();
+                let key: Vec<u16> = (0..n).map(|_| [0u16, 3, 5][(next() % 3) as usize]).collect();
+                h.access_batch(Col::Each(&cpu), &addr, Col::Each(&write), Col::Each(&key), None).unwrap();
+                match round % 4 {
+                    1 => {
+                        h.wbinvd((next() % h.topo.cpus as u64) as usize).unwrap();
+                    }
+                    2 => {
+                        h.clflush(0, (next() % 256) << 12, 1 << 14, 0, FlushOp::Clflushopt, true).unwrap();
+                    }
+                    _ => {}
+                }
+                if !h.directory_active() {
+                    continue;
+                }
+                for e in 0..h.topo.ccds {
+                    let insts = std::iter::once((true, e)).chain(h.topo.ccd_cores(e).map(|c| (false, c)));
+                    for (l3, inst) in insts {
+                        let slots = if l3 { h.l3.inst_slice(inst) } else { h.l2.inst_slice(inst) };
+                        for &v in slots.iter().filter(|&&v| v != 0) {
+                            let line = crate::cache::line_of(v);
+                            assert_ne!(h.dir.get(line) & (1 << e), 0, "seed {seed} round {round}: line {line:#x} in CCD {e}");
+                        }
+                    }
+                }
+            }
+            assert!(h.directory_active(), "seed {seed}: the directory never came on");
+        }
+    }
 }

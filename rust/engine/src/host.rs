@@ -587,12 +587,14 @@ impl Host {
         self.ctr.l2_misses[cpu] += 1;
         // does this core hold other keys' aliases of the line? (only an SME_COHERENT host cares)
         let own_alias = self.cfg.features.sme_coherent && any2 != 0;
-        if !own_alias && self.solo_for(core, x) {
-            if let Some(l) = self.miss_solo::<W1, W2, W3>(cpu, core, x, key, write) {
+        // the CCDs that may hold the line: one directory lookup for the whole miss
+        let cand = self.candidate_ccds(x);
+        if !own_alias && self.solo_for(core, cand) {
+            if let Some(l) = self.miss_solo::<W1, W2, W3>(cpu, core, x, key, write, cand) {
                 return l;
             }
         }
-        self.miss::<W1, W2, W3>(cpu, core, x, key, write, own_alias)
+        self.miss::<W1, W2, W3>(cpu, core, x, key, write, own_alias, cand)
     }
 
     /// Is `core` the only agent that can hold lines: no directory, no other CCD and no other core
@@ -609,27 +611,32 @@ impl Host {
         self.topo.ccd_cores(ccd).all(|c| c == core || self.l2.valid[c] == 0)
     }
 
-    /// Is `core` the only agent that can hold line `x`: `solo`, or, with the directory on, no
-    /// other core of its CCD has anything cached and the directory names no other CCD for `x`?
-    /// Then the general search (`collect`) could only find the CCD's own L3 copy, which the solo
-    /// path looks at. (The directory's mask is a superset of the CCDs holding `x`.)
+    /// Is `core` the only agent that can hold the line whose `candidate_ccds` are `cand`: `solo`,
+    /// or, with the directory on, no other core of its CCD has anything cached and the directory
+    /// names no other CCD for the line? Then the general search (`collect`) could only find the
+    /// CCD's own L3 copy, which the solo path looks at. (The directory's mask is a superset of the
+    /// CCDs holding the line.)
     #[inline(always)]
-    fn solo_for(&self, core: usize, x: u64) -> bool {
+    fn solo_for(&self, core: usize, cand: u64) -> bool {
         if !self.dir_active {
             return self.solo(core);
         }
         let ccd = self.topo.core_ccd[core] as usize;
-        self.dir.get(x) & !(1u64 << ccd) == 0 && self.topo.ccd_cores(ccd).all(|c| c == core || self.l2.valid[c] == 0)
+        cand & !(1u64 << ccd) == 0 && self.topo.ccd_cores(ccd).all(|c| c == core || self.l2.valid[c] == 0)
     }
 
     /// The private-cache miss of a solo core: the same outcome as `miss`, without the general
     /// holder search. None if the L3 holds another key's alias that SME_COHERENT must evict.
+    /// `cand`: the line's `candidate_ccds`; with the directory on, a CCD it does not name holds no
+    /// copy under any key, so its L3 set need not be searched.
     #[inline(always)]
-    fn miss_solo<const W1: usize, const W2: usize, const W3: usize>(&mut self, cpu: usize, core: usize, x: u64, key: u16, write: bool) -> Option<Level> {
+    #[allow(clippy::too_many_arguments)]
+    fn miss_solo<const W1: usize, const W2: usize, const W3: usize>(&mut self, cpu: usize, core: usize, x: u64, key: u16, write: bool, cand: u64) -> Option<Level> {
         let ccd = self.topo.core_ccd[core] as usize;
         let want = tag(x, key);
         let b3 = self.l3.base_w::<W3>(ccd, x);
-        let any = if self.l3.valid[ccd] != 0 { self.l3.match_bits_w::<W3>(b3, x | VALID, MATCH_ANY) } else { 0 };
+        let named = !self.dir_active || cand & (1u64 << ccd) != 0;
+        let any = if named && self.l3.valid[ccd] != 0 { self.l3.match_bits_w::<W3>(b3, x | VALID, MATCH_ANY) } else { 0 };
         let keyed = if any != 0 { self.l3.match_bits_w::<W3>(b3, want, MATCH_KEYED) } else { 0 };
         if self.cfg.features.sme_coherent && any & !keyed != 0 {
             return None;
@@ -702,8 +709,15 @@ impl Host {
     /// whose private caches need not be searched. Clears directory bits of CCDs found empty.
     #[inline(always)]
     pub(crate) fn collect(&mut self, x: u64, skip_core: usize) {
+        self.collect_in(x, skip_core, self.candidate_ccds(x))
+    }
+
+    /// `collect` over the CCDs of `mask`, which must be `candidate_ccds(x)` (looked up once by a
+    /// caller that needed it already).
+    #[inline(always)]
+    fn collect_in(&mut self, x: u64, skip_core: usize, mask: u64) {
         self.scratch.clear();
-        let mut mask = self.candidate_ccds(x);
+        let mut mask = mask;
         let want = x | VALID;
         while mask != 0 {
             let e = mask.trailing_zeros() as usize;
@@ -838,15 +852,16 @@ impl Host {
         lat
     }
 
-    /// A miss in the core's private caches.
+    /// A miss in the core's private caches; `cand` is the line's `candidate_ccds`.
     #[inline(always)]
-    fn miss<const W1: usize, const W2: usize, const W3: usize>(&mut self, cpu: usize, core: usize, x: u64, key: u16, write: bool, own_alias: bool) -> Level {
+    #[allow(clippy::too_many_arguments)]
+    fn miss<const W1: usize, const W2: usize, const W3: usize>(&mut self, cpu: usize, core: usize, x: u64, key: u16, write: bool, own_alias: bool, cand: u64) -> Level {
         let ccd = self.topo.core_ccd[core] as usize;
         let want = tag(x, key);
         // own core: its L2 missed (x, key) but may hold other keys' aliases, which only matter to
         // an SME_COHERENT host
         let coherent = self.cfg.features.sme_coherent;
-        self.collect(x, if own_alias { NONE } else { core });
+        self.collect_in(x, if own_alias { NONE } else { core }, cand);
         let holders = std::mem::take(&mut self.scratch);
         if coherent {
             for h in holders.iter().filter(|h| key_of(h.v) != key) {
@@ -1239,24 +1254,49 @@ impl Host {
             let ccd = self.topo.core_ccd[core] as usize;
             let (p1, p2, p3) = (self.l1.data.as_ptr(), self.l2.data.as_ptr(), self.l3.data.as_ptr());
             let (b1, b2, b3) = (self.l1.base_w::<W1>(core, x), self.l2.base_w::<W2>(core, x), self.l3.base_w::<W3>(ccd, x));
-            // many CPUs' L1 sets do not stay in the host's caches
+            // many CPUs' L1 sets do not stay in the host's caches; a 12-way set spans two host lines
+            let w1 = if W1 == 0 { self.l1.ways } else { W1 };
             crate::util::prefetch_at(p1, b1);
-            if self.dir_active {
-                // the miss will look the line up in the directory
-                self.dir.prefetch(x);
+            if w1 > 8 {
+                crate::util::prefetch_at(p1, b1 + w1 - 1);
             }
             crate::util::prefetch_at(p2, b2);
             crate::util::prefetch_at(p2, b2 + w2 - 1);
-            crate::util::prefetch_at(p3, b3);
-            crate::util::prefetch_at(p3, b3 + w3 - 1);
-            // the line this access will push out of its L2 set goes to its L3 set
+            // a read that misses everywhere asks memory whose data the line holds
+            self.mem.prefetch(x);
+            if self.dir_active {
+                // the miss will look the line up in the directory; whether it needs its CCD's L3
+                // set, the directory tells: the second stage below
+                self.dir.prefetch(x);
+            } else {
+                crate::util::prefetch_at(p3, b3);
+                crate::util::prefetch_at(p3, b3 + w3 - 1);
+            }
             let k = i + AHEAD / 2;
             let xk = addr[k] >> 6;
             let core = self.topo.cpu_core[cpu.at(k) as usize] as usize;
+            let ccd = self.topo.core_ccd[core] as usize;
+            if self.dir_active && xk != addr[k - 1] >> 6 && self.l3.valid[ccd] != 0 {
+                // the directory slot of access k was asked for AHEAD / 2 accesses ago: its mask (a
+                // superset of the CCDs holding the line) says whether the L3 set will be searched
+                if self.dir.get(xk) & (1u64 << ccd) != 0 {
+                    let b3 = self.l3.base_w::<W3>(ccd, xk);
+                    crate::util::prefetch_at(p3, b3);
+                    crate::util::prefetch_at(p3, b3 + w3 - 1);
+                }
+            }
+            // a dirty line access k pushes out of its L1 set marks its L2 copy dirty: that L2 set
+            let b1k = self.l1.base_w::<W1>(core, xk);
+            let l1lru = self.l1.data[b1k + w1 - 1];
+            if l1lru & DIRTY != 0 {
+                let b = self.l2.base_w::<W2>(core, line_of(l1lru));
+                crate::util::prefetch_at(p2, b);
+                crate::util::prefetch_at(p2, b + w2 - 1);
+            }
+            // the line access k will push out of its L2 set goes to its L3 set
             let b = self.l2.base_w::<W2>(core, xk);
             let lru = self.l2.data[b + w2 - 1];
             if lru != 0 {
-                let ccd = self.topo.core_ccd[core] as usize;
                 let b3 = self.l3.base_w::<W3>(ccd, line_of(lru));
                 crate::util::prefetch_at(p3, b3);
                 crate::util::prefetch_at(p3, b3 + w3 - 1);

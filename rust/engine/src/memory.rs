@@ -59,6 +59,12 @@ impl Memory {
         }
     }
 
+    /// Ask the host CPU to start loading what `data_key(line)` reads first (a hint only).
+    #[inline(always)]
+    pub fn prefetch(&self, line: u64) {
+        crate::util::prefetch_at(self.region_foreign.as_ptr(), region_of_line(line));
+    }
+
     /// Key under which the line's current memory contents were written.
     #[inline(always)]
     pub fn data_key(&self, line: u64) -> u16 {

@@ -49,7 +49,13 @@ impl SlotMap {
     /// Ask the host CPU to start loading the slot where a lookup of `key` begins (a hint only).
     #[inline(always)]
     pub fn prefetch(&self, key: u64) {
-        crate::util::prefetch_at(self.slots.as_ptr(), 2 * hash(key + 1, self.shift));
+        let i = hash(key + 1, self.shift);
+        crate::util::prefetch_at(self.slots.as_ptr(), 2 * i);
+        if i & 3 >= 2 {
+            // four slots to a host cache line: a probe run from the line's second half often
+            // continues into the next line (a lookup of an absent key runs to the run's end)
+            crate::util::prefetch_at(self.slots.as_ptr(), 2 * i + 8);
+        }
     }
 
     /// The slot holding `key` (true), or the free slot that ends its probe run (false).

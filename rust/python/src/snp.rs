@@ -238,6 +238,39 @@ impl PyHost {
         d.set_item("immutable", e.immutable)?;
         Ok(d)
     }
+    /// The RMP entries of the pages at `pa` (uint64 array), as a dict of arrays: assigned, huge,
+    /// validated, immutable (bool), asid (uint16), gpa (uint64; for a 2 MiB entry, the page's
+    /// own GPA within it). Every address is checked first.
+    fn rmp_entries<'py>(&self, py: Python<'py>, pa: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyDict>> {
+        let h = self.host("rmp_entries")?;
+        let pa = array_arg::<u64>(pa, "pa", "uint64")?;
+        let p = pa.as_array();
+        for (i, &a) in p.iter().enumerate() {
+            if a >= h.memory_bytes() {
+                return Err(PyValueError::new_err(format!("pa[{i}] = {a:#x} is past the end of memory")));
+            }
+        }
+        let n = p.len();
+        let (mut assigned, mut huge, mut validated, mut immutable) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut asid, mut gpa) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for &a in p.iter() {
+            let e = h.rmp_entry(a).map_err(verr)?;
+            assigned.push(e.assigned);
+            huge.push(e.huge);
+            validated.push(e.validated);
+            immutable.push(e.immutable);
+            asid.push(e.asid);
+            gpa.push(e.gpa);
+        }
+        let d = PyDict::new(py);
+        d.set_item("assigned", PyArray1::from_vec(py, assigned))?;
+        d.set_item("huge", PyArray1::from_vec(py, huge))?;
+        d.set_item("asid", PyArray1::from_vec(py, asid))?;
+        d.set_item("gpa", PyArray1::from_vec(py, gpa))?;
+        d.set_item("validated", PyArray1::from_vec(py, validated))?;
+        d.set_item("immutable", PyArray1::from_vec(py, immutable))?;
+        Ok(d)
+    }
     /// Bytes the RMP's storage takes.
     #[getter]
     fn rmp_bytes(&self) -> PyResult<usize> {
