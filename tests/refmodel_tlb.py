@@ -84,6 +84,7 @@ class Ent:
     vm: int
     thr: int = 0
     stamp: int = 0
+    gpa: int = 0  # the entry's guest-physical frame (the engine's Entry.gpa)
 
 
 def key_of(addr, size, cat):
@@ -220,16 +221,17 @@ class RefTlb:
         return g & 0xFFFFFFFF
 
     def second_truth(self, cid, ctx, gpa):
-        """(hpa, read-only bit) of the second stage: the nested table, or nested12 then nested01."""
+        """(hpa, read-only bit, granularity) of the second stage: the nested table, or nested12
+        then nested01 (granularity: the smaller leaf, the block one comparison vouches for)."""
         ch = self.chains.get(cid)
         if ch is None:
             t = self.tables[ctx.nested].walk(gpa)
-            return None if t is None else (t[1], t[2] & RDONLY)
+            return None if t is None else (t[1], t[2] & RDONLY, t[0])
         a = self.tables[ch[0]].walk(gpa)
         if a is None:
             return None
         b = self.tables[ch[1]].walk(a[1])
-        return None if b is None else (b[1], (a[2] | b[2]) & RDONLY)
+        return None if b is None else (b[1], (a[2] | b[2]) & RDONLY, min(a[0], b[0]))
 
     def truth_walk(self, cid, ctx, va):
         if ctx.mode == HOST or cid not in self.chains:
@@ -238,18 +240,19 @@ class RefTlb:
         if w1 is None:
             return None
         t = self.second_truth(cid, ctx, w1[1])
-        return None if t is None else dict(target=t[0], flags=w1[2] | t[1])
+        return None if t is None else dict(target=t[0], size=min(w1[0], t[2]), flags=w1[2] | t[1])
 
     def second_agrees(self, cpu, cid, ctx, va, gpa, hpa, ro, write):
+        """The truth's granularity at gpa if the second stage used agrees with it, else None."""
         t = self.second_truth(cid, ctx, gpa)
         if t is not None and t[0] == hpa and t[1] != ro:
             if write and not ro:
                 self.violate("stale_translation", cpu, cid, ctx, va, hpa, t[0])
-            return False
+            return None
         if t is not None and t[0] == hpa:
-            return True
+            return t[2]
         self.violate("stale_translation", cpu, cid, ctx, va, hpa, 2**64 - 1 if t is None else t[0])
-        return False
+        return None
 
     def set_context(self, cid, tag=None, nested=None, vm=None, key=None):
         c = self.ctxs[cid]
@@ -285,7 +288,7 @@ class RefTlb:
             return None
         s1, gpa, f1 = w1
         if ctx.mode == HOST or ctx.nested == NO_TABLE:
-            return dict(target=gpa, size=s1, flags=f1, src_nested=NO_TABLE)
+            return dict(target=gpa, size=s1, flags=f1, src_nested=NO_TABLE, gpa=0)
         gtag = ctx.tag if ctx.mode == SVM else 0
 
         def gm(e):
@@ -308,9 +311,10 @@ class RefTlb:
             if ge.vm != ctx.vm:
                 self.violate("foreign_vm_translation", cpu, cid, ctx, va, hpa, hpa)
             if not (ge.src_nested == src and ge.gen_nested == gen):
-                if self.second_agrees(cpu, cid, ctx, va, gpa, hpa, ge.flags & RDONLY, write):
+                g = self.second_agrees(cpu, cid, ctx, va, gpa, hpa, ge.flags & RDONLY, write)
+                if g is not None and g >= ns:
                     ge.src_nested, ge.gen_nested = src, gen
-                else:
+                if g is None or g < min(s1, ns):
                     src = NO_TABLE
         else:
             self.ctr["gphys_misses"][cpu] += 1
@@ -318,14 +322,15 @@ class RefTlb:
             if t is None:
                 return None
             ns, hpa, nflags = t
-            ok = cid not in self.chains or self.second_agrees(cpu, cid, ctx, va, gpa, hpa, nflags & RDONLY, write)
-            src = src if ok else NO_TABLE
+            g = ns if cid not in self.chains else self.second_agrees(cpu, cid, ctx, va, gpa, hpa, nflags & RDONLY, write)
+            ok = g is not None and g >= ns
             ge = Ent(hpa - (gpa & ((1 << SHIFT[ns]) - 1)), eptp, gtag, 0, dom, GPHYS, nflags & RDONLY, 0, ctx.cr3,
-                     src, self.tables[ctx.cr3].gen, gen if ok else 0, ctx.vm, thr)
+                     src if ok else NO_TABLE, self.tables[ctx.cr3].gen, gen if ok else 0, ctx.vm, thr)
+            src = src if g is not None and g >= min(s1, ns) else NO_TABLE
             s2 = M2 if ns == G1 else ns
             self.t2[c].insert(gpa, s2, replace(ge, target=hpa - (gpa & ((1 << SHIFT[s2]) - 1))))
             self.t1[c].insert(gpa, ns, ge)
-        return dict(target=hpa, size=min(s1, ns), flags=f1 | (nflags & RDONLY), src_nested=src)
+        return dict(target=hpa, size=min(s1, ns), flags=f1 | (nflags & RDONLY), src_nested=src, gpa=gpa)
 
     def current(self, e, cid, ctx):
         return (e.src_cr3 == ctx.cr3 and e.gen_cr3 == self.tables[ctx.cr3].gen
@@ -366,6 +371,7 @@ class RefTlb:
             lvl, i = hit
             e = lvl.ents[i]
             pa = e.target + (va & ((1 << SHIFT[e.size]) - 1))
+            gpa = e.gpa + (va & ((1 << SHIFT[e.size]) - 1))
             flags = e.flags
             if not self.current(e, cid, ctx):
                 if e.vm != ctx.vm:
@@ -376,6 +382,8 @@ class RefTlb:
                     # a writable entry over a read-only leaf: stale for a write; never refreshed
                     if write and not e.flags & RDONLY:
                         self.violate("stale_translation", cpu, cid, ctx, va, pa, w["target"])
+                elif same and w["size"] < e.size:
+                    pass  # vouched for at this address only: the entry stays suspect
                 elif same:
                     e.src_cr3, e.gen_cr3 = ctx.cr3, self.tables[ctx.cr3].gen
                     if ctx.mode != HOST:
@@ -396,13 +404,21 @@ class RefTlb:
                        w["src_nested"], self.tables[ctx.cr3].gen,
                        0 if w["src_nested"] == NO_TABLE else self.nested_gen(cid, ctx), ctx.vm, thr)
             size = w["size"]
-            self.t1[c].insert(va, size, replace(base, target=w["target"] - (va & ((1 << SHIFT[size]) - 1))))
+            self.t1[c].insert(va, size, replace(base, target=w["target"] - (va & ((1 << SHIFT[size]) - 1)),
+                                                gpa=w["gpa"] & ~((1 << SHIFT[size]) - 1)))
             s2 = M2 if size == G1 else size
-            self.t2[c].insert(va, s2, replace(base, target=w["target"] - (va & ((1 << SHIFT[s2]) - 1))))
-            pa, flags = w["target"], w["flags"]
+            self.t2[c].insert(va, s2, replace(base, target=w["target"] - (va & ((1 << SHIFT[s2]) - 1)),
+                                              gpa=w["gpa"] & ~((1 << SHIFT[s2]) - 1)))
+            pa, flags, gpa = w["target"], w["flags"], w["gpa"]
         if write and flags & RDONLY:
             self.ctr["write_faults"][cpu] += 1
             self.cc(cid, "write_faults")
+            # the fault drops what it used (SDM 3A 4.10.4.1; 3C 29.4.3): the retry walks again
+            self._drop(cpu, lambda e: e.dom == dom and e.tag == ctx.tag and e.eptp == eptp
+                       and (e.pcid == ctx.pcid or e.flags & GLOBAL), va, 1 << cat)
+            if ctx.mode != HOST and ctx.nested != NO_TABLE:
+                gtag = ctx.tag if ctx.mode == SVM else 0
+                self._drop(cpu, lambda e: e.dom == dom and e.tag == gtag and e.eptp == eptp, gpa, 1 << GPHYS)
             return None
         key = ctx.key if flags & CBIT else 0
         if ctx.mode != HOST:

@@ -131,16 +131,19 @@ class TlbEngineVsModel(RuleBasedStateMachine):
         for v in VAS:
             assert self.h.translate(cpu, v) == self.m.translate(cpu, v)
 
-    @rule(gpa=st.integers(0, len(GPAS) - 1), tgt=st.integers(0, len(GPAS) - 1), ro=st.booleans(), unmap=st.booleans())
-    def edit_npt12(self, gpa, tgt, ro, unmap):
-        # L1 edits its nested table for L2 (4 KiB leaves)
+    @rule(gpa=st.integers(0, len(GPAS) - 1), tgt=st.integers(0, len(GPAS) - 1), ro=st.booleans(), unmap=st.booleans(),
+          big=st.booleans())
+    def edit_npt12(self, gpa, tgt, ro, unmap, big):
+        # L1 edits its nested table for L2 (4 KiB leaves, or 2 MiB where both ends are aligned:
+        # a chain coarser or finer than the shadow)
         t = self.m.tables[NPT12]
         if unmap:
             assert self.h.unmap(NPT12, GPAS[gpa]) == t.unmap(GPAS[gpa])
             return
-        ok = t.map(GPAS[gpa], GPAS[tgt], 0, RDONLY if ro else 0)
+        size = 1 if big and GPAS[gpa] % (2 << 20) == 0 and GPAS[tgt] % (2 << 20) == 0 else 0
+        ok = t.map(GPAS[gpa], GPAS[tgt], size, RDONLY if ro else 0)
         try:
-            self.h.map(NPT12, GPAS[gpa], GPAS[tgt], writable=not ro)
+            self.h.map(NPT12, GPAS[gpa], GPAS[tgt], SIZES[size], writable=not ro)
             assert ok
         except ValueError:
             assert not ok
@@ -180,7 +183,13 @@ class TlbEngineVsModel(RuleBasedStateMachine):
 
     @rule(cpu=cpus, va=st.sampled_from(VAS), write=st.booleans())
     def translate(self, cpu, va, write):
-        assert self.h.translate(cpu, va, write) == self.m.translate(cpu, va, write)
+        before = self.h.violation_counts()["stale_translation"]
+        got = self.h.translate(cpu, va, write)
+        assert got == self.m.translate(cpu, va, write)
+        # independent of both TLB models: a translation to anything but what the tables (or the
+        # declared chain) say now is a stale translation, recorded by the same call
+        if got is not None and got[0] != true_pa(self.m, cpu, va):
+            assert self.h.violation_counts()["stale_translation"] > before, (hex(va), got, true_pa(self.m, cpu, va))
 
     @rule(cpu=cpus, acc=st.lists(st.tuples(st.sampled_from(VAS), st.booleans()), min_size=1, max_size=20))
     def translate_batch(self, cpu, acc):
@@ -280,6 +289,20 @@ class TlbEngineVsModel(RuleBasedStateMachine):
         got = [(v.cause, v.cpu, v.va, v.pa, v.true_pa if v.true_pa is not None else 2**64 - 1, v.ctx)
                for v in self.h.violations if v.cause in tr]
         assert got == self.m.violations
+
+
+def true_pa(m, cpu, va):
+    """What `va` translates to on `cpu` by the current tables alone (no TLB): the context's table,
+    then its nested table, or for a declared chain NPT12 then NPT01. None: unmapped."""
+    ctx, ch = m.cpu_ctx[cpu], m.chains.get(m.cur[cpu])
+    w = m.tables[ctx.cr3].walk(va)
+    if w is None or ctx.mode == HOST or ctx.nested == NO_TABLE:
+        return None if w is None else w[1]
+    for t in ((ch[0], ch[1]) if ch else (ctx.nested,)):
+        w = m.tables[t].walk(w[1])
+        if w is None:
+            return None
+    return w[1]
 
 
 TestTlb = TlbEngineVsModel.TestCase

@@ -500,3 +500,80 @@ def test_the_shadow_cannot_become_the_chains_nested01():
     with pytest.raises(ValueError, match=r"nested = \d+ is the context's declared nested01"):
         h.set_context(l2, nested=npt01)
     assert h.context(l2)["nested"] == npt02
+
+
+# -- large entries are vouched for only by a truth as coarse; faults drop what they used --------
+
+@pytest.mark.parametrize("first", [[], [0]])
+def test_one_comparison_does_not_vouch_for_a_larger_entry(first):
+    """A 2 MiB entry whose leaf was re-made as 4 KiB leaves (page 0 kept, page 1 moved, no flush):
+    agreement at page 0 said nothing of page 1, yet refreshed the whole entry, so touching page 0
+    first hid the stale page 1 (a second reader's finding). Page 1 is caught in either order."""
+    M, base = 0x200000, 0x40000000
+    h = sevsim.Host.from_preset("tiny")
+    ht = h.create_table("host")
+    h.set_host_context(0, h.create_context("host", ht))
+    h.map(ht, base, 2 * M, "2M")
+    h.translate(0, base)
+    h.unmap(ht, base)
+    h.map(ht, base, 2 * M)
+    h.map(ht, base + 0x1000, 4 * M)
+    for p in first:
+        assert h.translate(0, base + p * 0x1000) == (2 * M + p * 0x1000, 0)
+    assert h.translate(0, base + 0x1000) == (2 * M + 0x1000, 0)  # the stale entry is used ...
+    (v,) = h.violations                                           # ... and caught
+    assert (v.cause, v.va, v.pa, v.true_pa) == ("stale_translation", base + 0x1000, 2 * M + 0x1000, 4 * M)
+
+
+@pytest.mark.parametrize("guest_leaf", ["4K", "2M"])
+@pytest.mark.parametrize("first", [[], [0]])
+def test_a_2m_shadow_over_a_4k_chain_is_caught_wherever_it_disagrees(guest_leaf, first):
+    """KVM's shadow NPT02 maps a 2 MiB leaf where L1's NPT12 (2 MiB) over NPT01 (4 KiB, scattered)
+    says each 4 KiB page goes elsewhere. One comparison at page 0 vouched for the whole 2 MiB
+    guest-physical (or combined) entry, so page 1 slipped through after page 0; now each page the
+    chain maps elsewhere is caught, whatever was touched first."""
+    M, base = 0x200000, 0x40000000
+    h = sevsim.Host.from_preset("tiny")
+    gt = h.create_table("guest")
+    if guest_leaf == "2M":
+        h.map(gt, base, M, "2M")
+    else:
+        h.map(gt, base, M)
+        h.map(gt, base + 0x1000, M + 0x1000)
+    t12 = h.create_table("guest")
+    h.map(t12, M, 2 * M, "2M")
+    t01 = h.create_table("nested")
+    for i in range(512):
+        h.map(t01, 2 * M + i * 0x1000, 0x1000000 + (i * 7919 % 512) * 0x1000)
+    t02 = h.create_table("nested")
+    h.map(t02, M, 0x1000000, "2M")  # a shadow KVM did not build from the chain: right at page 0 only
+    ctx = h.create_context("svm", gt, nested=t02, tag=1, vm=1)
+    h.set_nested_truth(ctx, t12, t01)
+    h.vmrun(0, ctx)
+    for p in first:
+        h.translate(0, base + p * 0x1000)
+    assert sum(h.violation_counts().values()) == 0
+    assert h.translate(0, base + 0x1000) == (0x1001000, 0)
+    (v,) = h.violations
+    assert (v.cause, v.va, v.true_pa) == ("stale_translation", base + 0x1000, 0x1000000 + 7919 % 512 * 0x1000)
+
+
+@pytest.mark.parametrize("stage", ["guest", "nested"])
+def test_a_write_fault_drops_the_entries_it_used(stage):
+    """SDM vol. 3A 4.10.4.1 (a #PF invalidates the TLB entries for its linear address) and vol.
+    3C 29.4.3 (an EPT violation those for its guest-physical and linear address): a write through
+    a read-only entry faults once, and once the leaf is writable the retry walks and succeeds, as
+    KVM's fast page fault path relies on when it makes a leaf writable without a flush. (The engine
+    kept the read-only entry, so the write faulted forever.)"""
+    h = sevsim.Host.from_preset("tiny")
+    gt, nt = h.create_table("guest"), h.create_table("nested")
+    h.map(gt, VA, 0x1000, writable=stage != "guest")
+    h.map(nt, 0x1000, 0x30000, writable=stage != "nested")
+    ctx = h.create_context("svm", gt, nested=nt, tag=1, vm=1)
+    h.vmrun(0, ctx)
+    assert h.translate(0, VA) == (0x30000, 0)
+    table, addr, target = (gt, VA, 0x1000) if stage == "guest" else (nt, 0x1000, 0x30000)
+    h.unmap(table, addr)
+    h.map(table, addr, target)  # made writable, no flush
+    assert [h.translate(0, VA, write=True) for _ in range(3)] == [None, (0x30000, 0), (0x30000, 0)]
+    assert h.counters["write_faults"][0] == 1 and sum(h.violation_counts().values()) == 0

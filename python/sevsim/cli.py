@@ -221,7 +221,7 @@ def cmd_run(args) -> int:
         params[k.strip().replace("-", "_")] = v.strip()
     strategies = scenarios.strategy_list(args.strategy if args.strategy is not None else cfg.get("strategies"), sc)
     seed = args.seed if args.seed is not None else cfg.get("seed", 0)
-    reps = args.reps if args.reps is not None else cfg.get("reps", 1)
+    reps = args.reps if args.reps is not None else cfg.get("reps", getattr(sc, "DEFAULT_REPS", 1))
     baseline = args.baseline or cfg.get("baseline")
     if baseline is not None and baseline not in strategies:
         raise CliError(f"--baseline {baseline!r} is not one of the strategies run: {', '.join(strategies)}")
@@ -293,7 +293,8 @@ def cmd_run(args) -> int:
     print(table.format(shown, legend=reps == 1), file=out)
     if reps > 1:
         print(file=out)
-        print(table.summary(sc.METRICS, baseline=baseline).format_summary(), file=out)
+        by = getattr(sc, "SUMMARY_BY", "strategy") if baseline is None else "strategy"
+        print(table.summary(sc.METRICS, by=by, baseline=baseline).format_summary(), file=out)
     def label(r):
         return r["strategy"] + (f" without {r['mutation']}" if r.get("mutation") else "") + f" rep {r['rep']}"
 

@@ -125,6 +125,7 @@ class ResultTable:
                           legend=self.legend)
         out.metrics = list(metrics)
         out.baseline = baseline
+        out.by = by
         for g, rs in groups.items():
             row: dict[str, Any] = {by: g, "reps": len(rs)}
             for m in metrics:
@@ -145,7 +146,8 @@ class ResultTable:
         metrics = getattr(self, "metrics", [])
         cells = []
         for r in self.rows:
-            row = {"strategy": r.get("strategy"), "reps": r.get("reps")}
+            by = getattr(self, "by", "strategy")
+            row = {by: r.get(by), "reps": r.get("reps")}
             for m in metrics:
                 f = _column_format([r.get(m), r.get(f"{m}_min"), r.get(f"{m}_max")])
                 text = f(r.get(m))

@@ -690,3 +690,133 @@ class Kvm:
         """Contiguous runs of pages as a list of (pa, size)."""
         pa, size = cls.runs(pages)
         return [(int(a), int(n)) for a, n in zip(pa, size)]
+
+
+class FolioMemory:
+    """The host's page allocator as guest_memfd at host scale sees it: 2 MiB blocks (one byte of
+    state each, so a 1.5 TiB host costs 768 KiB), per NUMA node, with fragmentation.
+
+    * A block is free, used (the host kernel's, or handed out), or mixed: partly taken by unmovable
+      allocations at start (a share `mixed_fraction` of blocks, at places a seeded RNG picks
+      [assumed]), its other 4 KiB pages free ([assumed] half of them).
+    * An order-9 request (a 2 MiB folio, `alloc_huge`) fails with probability
+      p(u) = fail_half * u / (1 - u), u the node's utilisation ([assumed] shape: rare on an empty
+      node, certain on a full one; `fail_half` is p at u = 1/2), and always when the node and the
+      other nodes have no free block. Otherwise it takes the node's lowest free block (the buddy
+      allocator's free lists hold whole blocks in no useful order; ascending is deterministic).
+      Sean Christopherson's best-effort hugepage gmem ("a PMD-order folio first, __GFP_NOWARN,
+      else order 0": snp-pagein.md 1.1) then falls back to order 0.
+    * Order-0 pages (`alloc_order0`) come first from the free pages of mixed blocks, scattered: a
+      run from one mixed block, then the next (the RNG's order), which is why a fallback chunk can
+      cover several host 2 MiB regions; with no mixed page left, from a free block split for
+      the per-CPU lists (rmqueue_bulk(), mm/page_alloc.c), whose pages then serve later order-0
+      requests in ascending order: upstream's order-0 guest_memfd on a fresh host uses one host
+      2 MiB region per 2 MiB of guest memory (snp-pagein.md 1.4 [INF]).
+    """
+
+    FREE, USED, MIXED = 0, 1, 2
+    BLOCK = HUGE
+    PER_BLOCK = HUGE // PAGE
+
+    def __init__(self, memory: int, nodes: int, rng: np.random.Generator, *, reserved: int = 64 << 20,
+                 mixed_fraction: float = 0.0, fail_half: float = 0.0):
+        if not 0 <= mixed_fraction < 1:
+            raise ConfigError(f"mixed_fraction = {mixed_fraction} must be in [0, 1)")
+        if not 0 <= fail_half <= 1:
+            raise ConfigError(f"fail_half = {fail_half} must be in [0, 1]")
+        n = memory // self.BLOCK
+        if n < nodes or nodes < 1:
+            raise ConfigError(f"host memory {memory} bytes is too small for {nodes} nodes of 2 MiB blocks")
+        self.rng = rng
+        self.fail_half = fail_half
+        self.nodes = nodes
+        self.state = np.zeros(n, dtype=np.uint8)
+        self.state[: -(-reserved // self.BLOCK)] = self.USED
+        pick = (rng.random(n) < mixed_fraction) & (self.state == self.FREE)
+        self.state[pick] = self.MIXED
+        self.mixed_free = np.where(pick, self.PER_BLOCK // 2, 0).astype(np.int16)
+        self.node_lo = np.array([n * k // nodes for k in range(nodes)] + [n], dtype=np.int64)
+        self.cursor = [int(x) for x in self.node_lo[:-1]]  # lowest possibly-free block of each node
+        self.free_blocks = [int(np.count_nonzero(self.state[self.node_lo[k]:self.node_lo[k + 1]] == self.FREE))
+                            for k in range(nodes)]
+        used = np.where(self.state == self.USED, self.PER_BLOCK, 0) + np.where(pick, self.PER_BLOCK - self.mixed_free, 0)
+        self.used_pages = [int(used[self.node_lo[k]:self.node_lo[k + 1]].sum()) for k in range(nodes)]
+        self.hi = [int(x) for x in self.node_lo[1:]]
+        self.npages = [self.node_pages(k) for k in range(nodes)]
+        mixed = np.nonzero(pick)[0]
+        self.mixed_order = [mixed[(mixed >= self.node_lo[k]) & (mixed < self.node_lo[k + 1])] for k in range(nodes)]
+        for k in range(nodes):
+            rng.shuffle(self.mixed_order[k])
+        self.mixed_pos = [0] * nodes
+        self.pcp = [(-1, 0)] * nodes  # (block, next page in it) the per-CPU lists are served from
+        self.huge_failures = 0
+        self.huge_ok = 0
+
+    def node_pages(self, node: int) -> int:
+        return int(self.node_lo[node + 1] - self.node_lo[node]) * self.PER_BLOCK
+
+    def utilisation(self, node: int) -> float:
+        return self.used_pages[node] / self.npages[node]
+
+    def _take_free_block(self, node: int) -> int | None:
+        for k in (node, *range(self.nodes)):
+            if self.free_blocks[k] == 0:
+                continue
+            hi = self.hi[k]
+            c = self.cursor[k]
+            st = self.state
+            while c < hi and st[c] != 0:  # FREE
+                c += 1
+            self.cursor[k] = c + 1
+            self.state[c] = self.USED
+            self.free_blocks[k] -= 1
+            self.used_pages[k] += self.PER_BLOCK
+            return c
+        return None
+
+    def alloc_huge(self, node: int) -> int | None:
+        """A 2 MiB folio's physical address, or None (the order-9 request failed)."""
+        u = self.utilisation(node)
+        p = 1.0 if u >= 1 else self.fail_half * u / (1.0 - u)
+        if p > 0 and self.rng.random() < p:
+            self.huge_failures += 1
+            return None
+        b = self._take_free_block(node)
+        if b is None:
+            self.huge_failures += 1
+            return None
+        self.huge_ok += 1
+        return b * self.BLOCK
+
+    def alloc_order0(self, node: int, n: int) -> np.ndarray:
+        """n order-0 pages (physical addresses), module comment."""
+        out: list[np.ndarray] = []
+        need = n
+        order, pos = self.mixed_order[node], self.mixed_pos[node]
+        while need and pos < len(order):
+            b = int(order[pos])
+            f = int(self.mixed_free[b])
+            k = min(f, need)
+            first = self.PER_BLOCK - f
+            out.append(np.arange(b * self.PER_BLOCK + first, b * self.PER_BLOCK + first + k, dtype=np.uint64))
+            self.mixed_free[b] -= k
+            need -= k
+            self.used_pages[node] += k
+            if self.mixed_free[b] == 0:
+                self.state[b] = self.USED
+                pos += 1
+        self.mixed_pos[node] = pos
+        while need:
+            blk, nxt = self.pcp[node]
+            if blk < 0 or nxt >= self.PER_BLOCK:
+                b = self._take_free_block(node)
+                if b is None:
+                    raise ConfigError(f"out of host memory: {need} more pages wanted")
+                self.used_pages[node] -= self.PER_BLOCK  # counted page by page below
+                blk, nxt = b, 0
+            k = min(self.PER_BLOCK - nxt, need)
+            out.append(np.arange(blk * self.PER_BLOCK + nxt, blk * self.PER_BLOCK + nxt + k, dtype=np.uint64))
+            self.used_pages[node] += k
+            need -= k
+            self.pcp[node] = (blk, nxt + k)
+        return np.concatenate(out) * np.uint64(PAGE) if out else np.zeros(0, dtype=np.uint64)

@@ -11,9 +11,9 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any, Callable, Sequence
 
-from . import nested_asid, sev_teardown, snp_notifier_storm, tlb_tagging
+from . import nested_asid, sev_teardown, snp_notifier_storm, snp_pagein, tlb_tagging
 
-SCENARIOS: dict[str, ModuleType] = {m.NAME: m for m in (sev_teardown, snp_notifier_storm, nested_asid, tlb_tagging)}
+SCENARIOS: dict[str, ModuleType] = {m.NAME: m for m in (sev_teardown, snp_notifier_storm, nested_asid, tlb_tagging, snp_pagein)}
 DEFAULT = sev_teardown.NAME
 
 
@@ -41,12 +41,13 @@ def defaults(sc: ModuleType, given: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def run(name: str, *, strategies: str | Sequence[str] | None = None, seed: int = 0, reps: int = 1,
+def run(name: str, *, strategies: str | Sequence[str] | None = None, seed: int = 0, reps: int | None = None,
         progress: Callable[..., None] | None = None, **params: Any):
     """Run scenario `name` and return its ResultTable, one row per strategy x repetition.
 
     `strategies`: one strategy name, a comma-separated string or a list (default: the scenario's
-    DEFAULT_STRATEGIES); `seed`: repetition r uses seed + r; `reps`: repetitions (>= 1);
+    DEFAULT_STRATEGIES); `seed`: repetition r uses seed + r; `reps`: repetitions (>= 1; default
+    the scenario's DEFAULT_REPS, else 1);
     `progress(done, total, what, row=None)`: called before each run and after it with its row;
     `params`: the scenario's parameters (see its PARAMS, `sevsim list NAME`), as values or as
     text. Every parameter is checked before anything runs: ValueError naming the one that is not
@@ -57,6 +58,8 @@ def run(name: str, *, strategies: str | Sequence[str] | None = None, seed: int =
             raise ValueError(f"scenario {name} has no parameter {k!r}; valid: {', '.join(sc.PARAMS)}")
     merged = defaults(sc, params)
     merged.update({k: coerce(sc, k, v) for k, v in params.items()})
+    if reps is None:
+        reps = getattr(sc, "DEFAULT_REPS", 1)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
     if isinstance(reps, bool) or not isinstance(reps, int) or not 1 <= reps <= 10_000:

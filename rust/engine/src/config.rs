@@ -132,6 +132,13 @@ pub struct Costs {
     pub ipi_latency: u64,
     pub ipi_handler: u64,
     pub ipi_ack: u64,
+    /// flush_tlb_all() by IPIs also pays, per target, the transfer of one cache line at the
+    /// target's distance (peer_core / remote_ccd / remote_socket): smp_call_function_many_cond()
+    /// (kernel/smp.c) queues the initiator's csd on each target's call_single_queue with
+    /// llist_add(), a locked cmpxchg on a line the target last wrote, one target after another.
+    /// Off by default (the flat `ipi_send_per_target` only).
+    #[serde(default)]
+    pub ipi_queue_line: bool,
     /// PSP firmware commands (SEV API): DF_FLUSH, and a typical short command (ACTIVATE, DEACTIVATE)
     pub df_flush: u64,
     pub psp_command: u64,

@@ -80,7 +80,10 @@ impl Host {
         let wake = self.cfg.snp.cstate_wake as u64;
         let n = self.topo.cpus;
         let n_remote = (n - 1) as u64;
-        let send = if n_remote > 0 { c.ipi_send_base + c.ipi_send_per_target * n_remote } else { 0 };
+        let mut send = if n_remote > 0 { c.ipi_send_base + c.ipi_send_per_target * n_remote } else { 0 };
+        if c.ipi_queue_line {
+            send += self.queue_line_cycles(initiator);
+        }
         // every CPU flushes, the initiator too (on_each_cpu runs the function locally)
         for core in 0..self.topo.cores {
             self.drop_host_entries_core(core);
@@ -122,6 +125,31 @@ impl Host {
         Ok(spent)
     }
 
+    /// The initiator's serial cost of queueing one csd per target (Costs::ipi_queue_line): one
+    /// cache-line transfer at each target's distance, summed over every other CPU.
+    pub(crate) fn queue_line_cycles(&self, initiator: usize) -> u64 {
+        let l = &self.cfg.latency;
+        let (my_ccd, my_core) = (self.topo.ccd_of_cpu(initiator), self.topo.cpu_core[initiator]);
+        let my_sock = self.topo.ccd_socket[my_ccd];
+        let mut sum = 0u64;
+        for t in 0..self.topo.cpus {
+            if t == initiator {
+                continue;
+            }
+            let ccd = self.topo.ccd_of_cpu(t);
+            sum += if self.topo.cpu_core[t] == my_core {
+                0 // the SMT sibling shares the core's L1/L2
+            } else if ccd == my_ccd {
+                l.peer_core as u64
+            } else if self.topo.ccd_socket[ccd] == my_sock {
+                l.remote_ccd as u64
+            } else {
+                l.remote_socket as u64
+            };
+        }
+        sum
+    }
+
     /// `kernel_flush_tlb_all` by name ("ipi", "invlpgb", "none").
     pub fn kernel_flush_tlb_all_named(&mut self, initiator: usize, how: &str) -> Result<u64> {
         let k = KernelFlush::parse(how)
@@ -133,6 +161,32 @@ impl Host {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queue_line_adds_one_line_transfer_per_target_by_distance() {
+        let mut h = Host::preset("tiny", None).unwrap();
+        let flat = h.kernel_flush_tlb_all(0, KernelFlush::Ipi).unwrap();
+        let mut h2 = Host::preset("tiny", None).unwrap();
+        h2.cfg.cost.ipi_queue_line = true;
+        let lines = h2.queue_line_cycles(0);
+        let l = h2.cfg.latency.clone();
+        let mut want = 0u64;
+        for t in 1..h2.topo.cpus {
+            let ccd = h2.topo.ccd_of_cpu(t);
+            want += if h2.topo.cpu_core[t] == h2.topo.cpu_core[0] {
+                0
+            } else if ccd == h2.topo.ccd_of_cpu(0) {
+                l.peer_core as u64
+            } else if h2.topo.ccd_socket[ccd] == h2.topo.ccd_socket[h2.topo.ccd_of_cpu(0)] {
+                l.remote_ccd as u64
+            } else {
+                l.remote_socket as u64
+            };
+        }
+        assert_eq!(lines, want);
+        assert!(lines > 0);
+        assert_eq!(h2.kernel_flush_tlb_all(0, KernelFlush::Ipi).unwrap(), flat + lines);
+    }
 
     #[test]
     fn guest_mode_targets_pay_a_world_switch_and_idle_ones_a_wakeup() {

@@ -129,28 +129,32 @@ impl Host {
     }
 
     /// The true second stage of context `cid` at guest-physical `gpa`: (host-physical address,
-    /// read-only bit), through the chain if declared, else the nested table. None: unmapped.
-    pub(crate) fn second_stage_truth(&self, cid: u32, ctx: &Context, gpa: u64) -> Option<(u64, u8)> {
+    /// read-only bit, granularity), through the chain if declared, else the nested table. None:
+    /// unmapped. The granularity is the smaller leaf of the stages: the truth is one affine map
+    /// over the naturally aligned block of that size around `gpa` (leaves are naturally aligned),
+    /// so agreement at `gpa` vouches for a cached entry no larger than it, and only for such one.
+    pub(crate) fn second_stage_truth(&self, cid: u32, ctx: &Context, gpa: u64) -> Option<(u64, u8, PageSize)> {
         let ch = self.truth.chains[cid as usize];
         if ch.t12 == NO_TABLE {
             let (l, hpa) = self.tables[ctx.nested as usize].walk(gpa)?;
-            return Some((hpa, l.flags & F_RDONLY));
+            return Some((hpa, l.flags & F_RDONLY, l.size));
         }
         let (l12, gpa1) = self.tables[ch.t12 as usize].walk(gpa)?;
         let (l01, hpa) = self.tables[ch.t01 as usize].walk(gpa1)?;
-        Some((hpa, (l12.flags | l01.flags) & F_RDONLY))
+        Some((hpa, (l12.flags | l01.flags) & F_RDONLY, l12.size.min(l01.size)))
     }
 
     /// The true translation of `va` in context `cid` (the oracle's walk): `tlb::walk`, or for a
-    /// chained context L2's table, then the chain. Only target and flags are compared.
+    /// chained context L2's table, then the chain. Target and flags are compared; `size` is the
+    /// truth's granularity at `va` (the largest cached entry one comparison can vouch for).
     pub(crate) fn truth_walk(&self, cid: u32, ctx: &Context, va: u64) -> Option<Walk> {
         let ch = self.truth.chains[cid as usize];
         if ctx.mode == Mode::Host || ch.t12 == NO_TABLE {
             return crate::tlb::walk(&self.tables, ctx, va);
         }
         let (l1, gpa) = self.tables[ctx.cr3 as usize].walk(va)?;
-        let (hpa, ro) = self.second_stage_truth(cid, ctx, gpa)?;
-        Some(Walk { target: hpa, size: l1.size, flags: l1.flags | ro, gpa, gpa_frame: gpa, nested_size: PageSize::K4, nflags: ro })
+        let (hpa, ro, gran) = self.second_stage_truth(cid, ctx, gpa)?;
+        Some(Walk { target: hpa, size: l1.size.min(gran), flags: l1.flags | ro, gpa, gpa_frame: gpa, nested_size: gran, nflags: ro })
     }
 
     /// Is a chain declared for context `cid`?

@@ -229,9 +229,11 @@ impl Host {
         };
         if write && flags & F_RDONLY != 0 {
             // a write through a read-only translation, from the TLB or the walk, faults (a stale
-            // read-only entry may fault spuriously: SDM vol. 3A 4.10.4.3)
+            // read-only entry may fault spuriously: SDM vol. 3A 4.10.4.3), and the fault drops
+            // what it used, so the retry walks the tables again
             self.ctr.write_faults[cpu] += 1;
             self.ctx_ctr[cc + CC_WF] += 1;
+            self.fault_invalidate(cpu, &ctx, va, gpa, cat, dom, eptp);
             return Translated::Fault;
         }
         let key = if flags & F_CBIT != 0 { ctx.key } else { 0 };
@@ -248,6 +250,27 @@ impl Host {
             }
         }
         Translated::Ok { pa: target, key }
+    }
+
+    /// What a fault invalidates on the faulting logical processor. SDM vol. 3A 4.10.4.1: a page
+    /// fault invalidates the TLB entries for the faulting linear address (current PCID); vol. 3C
+    /// 29.4.3 (28.3.3.1 in older editions): an EPT violation invalidates the guest-physical
+    /// mappings for the faulting guest-physical address and the combined mappings for the linear
+    /// address. Which stage refused a write is not tracked, so a guest's fault drops both (more
+    /// than a #PF must, which the SDM allows: a processor may invalidate any entry at any time).
+    /// The APM says nothing of #NPF and the TLB; AMD is treated the same [assumed]. Not an
+    /// invalidation instruction: no flush is counted.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
+    fn fault_invalidate(&mut self, cpu: usize, ctx: &Context, va: u64, gpa: u64, cat: u8, dom: u8, eptp: u32) {
+        let (tag, pcid) = (ctx.tag, ctx.pcid);
+        self.drop_local_addr(cpu, va, 1 << cat, move |e: &Entry| {
+            e.dom == dom && e.tag == tag && e.eptp == eptp && (e.pcid == pcid || e.flags & F_GLOBAL != 0)
+        });
+        if ctx.mode != Mode::Host && ctx.nested != NO_TABLE {
+            let gtag = if ctx.mode == Mode::Svm { ctx.tag } else { 0 };
+            self.drop_local_addr(cpu, gpa, 1 << CAT_GPHYS, move |e: &Entry| e.dom == dom && e.tag == gtag && e.eptp == eptp);
+        }
     }
 
     /// Was entry `e` filled from the context's current tables, unchanged since?
@@ -274,6 +297,10 @@ impl Host {
                     self.translation_violation(Cause::StaleTranslation, cpu, cid, ctx, va, pa, w.target);
                 }
             }
+            // one comparison vouches only for an entry no larger than the truth's leaf here (a
+            // 2 MiB entry over what are now 4 KiB leaves may be wrong elsewhere): a larger one
+            // stays suspect, and each hit on it is checked at its own address
+            Some(w) if w.target == pa && (w.flags & F_CBIT) == (e.flags & F_CBIT) && w.size < size_of(e.size) => {}
             Some(w) if w.target == pa && (w.flags & F_CBIT) == (e.flags & F_CBIT) => {
                 let core = self.topo.cpu_core[cpu] as usize;
                 let gen_cr3 = self.tables[ctx.cr3 as usize].gen as u32;
@@ -364,8 +391,10 @@ impl Host {
                 self.ctx_ctr[cc + CC_GPHYS] += 1;
                 let size = size_of(ge.size);
                 let hpa = ge.target + (gpa & (size.bytes() - 1));
-                let ok = self.check_gphys(cpu, cid, ctx, va, gpa, hpa, &ge, lvl, i, write);
-                // a combined entry made from a stale one records no source: every hit on it is checked
+                let gran = self.check_gphys(cpu, cid, ctx, va, gpa, hpa, &ge, lvl, i, write);
+                // a combined entry made from a stale one, or larger than what the check vouches
+                // for, records no source: every hit on it is checked
+                let ok = gran.is_some_and(|g| g >= l1.size.min(size));
                 (hpa, size, ge.flags, if ok { src } else { NO_TABLE }, guest_only)
             }
             None => {
@@ -375,7 +404,11 @@ impl Host {
                 };
                 // with a declared nested truth the shadow's leaf is judged against the chain: a
                 // shadow KVM did not sync gives a stale translation, and suspect entries
-                let ok = !self.chained(cid) || self.second_stage_agrees(cpu, cid, ctx, va, gpa, hpa, l2.flags & F_RDONLY, write);
+                let gran = if self.chained(cid) { self.second_stage_agrees(cpu, cid, ctx, va, gpa, hpa, l2.flags & F_RDONLY, write) } else { Some(l2.size) };
+                // the guest-physical entry is vouched for only if the chain's leaf here is at least
+                // as large as the shadow's, the combined one if at least as large as itself
+                let ok = gran.is_some_and(|g| g >= l2.size);
+                let src_comb = if gran.is_some_and(|g| g >= l1.size.min(l2.size)) { src } else { NO_TABLE };
                 let src = if ok { src } else { NO_TABLE };
                 // the guest-physical entry maps the nested leaf's frame (HPA = leaf + offset)
                 let ge = Entry {
@@ -399,7 +432,7 @@ impl Host {
                 let ge2 = Entry { target: hpa - (gpa & (s2.bytes() - 1)), ..ge };
                 self.tlb2[core].insert(gpa, s2, ge2);
                 self.tlb1[core].insert(gpa, l2.size, ge);
-                (hpa, l2.size, l2.flags, src, full)
+                (hpa, l2.size, l2.flags, src_comb, full)
             }
         };
         // a combined translation covers the smaller of the two leaves; it is writable only if both
@@ -420,46 +453,49 @@ impl Host {
 
     /// The second stage of a walk came from guest-physical entry `ge` (at `lvl`, slot `slot`):
     /// if the entry was filled from the nested table (or chain) as it is now, nothing to check;
-    /// else compare with the truth, refresh the entry if it agrees, and record a stale
-    /// translation if not. Returns whether it agrees.
+    /// else compare with the truth, refresh the entry if it agrees and the truth's leaf is at least
+    /// as large as the entry, and record a stale translation if it disagrees. Returns the size of
+    /// block the second stage is known true over (None: it disagrees).
     #[allow(clippy::too_many_arguments)]
-    fn check_gphys(&mut self, cpu: usize, cid: u32, ctx: &Context, va: u64, gpa: u64, hpa: u64, ge: &Entry, lvl: u8, slot: usize, write: bool) -> bool {
+    fn check_gphys(&mut self, cpu: usize, cid: u32, ctx: &Context, va: u64, gpa: u64, hpa: u64, ge: &Entry, lvl: u8, slot: usize, write: bool) -> Option<PageSize> {
         if ge.vm != ctx.vm {
             self.translation_violation(Cause::ForeignVmTranslation, cpu, cid, ctx, va, hpa, hpa);
         }
         let (src, gen) = (self.nested_src(cid, ctx), self.nested_gen(cid, ctx));
         if ge.src_nested == src && ge.gen_nested == gen {
-            return true;
+            // stamped current only when vouched for over its whole extent
+            return Some(size_of(ge.size));
         }
-        if !self.second_stage_agrees(cpu, cid, ctx, va, gpa, hpa, ge.flags & F_RDONLY, write) {
-            return false;
+        let gran = self.second_stage_agrees(cpu, cid, ctx, va, gpa, hpa, ge.flags & F_RDONLY, write)?;
+        if gran >= size_of(ge.size) {
+            let core = self.topo.cpu_core[cpu] as usize;
+            let t = if lvl == 1 { &mut self.tlb1[core] } else { &mut self.tlb2[core] };
+            t.ents[slot].src_nested = src;
+            t.ents[slot].gen_nested = gen;
         }
-        let core = self.topo.cpu_core[cpu] as usize;
-        let t = if lvl == 1 { &mut self.tlb1[core] } else { &mut self.tlb2[core] };
-        t.ents[slot].src_nested = src;
-        t.ents[slot].gen_nested = gen;
-        true
+        Some(gran)
     }
 
     /// Does the second stage the hardware used (`gpa` -> `hpa`, read-only bit `ro`) agree with the
     /// truth (`second_stage_truth`)? A different HPA or none is a stale translation, recorded; a
     /// different permission only for a write through a writable translation over a read-only truth
-    /// (as in `check_hit`). Either way a disagreement returns false.
+    /// (as in `check_hit`). Agreement returns the truth's granularity at `gpa` (how large a
+    /// block the comparison vouches for), a disagreement None.
     #[allow(clippy::too_many_arguments)]
-    fn second_stage_agrees(&mut self, cpu: usize, cid: u32, ctx: &Context, va: u64, gpa: u64, hpa: u64, ro: u8, write: bool) -> bool {
+    fn second_stage_agrees(&mut self, cpu: usize, cid: u32, ctx: &Context, va: u64, gpa: u64, hpa: u64, ro: u8, write: bool) -> Option<PageSize> {
         match self.second_stage_truth(cid, ctx, gpa) {
-            Some((truth, tro)) if truth == hpa && tro != ro => {
+            Some((truth, tro, _)) if truth == hpa && tro != ro => {
                 if write && ro == 0 {
                     self.translation_violation(Cause::StaleTranslation, cpu, cid, ctx, va, hpa, truth);
                 }
-                false
+                None
             }
-            Some((truth, _)) if truth == hpa => true,
+            Some((truth, _, gran)) if truth == hpa => Some(gran),
             other => {
                 // the true HPA is the whole walk's (the guest table was just walked)
-                let true_pa = other.map_or(u64::MAX, |(t, _)| t);
+                let true_pa = other.map_or(u64::MAX, |(t, _, _)| t);
                 self.translation_violation(Cause::StaleTranslation, cpu, cid, ctx, va, hpa, true_pa);
-                false
+                None
             }
         }
     }
@@ -507,7 +543,8 @@ impl Host {
         // the L2 DTLB holds no 1 GiB entries ("all page sizes but 1G", Hot Chips 2024 Zen 5 via
         // semantics.md section 7): a 1 GiB translation is kept as its 2 MiB piece
         let s2 = if w.size == PageSize::G1 { PageSize::M2 } else { w.size };
-        self.tlb2[core].insert(va, s2, Entry { target: w.target - (va & (s2.bytes() - 1)), ..base });
+        // (its guest-physical frame is the 2 MiB piece's, so a hit's frame + offset is the GPA)
+        self.tlb2[core].insert(va, s2, Entry { target: w.target - (va & (s2.bytes() - 1)), gpa: w.gpa & !(s2.bytes() - 1), ..base });
         (w.target, w.flags, w.gpa, w.nested_size as u8)
     }
 
@@ -713,12 +750,15 @@ impl Host {
     /// and global ones, current ASID/VPID (SDM INVLPG; APM).
     pub fn invlpg(&mut self, cpu: usize, va: u64) -> Result<u64> {
         self.check_cpu("cpu", cpu)?;
-        if !canonical(va) {
-            return Err(EngineError::invalid("va", format!("va = {va:#x} is not a canonical address")));
-        }
         let c = self.cur(cpu);
         let (dom, tag, pcid) = (c.mode.dom(), c.tag, c.pcid);
-        let n = self.drop_local_addr(cpu, va, LIN_COMB, |e| e.dom == dom && e.tag == tag && (e.pcid == pcid || e.flags & F_GLOBAL != 0));
+        // "if the memory address is in non-canonical form ... INVLPG is the same as a NOP" in
+        // 64-bit mode (SDM vol. 2A INVLPG): it executes, and drops nothing
+        let n = if canonical(va) {
+            self.drop_local_addr(cpu, va, LIN_COMB, |e| e.dom == dom && e.tag == tag && (e.pcid == pcid || e.flags & F_GLOBAL != 0))
+        } else {
+            0
+        };
         let cost = self.cfg.tlb.invlpg as u64;
         self.note_inval(cpu, "invlpg", n, cost);
         Ok(n)

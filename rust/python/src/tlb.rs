@@ -249,7 +249,9 @@ impl PyHost {
     }
     /// Enter guest `ctx` on `cpu` (SVM: VMRUN with `tlb_control`; VMX: VM entry, tlb_control 0),
     /// make the translated accesses `va` (writes where `write`), exit: one call per guest run.
-    /// Returns (result, page_faults, rmp_refusals), result "entered" or "vmexit_invalid".
+    /// Returns (result, faults, rmp_refusals), result "entered" or "vmexit_invalid"; faults
+    /// counts the accesses that faulted: not present, a write through a read-only translation, or
+    /// a translation beyond memory.
     #[pyo3(signature = (cpu, ctx, va, tlb_control=None, write=None))]
     fn run_guest<'py>(&self, py: Python<'py>, cpu: &Bound<'py, PyAny>, ctx: &Bound<'py, PyAny>, va: PyReadonlyArray1<'py, u64>,
                       tlb_control: Option<&Bound<'py, PyAny>>, write: Option<&Bound<'py, PyAny>>) -> PyResult<(&'static str, u64, u64)> {

@@ -1,0 +1,134 @@
+"""The SNP guest's lazy acceptance, as a stress workload faults its memory in (guest kernel 6.6/6.7
+with Kirill Shutemov's parallel-acceptance fix 50e782a86c98; snp-pagein.md 1.1, 1.2 G1-G5).
+Guest code, modelled because its ordering decides what the host sees.
+
+* mm/page_alloc.c: a zone below its high watermark takes the first 4 MiB (MAX_ORDER) block off
+  zone->unaccepted_pages (try_to_accept_memory_one()) and accepts it (accept_page()).
+  The list was filled at boot by deferred struct-page init, which runs one thread per CPU of the
+  node (deferred_page_init_max_threads(), padata_do_multithreaded() in chunks of
+  size / (4 * threads), mm/mm_init.c), each appending its chunk's blocks in ascending order
+  (__free_unaccepted(): list_add_tail): the list interleaves those runs (`unaccepted_order`;
+  the interleaving is random with a seeded RNG [assumed]).
+* drivers/firmware/efi/unaccepted_memory.c accept_memory(): the range grows by one 2 MiB unit
+  when its end is unit-aligned (the load_unaligned_zeropad() guard), so a 4 MiB block's range is
+  three units; under unaccepted_memory_lock the range is checked against accepting_list, and a
+  vCPU whose range overlaps one in flight drops the lock and retries (spinning, IRQs off) until
+  it is gone (here: it blocks until that acceptance ends). Then each run of still-unaccepted
+  units is accepted: snp_accept_memory() -> a PSC to private (2 MiB entries) -> pvalidate_pages().
+* The stress workers then fault the accepted memory in, 4 KiB at a time (`guest_fault`), and
+  their clears and write-backs load the socket's DRAM (`guest_clear_bytes`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .gmem import HUGE, fault_in_range
+from .qemu import kvm_convert_memory, psc_exit_to_userspace
+
+BLOCK = 4 << 20          # MAX_ORDER block
+UNIT = HUGE              # the EFI unaccepted-memory unit (2 MiB)
+
+
+def unaccepted_order(nblocks: int, nthreads: int, rng: np.random.Generator) -> np.ndarray:
+    """zone->unaccepted_pages after deferred init (module comment): block numbers in list order."""
+    nthreads = max(1, min(nthreads, nblocks))
+    chunk = max(1, nblocks // (4 * nthreads))
+    chunks = -(-nblocks // chunk)
+    # chunks handed to the threads in turn; each thread appends its chunks' blocks in order
+    owner = np.arange(nblocks) // chunk % nthreads
+    seq = np.zeros(nblocks, dtype=np.float64)
+    for th in range(min(nthreads, chunks)):
+        idx = np.nonzero(owner == th)[0]
+        seq[idx] = np.arange(len(idx))
+    key = seq + rng.random(nblocks)
+    return np.argsort(key, kind="stable").astype(np.int64)
+
+
+class GuestAcceptance:
+    """One guest's acceptance state: the unaccepted list, the accepted units, the blocks in flight
+    and who waits on them."""
+
+    def __init__(self, memory: int, vcpus: int, rng: np.random.Generator):
+        self.nblocks = -(-memory // BLOCK)
+        self.nunits = -(-memory // UNIT)
+        self.order = unaccepted_order(self.nblocks, vcpus, rng)
+        self.pos = 0
+        self.accepted = np.zeros(self.nunits, dtype=bool)
+        self.in_flight = np.zeros(self.nblocks + 2, dtype=bool)   # index b + 1 (sentinels at both ends)
+        self.waiters: dict[int, list[int]] = {}
+
+    def take(self) -> int | None:
+        if self.pos >= self.nblocks:
+            return None
+        b = int(self.order[self.pos])
+        self.pos += 1
+        return b
+
+    def blocker(self, b: int) -> int | None:
+        """An in-flight block whose range overlaps block b's (its neighbours: ranges are 3 units)."""
+        if self.in_flight[b]:       # b - 1
+            return b - 1
+        if self.in_flight[b + 2]:   # b + 1
+            return b + 1
+        return None
+
+    def runs(self, b: int) -> list[tuple[int, int]]:
+        """Runs (first unit, count) of still-unaccepted units in block b's range (with the guard)."""
+        lo, hi = 2 * b, min(2 * b + 3, self.nunits)
+        out: list[tuple[int, int]] = []
+        u = lo
+        while u < hi:
+            if self.accepted[u]:
+                u += 1
+                continue
+            v = u
+            while v < hi and not self.accepted[v]:
+                v += 1
+            out.append((u, v - u))
+            u = v
+        return out
+
+
+def vcpu_thread(m, vm, tid: int, driver):
+    """One vCPU of `vm` paging in until its guest has accepted all its memory."""
+    c, g = m.c, vm.guest
+    cpu = m.cpu[tid]
+    t = 0.0
+    while True:
+        t += m.debt(tid)
+        b = g.take()                                      # zone->lock: in time order
+        if b is None:
+            return
+        t += c.guest_accept * m.slow[tid]
+        while (w := g.blocker(b)) is not None:            # accepting_list overlap: wait for it
+            m.ctr.neighbour_waits += 1
+            g.waiters.setdefault(w, []).append(tid)
+            yield None
+            t = max(t, driver.now)
+        g.in_flight[b + 1] = True
+        runs = g.runs(b)
+        done_units = 0
+        for u, n in runs:
+            g.accepted[u:u + n] = True                    # bits cleared as accepted (this range is ours)
+        for u, n in runs:
+            # the slots_lock request follows the block's take (a step start, in time order) by the
+            # few microseconds of the exit; not a step of its own
+            t = psc_exit_to_userspace(m, tid, t)
+            t = kvm_convert_memory(m, vm, tid, t, n * (UNIT // 4096))
+            t = yield from fault_in_range(m, vm, tid, t, u * UNIT, n)
+            done_units += n
+        yield t                                           # the acceptance ends: others see it at this time
+        g.in_flight[b + 1] = False
+        for w in g.waiters.pop(b, ()):
+            driver.wake(w, t)
+        if done_units:
+            nbytes = done_units * UNIT
+            # stress touches what was accepted: guest faults and clears, DRAM traffic
+            m.sync(cpu, t)
+            m.host.add_memory_traffic(cpu, int(nbytes * c.guest_clear_bytes))
+            t_acc = t
+            t += nbytes // 4096 * c.guest_fault * m.slow[tid]
+            vm.accepted_bytes += nbytes
+            vm.finish = max(vm.finish, t_acc)
+        yield t

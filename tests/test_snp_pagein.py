@@ -1,0 +1,263 @@
+"""snp-pagein: SNP guests paging in at host scale (seeds.md 5, snp-pagein.md).
+
+The direct-map policies (a broken one must fault, the others must be clean), the on-demand
+policy's split rule, the seed table's bands, the direction from one guest to four, determinism,
+oversubscription, and the sim/ primitives. Guest memory is scaled down from the seed's (the rate
+is set by a saturated per-VM serial section, so it does not depend on the guest's size once every
+vCPU queues on it; benches/bench_snp_pagein.py runs the real sizes)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import sevsim
+from sevsim import scenarios
+from sevsim.kvm.snp_host import run_pagein
+from sevsim.scenarios import snp_pagein
+from sevsim.sim import Driver, Lock, place_threads
+
+PRESET = "epyc-9754-2s"
+
+
+def row(strategy, *, guests=1, vcpus=16, mem="1GiB", era="2024", assume="", seed=0):
+    t = scenarios.run("snp-pagein", strategies=strategy, reps=1, seed=seed, guests=str(guests), vcpus=str(vcpus),
+                      guest_memory=mem, era=era, assume=assume, preset=PRESET)
+    assert len(t.rows) == 1
+    return t.rows[0]
+
+
+# ---- the policies ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("era, assume", [("upstream", ""), ("2024", "thp_fail_half=0.5")])
+def test_never_takes_rmp_faults_where_4k_private_pages_sit_under_large_mappings(era, assume):
+    r = row("never", era=era, assume=assume)
+    assert r["fallback_chunks"] > 0
+    assert r["rmp"] > 0 and r["verdict"] == "UNSAFE"
+    assert "RmpHostWriteLargeMapping" in r["first_violation"] or "large" in r["first_violation"].lower()
+
+
+@pytest.mark.parametrize("era, assume", [("upstream", ""), ("2024", "thp_fail_half=0.5"), ("2024", "")])
+@pytest.mark.parametrize("strategy", ["presplit", "on_demand"])
+def test_presplit_and_on_demand_are_clean(strategy, era, assume):
+    r = row(strategy, era=era, assume=assume)
+    assert r["rmp"] == 0 and r["violations"] == 0 and r["verdict"] == "SAFE"
+
+
+def test_on_demand_splits_only_for_4k_rmp_entries():
+    # 2 MiB folios only (a fresh host, the 2024 era): adjust_direct_map() returns at once
+    h = sevsim.Host.from_preset(PRESET)
+    r = run_pagein(h, era="2024", policy="on_demand", vm_vcpus=[16], vm_memory=[1 << 30], seed=0)
+    assert r["counters"]["fallback_chunks"] == 0 and r["huge_fraction"] == 1.0
+    assert r["counters"]["splits"] == 0 and r["dm_leaves"]["4K"] == 0
+    # order-0 chunks: splits, at most one 2M split per host 2 MiB region holding them (plus the
+    # 1 GiB splits above them), never undone, never repeated
+    h = sevsim.Host.from_preset(PRESET)
+    r = run_pagein(h, era="upstream", policy="on_demand", vm_vcpus=[16], vm_memory=[1 << 30], seed=0)
+    c = r["counters"]
+    assert c["fallback_chunks"] == 512 and c["splits"] > 0
+    split_2m = r["dm_leaves"]["4K"] // 512
+    assert split_2m <= c["order0_regions"]
+    n_1g = c["splits"] - split_2m
+    assert 0 < n_1g <= split_2m
+    # INVLPGB era: no IPI broadcast per split
+    assert c["flushes"] == 0
+
+
+def test_ipi_flushes_one_per_split_in_the_2024_era():
+    r = row("on_demand", assume="thp_fail_half=0.5")
+    assert r["splits"] > 0 and r["flushes"] == r["splits"]
+    assert r["cpa_wait_ms"] >= 0
+
+
+def test_presplit_pays_the_direct_map_tax_and_on_demand_does_not_split_2m_folios():
+    a, b = row("presplit", vcpus=64, mem="8GiB"), row("on_demand", vcpus=64, mem="8GiB")
+    assert a["splits"] == 0 and b["splits"] == 0
+    assert a["pagein_gbps"] < b["pagein_gbps"]
+
+
+# ---- the seed table -------------------------------------------------------------------------
+
+def _published_run(guests, mem_real, mem_test, strategy):
+    t = scenarios.run("snp-pagein", strategies=strategy, reps=1, seed=0, guests=str(guests), vcpus="128",
+                      guest_memory=mem_test, preset=PRESET)
+    return t.rows[0]["pagein_gbps"], snp_pagein.PUBLISHED[(guests, 128, sevsim.config.parse_size(mem_real))][strategy]
+
+
+BAND_MISS = ("the model's per-VM serial section (KVM_SET_MEMORY_ATTRIBUTES at 134 ns/gfn from P5, plus its "
+             "sourced or assumed extras) is about half of what the published rates need: every row comes "
+             "out about 2x above its band (README, snp-pagein)")
+
+
+@pytest.mark.xfail(strict=True, reason=BAND_MISS)
+@pytest.mark.parametrize("guests, mem_real, mem_test", [(1, "512GiB", "32GiB"), (4, "256GB", "16GiB")])
+@pytest.mark.parametrize("strategy", ["presplit", "on_demand"])
+def test_published_configurations_land_in_their_bands(guests, mem_real, mem_test, strategy):
+    rate, pub = _published_run(guests, mem_real, mem_test, strategy)
+    assert min(pub) <= rate <= max(pub), (rate, pub)
+
+
+def test_four_guests_give_between_2_2_and_2_7_times_one_not_4():
+    one, _ = _published_run(1, "512GiB", "16GiB", "presplit")
+    four, _ = _published_run(4, "256GB", "8GiB", "presplit")
+    ratio = four / one
+    # published: 33.42 / 13.67 = 2.44 (pre-split); SMT pairing, no idle CPU, DRAM latency
+    assert 2.2 <= ratio <= 2.7, ratio
+
+
+def test_default_run_is_the_seed_table():
+    p = scenarios.defaults(snp_pagein, {})
+    confs = snp_pagein.configurations(p["guests"], p["vcpus"], p["guest_memory"])
+    assert [(g, v, m) for g, v, m, _ in confs] == list(snp_pagein.PUBLISHED)
+    assert snp_pagein.DEFAULT_STRATEGIES == ["presplit", "on_demand"] and snp_pagein.DEFAULT_REPS == 3
+
+
+# ---- determinism, odd configurations, bad input ---------------------------------------------
+
+def test_deterministic_and_seed_dependent():
+    drop = ("wall_s",)
+    a = {k: v for k, v in row("on_demand", assume="thp_fail_half=0.2", seed=3).items() if k not in drop}
+    b = {k: v for k, v in row("on_demand", assume="thp_fail_half=0.2", seed=3).items() if k not in drop}
+    c = {k: v for k, v in row("on_demand", assume="thp_fail_half=0.2", seed=4).items() if k not in drop}
+    assert a == b
+    assert a != c
+
+
+def test_more_vcpus_than_cpus_runs_time_sliced():
+    r = row("on_demand", guests=2, vcpus=400, mem="2GiB")
+    assert r["verdict"] == "SAFE" and r["pagein_gbps"] > 0
+    assert "time-sliced" in r["notes"]
+
+
+@pytest.mark.parametrize("params, pattern", [
+    ({"guests": "0"}, "guests"), ({"vcpus": "x"}, "vcpus"), ({"guest_memory": "1MiB"}, "guest_memory"),
+    ({"era": "1999"}, "era"), ({"assume": "smt_pair_yield"}, "assume"), ({"assume": "nope=1"}, "nope"),
+    ({"guests": "1,4", "vcpus": "1,2,3"}, "2 values, but another list has 3"),
+])
+def test_bad_parameters_are_named(params, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        scenarios.run("snp-pagein", strategies="presplit", reps=1, **params)
+
+
+def test_guests_that_do_not_fit_are_refused():
+    with pytest.raises(ValueError, match="do not fit"):
+        row("presplit", guests=4, mem="400GiB")
+
+
+# ---- sim/ -----------------------------------------------------------------------------------
+
+def test_rw_lock_is_writer_fair_and_readers_share():
+    lk = Lock("mmu_lock", "rw")
+    assert lk.read_for(0, 10) == (0, 10)
+    assert lk.read_for(5, 10) == (5, 15)          # readers overlap
+    s, e = lk.hold_for(6, 4)                      # a writer waits for both readers admitted before it
+    assert (s, e) == (15, 19)
+    assert lk.read_for(7, 1) == (19, 20)          # a reader after a waiting writer waits for it
+    assert lk.read_for(30, 1) == (30, 31)
+    st = lk.stats(1.0)
+    assert st["acquisitions"] == 5 and st["contended"] == 2
+
+
+def test_mutex_is_fifo_and_counts_waits():
+    lk = Lock("slots_lock")
+    assert lk.hold_for(0, 10) == (0, 10)
+    assert lk.hold_for(3, 10) == (10, 20)
+    assert lk.hold_for(25, 1) == (25, 26)
+    assert lk.contended == 1 and lk.wait == 7 and lk.hold == 21
+    with pytest.raises(ValueError, match="mutex"):
+        lk.read_for(0, 1)
+    with pytest.raises(ValueError, match="kind"):
+        Lock("x", "spin")
+
+
+def test_driver_runs_the_smallest_clock_first_and_wakes_blocked_threads():
+    order = []
+    d = Driver()
+
+    def th(name, times):
+        for t in times:
+            order.append((t, name))
+            yield t
+
+    def sleeper():
+        order.append((0, "s"))
+        yield None
+        order.append((d.now, "s-woken"))
+
+    def waker():
+        yield 7.0
+        d.wake(2, 7.0)
+
+    d.spawn(0, th("a", [5.0, 9.0]))
+    d.spawn(1, th("b", [1.0, 6.0]))
+    d.spawn(2, sleeper())
+    d.spawn(3, waker())
+    d.run()
+    times = [t for t, n in order if n in ("a", "b")]
+    assert order[-1] == (7.0, "s-woken") or (7.0, "s-woken") in order
+    # each yield is processed in time order
+    assert times == [5.0, 1.0, 6.0, 9.0] or sorted(times[2:]) == times[2:]
+    d2 = Driver()
+    d2.spawn(0, (x for x in [None]))
+    with pytest.raises(RuntimeError, match="blocked forever"):
+        d2.run()
+
+
+def test_placement_idle_cores_first_then_siblings_then_time_slicing():
+    cpu_core = np.array([c % 4 for c in range(8)])  # 4 cores x 2 threads: CPU c on core c % 4
+    core_socket = np.array([0, 0, 1, 1])
+    p = place_threads(4, cpu_core, core_socket, smt_pair_yield=1.3, background=0.05)
+    assert sorted(int(cpu_core[c]) for c in p.cpu) == [0, 1, 2, 3]   # one per core
+    assert np.all(p.slow == 1.0)
+    p = place_threads(8, cpu_core, core_socket, smt_pair_yield=1.3, background=0.05)
+    assert len(p.idle_cpus) == 0
+    assert np.allclose(p.slow, 2 / 1.3 / 0.95)
+    p = place_threads(16, cpu_core, core_socket, smt_pair_yield=1.3, background=0.05)
+    assert np.allclose(p.slow, 2 * 2 / 1.3 / 0.95)
+
+
+def test_fallback_chunks_are_parallel_work_the_serial_section_still_bounds():
+    # order-0 fallbacks cost their vCPU 511 extra #NPFs and clears, not the VM's serial section:
+    # with every vCPU queued on slots_lock the rate stays (engine clears issued in time order)
+    a = row("presplit", guests=4, vcpus=128, mem="4GiB")
+    b = row("presplit", guests=4, vcpus=128, mem="4GiB", assume="thp_fail_half=0.3")
+    assert b["fallback_chunks"] > 0
+    assert b["pagein_gbps"] > 0.9 * a["pagein_gbps"], (a["pagein_gbps"], b["pagein_gbps"])
+    # and slots_lock stays a mutex: its sections never overlap (held at most all the time)
+    c = row("on_demand", guests=4, vcpus=128, mem="4GiB", assume="thp_fail_half=0.3")
+    assert c["splits"] > 0
+    for r in (a, b, c):
+        assert r["slots_hold_frac"] <= 1.0 + 1e-9, r["slots_hold_frac"]
+
+
+def test_folio_memory_fragmentation_model():
+    from sevsim.kvm.sev import FolioMemory
+
+    rng = np.random.default_rng(0)
+    fm = FolioMemory(64 << 30, 2, rng, mixed_fraction=0.1, fail_half=0.0)
+    # a fresh node: every order-9 request succeeds, lowest free block first, 2 MiB aligned
+    pas = [fm.alloc_huge(0) for _ in range(100)]
+    assert all(p is not None and p % (2 << 20) == 0 for p in pas) and pas == sorted(pas)
+    # order-0 pages come from the mixed blocks first, scattered over several 2 MiB regions
+    o0 = fm.alloc_order0(0, 512)
+    assert len(o0) == 512 and len(np.unique(o0 >> np.uint64(21))) >= 2
+    assert not set((o0 >> np.uint64(21)).tolist()) & {p >> 21 for p in pas}
+    # p(u) = fail_half * u / (1 - u): certain failure once u >= 1/2 with fail_half = 1
+    fm2 = FolioMemory(8 << 30, 1, np.random.default_rng(1), fail_half=1.0)
+    while fm2.utilisation(0) < 0.5:
+        fm2.alloc_order0(0, 512)
+    assert all(fm2.alloc_huge(0) is None for _ in range(20))
+    # deterministic with the seed
+    a = FolioMemory(64 << 30, 2, np.random.default_rng(5), mixed_fraction=0.1, fail_half=0.3)
+    b = FolioMemory(64 << 30, 2, np.random.default_rng(5), mixed_fraction=0.1, fail_half=0.3)
+    assert [a.alloc_huge(0) for _ in range(50)] == [b.alloc_huge(0) for _ in range(50)]
+
+
+def test_upstream_era_four_guests_scale_like_parallel_work():
+    # order-0 guest_memfd: 511 #NPFs, clears and RMPUPDATEs per 2 MiB on each vCPU; four guests
+    # get four times the vCPUs at SMT speed, not a serialised clear (a regression: engine clears
+    # of long page lists issued ahead of time serialised every thread's clears)
+    one = row("on_demand", guests=1, vcpus=128, mem="2GiB", era="upstream")
+    four = row("on_demand", guests=4, vcpus=128, mem="2GiB", era="upstream")
+    assert four["splits"] > 0 and four["flushes"] == 0
+    assert 2.0 <= four["pagein_gbps"] / one["pagein_gbps"] <= 4.0, (one["pagein_gbps"], four["pagein_gbps"])
