@@ -265,3 +265,13 @@ def test_upstream_era_four_guests_scale_like_parallel_work():
     four = row("on_demand", guests=4, vcpus=128, mem="2GiB", era="upstream")
     assert four["splits"] > 0 and four["flushes"] == 0
     assert 2.0 <= four["pagein_gbps"] / one["pagein_gbps"] <= 4.0, (one["pagein_gbps"], four["pagein_gbps"])
+
+
+def test_the_page_in_reads_tlb_and_snp_costs_with_the_overrides():
+    """The page-in read [tlb]/[snp] from the built-in profile, so overrides never reached it; it
+    now reads the host's own configuration (Host.tlb_cost / Host.snp_cost)."""
+    from sevsim.kvm.snp_host import preset_section
+    h = sevsim.Host.from_preset("epyc-9754-2s", memory="64GiB",
+                                overrides={"snp": {"npf_exit": 12345}, "tlb": {"world_switch": 777}})
+    assert preset_section(h, "snp")["npf_exit"] == 12345 and h.snp_cost["npf_exit"] == 12345
+    assert preset_section(h, "tlb")["world_switch"] == 777 and h.tlb_cost["smt_tagged"] in (True, False)

@@ -207,27 +207,11 @@ class SnpPageinHost:
 
 
 PAGE_4K = 4096
-_PROFILE: dict | None = None
-
-
 def preset_section(host: Host, section: str) -> dict:
-    """A section of the host's preset in the built-in profile ([snp], [tlb]: costs the binding
-    does not expose in host.cost). Overrides given to Host.from_preset are not seen here."""
-    global _PROFILE
-    import tomllib
-
-    from .._core import DEFAULT_PROFILE
-
-    if _PROFILE is None:
-        _PROFILE = tomllib.loads(DEFAULT_PROFILE)
-    if host.preset not in _PROFILE["presets"]:  # a build older than the package's data file
-        from importlib.resources import files
-
-        _PROFILE = tomllib.loads((files("sevsim") / "data" / "profile.toml").read_text())
-    try:
-        return _PROFILE["presets"][host.preset][section]
-    except KeyError:
-        raise ConfigError(f"preset {host.preset!r} has no [{section}] section in the built-in profile") from None
+    """The host's [tlb] or [snp] costs as configured (preset plus overrides, or a custom profile)."""
+    if section not in ("tlb", "snp"):
+        raise ValueError(f"section = {section!r}: use 'tlb' or 'snp'")
+    return host.tlb_cost if section == "tlb" else host.snp_cost
 
 
 def run_pagein(host: Host, *, era: str, policy: str, vm_vcpus: list[int], vm_memory: list[int], seed: int,

@@ -2,7 +2,7 @@
 //! Python package (`python/sevsim/data/profile.toml`), with the same schema for user files.
 
 use serde::de::{self, Deserializer};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
 
@@ -145,7 +145,7 @@ pub struct Costs {
 }
 
 /// TLB geometry and translation costs (cycles).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlbConfig {
     /// L1 DTLB entries, fully associative, every page size
@@ -176,7 +176,7 @@ pub struct TlbConfig {
 }
 
 /// SEV-SNP host costs (cycles, bandwidths in GB/s).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SnpConfig {
     pub rmpupdate: u32,

@@ -1,7 +1,7 @@
 //! The Host's construction and description: presets, topology, geometry, costs, sizes.
 
 use numpy::ToPyArray;
-use pyo3::exceptions::PyTypeError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use sevsim_engine::config::{self, HostConfig};
@@ -155,6 +155,19 @@ impl PyHost {
         d.set_item("core_ccd", t.core_ccd.to_pyarray(py))?;
         Ok(d)
     }
+    /// The preset's TLB geometry and translation costs (its `tlb` table, overrides applied).
+    #[getter]
+    fn tlb_cost<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let h = self.host("tlb_cost")?;
+        config_dict(py, toml::Value::try_from(&h.cfg.tlb))
+    }
+    /// The preset's SEV-SNP host costs (its `snp` table, overrides applied; cycles, or GB/s
+    /// where the name says so).
+    #[getter]
+    fn snp_cost<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let h = self.host("snp_cost")?;
+        config_dict(py, toml::Value::try_from(&h.cfg.snp))
+    }
     /// The cost profile's numbers for this host (cycles unless named otherwise).
     #[getter]
     fn cost<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
@@ -215,4 +228,21 @@ impl PyHost {
             h.cfg.features.sme_coherent
         )
     }
+}
+
+/// A flat configuration table as a dict of ints, floats and bools.
+fn config_dict<'py>(py: Python<'py>, v: Result<toml::Value, toml::ser::Error>) -> PyResult<Bound<'py, PyDict>> {
+    let v = v.map_err(|e| PyValueError::new_err(format!("configuration: {e}")))?;
+    let d = PyDict::new(py);
+    if let toml::Value::Table(t) = v {
+        for (k, x) in t {
+            match x {
+                toml::Value::Integer(i) => d.set_item(k, i)?,
+                toml::Value::Float(f) => d.set_item(k, f)?,
+                toml::Value::Boolean(b) => d.set_item(k, b)?,
+                other => d.set_item(k, other.to_string())?,
+            }
+        }
+    }
+    Ok(d)
 }
