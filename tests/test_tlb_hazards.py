@@ -226,7 +226,7 @@ def test_counters_per_context_separate_l1_and_l2_guests():
 @pytest.mark.parametrize("call, exc, pattern", [
     (lambda h, c: h.set_context(99, tag=1), ValueError, r"ctx = 99: no such context"),
     (lambda h, c: h.set_context(c, tag=70000), ValueError, r"tag = 70000 is out of range"),
-    (lambda h, c: h.set_context(c, tag=40000), ValueError, r"ASID 40000 is out of range"),
+    (lambda h, c: h.set_context(c, tag=40000), ValueError, r"tag = 40000: ASID out of range"),
     (lambda h, c: h.set_context(c, nested=0), ValueError, r"nested = 0 is not a nested"),
     (lambda h, c: h.set_context(c, nested=50), ValueError, r"nested = 50: no such table"),
     (lambda h, c: h.set_context(0, nested=1), ValueError, r"nested.*host context"),

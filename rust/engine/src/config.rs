@@ -254,7 +254,7 @@ fn parse_profile(text: &str) -> Result<toml::Table> {
     if file.schema != 1 {
         return Err(EngineError::invalid(
             "profile",
-            format!("schema {} is not supported (this sevsim reads schema 1)", file.schema),
+            format!("profile: schema {} is not supported (this sevsim reads schema 1)", file.schema),
         ));
     }
     Ok(file.presets)
@@ -367,7 +367,7 @@ impl HostConfig {
         if self.cpus() > MAX_CPUS {
             return Err(EngineError::invalid(
                 "threads_per_core",
-                format!("{} logical CPUs exceed the limit of {MAX_CPUS}", self.cpus()),
+                format!("threads_per_core: {} logical CPUs exceed the limit of {MAX_CPUS}", self.cpus()),
             ));
         }
         if self.line_size as u64 != LINE {

@@ -43,7 +43,7 @@ impl Host {
         match ctx.mode {
             Mode::Host if ctx.tag != 0 => return Err(EngineError::invalid("tag", format!("tag = {}: a host context has ASID/VPID 0", ctx.tag))),
             Mode::Svm if ctx.tag as u32 >= NASID => {
-                return Err(EngineError::invalid("tag", format!("ASID {} is out of range 0..{NASID}", ctx.tag)))
+                return Err(EngineError::invalid("tag", format!("tag = {}: ASID out of range 0..{NASID}", ctx.tag)))
             }
             _ => {}
         }
@@ -101,7 +101,7 @@ impl Host {
     pub fn set_host_context(&mut self, cpu: usize, ctx: u32) -> Result<()> {
         self.check_cpu("cpu", cpu)?;
         if self.context(ctx)?.mode != Mode::Host {
-            return Err(EngineError::invalid("ctx", "set_host_context takes a host context; guests are entered with vmrun/vmentry"));
+            return Err(EngineError::invalid("ctx", format!("ctx = {ctx}: set_host_context takes a host context; guests are entered with vmrun/vmentry")));
         }
         self.save_guest_state(cpu);
         self.cur_ctx[cpu] = ctx;

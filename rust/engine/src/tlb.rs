@@ -459,15 +459,15 @@ pub struct Invlpgb {
 pub fn check_invlpgb(op: &Invlpgb) -> Result<()> {
     if op.count == 0 || op.count > 8 {
         // CPUID 8000_0008 EDX[15:0] + 1 = invlpgb_count_max; [assumed] 8 pages
-        return Err(EngineError::invalid("count", format!("INVLPGB count must be in 1..=8, got {}", op.count)));
+        return Err(EngineError::invalid("count", format!("count = {} is out of range: INVLPGB takes 1..=8 pages", op.count)));
     }
     if let Some(va) = op.va {
         if !crate::paging::canonical(va) || va % 4096 != 0 {
-            return Err(EngineError::invalid("va", format!("INVLPGB needs a canonical, page-aligned address, got {va:#x}")));
+            return Err(EngineError::invalid("va", format!("va = {va:#x}: INVLPGB needs a canonical, page-aligned address")));
         }
     }
     if op.pcid.is_some_and(|p| p >= 4096) {
-        return Err(EngineError::invalid("pcid", "PCIDs are 12 bits"));
+        return Err(EngineError::invalid("pcid", format!("pcid = {} is out of range 0..=4095 (PCIDs are 12 bits)", op.pcid.unwrap_or(0))));
     }
     Ok(())
 }
