@@ -1,8 +1,10 @@
 """Scenarios assert safety and direction, never numbers copied from a run."""
 
 import json
+import os
 
 import numpy as np
+
 import pytest
 
 from sevsim import scenarios
@@ -352,6 +354,24 @@ def test_shared_setup_equals_a_fresh_setup_per_strategy(name, module, small, see
     fresh = run(strategies=names, seed=seed, reps=reps, share_setup=False, **p)
     assert shared.rows == fresh.rows and shared.series == fresh.series
     assert shared.violations == fresh.violations and any(r["verdict"] == "UNSAFE" for r in shared.rows)
+    # forked teardowns one at a time and three at once (SEVSIM_JOBS) give the same rows
+    for jobs in ("1", "3"):
+        os.environ["SEVSIM_JOBS"] = jobs
+        try:
+            again = run(strategies=names, seed=seed, reps=reps, share_setup=True, **p)
+        finally:
+            del os.environ["SEVSIM_JOBS"]
+        assert again.rows == fresh.rows and again.series == fresh.series and again.violations == fresh.violations
+
+
+def test_sevsim_jobs_must_be_a_positive_number(monkeypatch):
+    from sevsim.scenarios.common import setup_jobs
+    for bad, msg in (("two", "is not a number"), ("0", "needs at least 1")):
+        monkeypatch.setenv("SEVSIM_JOBS", bad)
+        with pytest.raises(ValueError, match=f"SEVSIM_JOBS = .*{msg}"):
+            setup_jobs()
+    monkeypatch.setenv("SEVSIM_JOBS", "3")
+    assert setup_jobs() == 3
 
 
 def test_scale_small_is_the_scaled_down_default_and_explicit_values_win():

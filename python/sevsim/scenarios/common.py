@@ -23,20 +23,36 @@ def can_fork() -> bool:
     return hasattr(os, "fork")
 
 
-def shared_setup(prepare, finish):
+def setup_jobs() -> int:
+    """How many forked teardowns run at once: SEVSIM_JOBS, else the CPUs this process may use
+    (at most 4: each child may copy much of the engine's state as it writes)."""
+    v = os.environ.get("SEVSIM_JOBS")
+    if v:
+        try:
+            n = int(v)
+        except ValueError:
+            raise ConfigError(f"SEVSIM_JOBS = {v!r} is not a number of processes") from None
+        if n < 1:
+            raise ConfigError(f"SEVSIM_JOBS = {n}: needs at least 1")
+        return n
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(4, cpus))
+
+
+def shared_setup(prepare, finish, strategies=None, jobs: int | None = None):
     """A `run_one(strategy, seed, rep, **params)` for `run_grid` that calls `prepare(strategy,
     seed, **params)` once per seed and then, for each strategy, `finish(state, strategy, rep)` in
     a forked child on a copy-on-write copy of that state, so that no strategy sees another's
     teardown. For scenarios whose set-up does not depend on the strategy: the results equal
-    `finish(prepare(...))` per strategy. An exception in the child is raised in the parent."""
+    `finish(prepare(...))` per strategy. An exception in the child is raised in the parent.
+    Given the `strategies` in the order run_grid asks for them, up to `jobs` children run at once
+    (setup_jobs()): each works on its own copy, so the rows are the same as one at a time."""
     cache: dict = {}
+    pending: dict = {}  # strategy -> (pid, read end) of a child already forked for this seed
+    order = list(strategies or [])
+    jobs = setup_jobs() if jobs is None else jobs
 
-    def one(strategy, seed, rep, **params):
-        if cache.get("seed") != seed:
-            cache.clear()
-            gc.collect()
-            cache["state"] = prepare(strategy, seed, **params)
-            cache["seed"] = seed
+    def fork(strategy, rep):
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: tear down, send the result, leave without cleanup
@@ -53,13 +69,47 @@ def shared_setup(prepare, finish):
                 f.write(data)
             os._exit(0)
         os.close(w)
+        pending[strategy] = (pid, r)
+
+    def collect(strategy):
+        pid, r = pending.pop(strategy)
         with os.fdopen(r, "rb") as f:
             data = f.read()
         os.waitpid(pid, 0)
+        return data
+
+    def abandon():
+        for s in list(pending):
+            pid, r = pending.pop(s)
+            os.close(r)
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+            os.waitpid(pid, 0)
+
+    def one(strategy, seed, rep, **params):
+        if cache.get("seed") != seed:
+            abandon()
+            cache.clear()
+            gc.collect()
+            cache["state"] = prepare(strategy, seed, **params)
+            cache["seed"] = seed
+        ahead = order[order.index(strategy):] if strategy in order else [strategy]
+        for s in ahead[:max(1, jobs)]:
+            if s not in pending and (s == strategy or len(pending) < jobs):
+                fork(s, rep)
+        try:
+            data = collect(strategy)
+        except BaseException:
+            abandon()
+            raise
         if not data:
+            abandon()
             raise RuntimeError(f"strategy {strategy}: the teardown's process died without a result")
         kind, value = pickle.loads(data)
         if kind == "error":
+            abandon()
             raise value
         return value
 

@@ -137,7 +137,7 @@ def run(*, strategies, seed, reps, progress=None, share_setup: bool | None = Non
     depends on the strategy and everything is seeded."""
     if share_setup is None:
         share_setup = SHARE_SETUP if SHARE_SETUP is not None else common.can_fork() and len(strategies) > 1
-    one = common.shared_setup(prepare, finish) if share_setup else run_one
+    one = common.shared_setup(prepare, finish, strategies) if share_setup else run_one
     title = (f"{NAME}: {p['vms']} x {p['vm_type']} VM ({p['vcpus']} vCPUs, {p['vm_memory']}) "
              f"torn down next to {p['neighbours']} neighbours on {p['preset']}")
     return common.run_grid(title, one, strategies=strategies, seed=seed, reps=reps, progress=progress,

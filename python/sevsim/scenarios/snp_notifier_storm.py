@@ -170,7 +170,7 @@ def run(*, strategies, seed, reps, progress=None, share_setup: bool | None = Non
              f"of {p['pages_per_event']} pages, {p['neighbours']} neighbours on {p['preset']}")
     if share_setup is None:
         share_setup = SHARE_SETUP if SHARE_SETUP is not None else common.can_fork() and len(strategies) > 1
-    one = common.shared_setup(prepare, finish) if share_setup else run_one
+    one = common.shared_setup(prepare, finish, strategies) if share_setup else run_one
     return common.run_grid(title, one, strategies=strategies, seed=seed, reps=reps, progress=progress,
                            scenario=NAME, legend=LEGEND, shown=SUMMARY_COLUMNS, **p)
 
