@@ -275,3 +275,14 @@ def test_the_page_in_reads_tlb_and_snp_costs_with_the_overrides():
                                 overrides={"snp": {"npf_exit": 12345}, "tlb": {"world_switch": 777}})
     assert preset_section(h, "snp")["npf_exit"] == 12345 and h.snp_cost["npf_exit"] == 12345
     assert preset_section(h, "tlb")["world_switch"] == 777 and h.tlb_cost["smt_tagged"] in (True, False)
+
+
+def test_faults_wait_for_the_attribute_updates_mmu_lock_writers():
+    """The fault path's mmu_lock read sections meet the attribute ioctl's write sections now and
+    then (mmu_wait_ms > 0). It was exactly 0: the saturated slots_lock computes each ioctl far
+    ahead of the driver's clock, and the lock's history of writers (48 kept) held only those
+    future sections, so no fault at the present ever found one."""
+    from sevsim import scenarios
+    r = scenarios.run("snp-pagein", strategies="presplit", reps=1, guests="1", vcpus="128", guest_memory="8GiB")
+    (row,) = r.rows
+    assert row["mmu_wait_ms"] > 0 and row["slots_wait_ms"] > 1000 * row["mmu_wait_ms"]

@@ -18,6 +18,13 @@ from __future__ import annotations
 from bisect import bisect_right
 
 
+#: exclusive sections remembered, oldest asked dropped first. A saturated per-VM lock (slots_lock)
+#: is requested far ahead of the driver's clock (127 waiters x ~143 us), and the sections it
+#: computes there (mmu_lock writers) are asked at those future times: the history must reach back
+#: to the driver's present, or a present request finds no writer and never waits. (It kept 48,
+#: and mmu_lock waits came out as exactly 0.) [assumed] no request is older than 3,072 sections.
+KEEP, TRIM = 4096, 1024
+
 class Lock:
     """One lock. `kind` is "mutex" or "rw". Times are in cycles (floats).
 
@@ -94,8 +101,8 @@ class Lock:
         if end > self.last_end:
             self.last_end = end
         asks, ends, a = self.ex_ask, self.ex_end, self._asked
-        if len(asks) > 48:
-            del asks[:16], ends[:16]  # [assumed] no request waits behind a section 32 grants older
+        if len(asks) > KEEP:
+            del asks[:TRIM], ends[:TRIM]
         if not asks or a >= asks[-1]:
             asks.append(a)
             ends.append(end)
@@ -111,8 +118,8 @@ class Lock:
         if self._asked is not None:
             raise RuntimeError(f"lock {self.name}: hold_for() while the lock is held")
         asks, ends = self.ex_ask, self.ex_end
-        if len(asks) > 48:
-            del asks[:16], ends[:16]  # as in release()
+        if len(asks) > KEEP:
+            del asks[:TRIM], ends[:TRIM]  # as in release()
         start = t
         i = bisect_right(asks, t) if asks else 0
         if i:
