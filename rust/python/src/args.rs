@@ -236,10 +236,10 @@ pub(crate) fn read_profile(profile: Option<&Bound<'_, PyAny>>) -> PyResult<Strin
 }
 
 
-pub(crate) fn page_size_arg(obj: &Bound<'_, PyAny>) -> PyResult<PageSize> {
-    let bytes = size_arg(obj, "size")?;
+pub(crate) fn page_size_arg(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<PageSize> {
+    let bytes = size_arg(obj, name)?;
     PageSize::from_bytes(bytes)
-        .ok_or_else(|| PyValueError::new_err(format!("size = {bytes} is not a page size: use 4K, 2M or 1G")))
+        .ok_or_else(|| PyValueError::new_err(format!("{name} = {bytes} is not a page size: use 4K, 2M or 1G")))
 }
 
 pub(crate) fn opt_int(obj: Option<&Bound<'_, PyAny>>, name: &str, max: u64) -> PyResult<Option<u64>> {

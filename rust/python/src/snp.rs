@@ -93,7 +93,7 @@ impl PyHost {
         let mut h = self.host("snp_clear_page_list")?;
         let c = self.cpu(cpu, "cpu")?;
         let size = match page {
-            Some(p) if !p.is_none() => crate::page_size_arg(p)?,
+            Some(p) if !p.is_none() => crate::page_size_arg(p, "page")?,
             _ => sevsim_engine::paging::PageSize::K4,
         };
         let pa = array_arg::<u64>(pa, "pa", "uint64")?;

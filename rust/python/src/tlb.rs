@@ -154,7 +154,7 @@ impl PyHost {
         let table = int_arg(table, "table", u32::MAX as u64)? as u32;
         let addr = int_arg(addr, "addr", u64::MAX)?;
         let target = int_arg(target, "target", u64::MAX)?;
-        let size = match size { Some(s) if !s.is_none() => page_size_arg(s)?, _ => PageSize::K4 };
+        let size = match size { Some(s) if !s.is_none() => page_size_arg(s, "size")?, _ => PageSize::K4 };
         let flags = if cbit { F_CBIT } else { 0 } | if global_ { F_GLOBAL } else { 0 } | if writable { 0 } else { F_RDONLY };
         h.map(table, addr, target, size, flags).map_err(verr)
     }
@@ -168,7 +168,7 @@ impl PyHost {
         let table = int_arg(table, "table", u32::MAX as u64)? as u32;
         let (mut o1, mut o2) = (Vec::new(), Vec::new());
         let (a, t) = (contiguous(&addr, &mut o1), contiguous(&target, &mut o2));
-        let size = match size { Some(s) if !s.is_none() => page_size_arg(s)?, _ => PageSize::K4 };
+        let size = match size { Some(s) if !s.is_none() => page_size_arg(s, "size")?, _ => PageSize::K4 };
         let flags = if cbit { F_CBIT } else { 0 } | if global_ { F_GLOBAL } else { 0 } | if writable { 0 } else { F_RDONLY };
         h.map_many(table, a, t, size, flags).map_err(verr)
     }
