@@ -12,6 +12,9 @@
 //!   ways oldest), updated with one 16-byte vector operation.
 //!
 //! `cargo run --release -p sevsim-engine --example leanfloor [ordered|ages]` (env L3SETS: L3 sets).
+//! `... --example leanfloor ratio` (env ROUNDS, default 6; N accesses, default 2,000,000): the
+//! engine's random trace (`randbench 32MiB`) and the ordered floor alternated in one run, and
+//! their ratio (issue 14's single-core target: at most 1.5x).
 //! Compare with pycachesim's time per access from `pytest benches/bench_cache.py` (BENCHMARKS.md).
 #[cfg(target_arch = "x86_64")]
 mod floor {
@@ -271,14 +274,27 @@ mod floor {
     }
 }
 
+/// The engine on `randbench`'s host (one core of epyc-9755-2s, L1 32 KiB/8, L2 1 MiB/16, L3
+/// 32 MiB/16, SME_COHERENT, directory, oracles), 64 GiB of memory.
+fn engine_host() -> sevsim_engine::host::Host {
+    let o: toml::Table = toml::from_str(
+        "sockets=1\nccds_per_socket=1\ncores_per_ccd=1\nthreads_per_core=1\n[l1d]\nsize=\"32KiB\"\nways=8\n[l2]\nsize=\"1MiB\"\nways=16\n[l3]\nsize=\"32MiB\"\nways=16\n",
+    )
+    .unwrap();
+    let cfg = sevsim_engine::HostConfig::from_profile(sevsim_engine::config::DEFAULT_PROFILE, "epyc-9755-2s", Some(&o)).unwrap();
+    sevsim_engine::host::Host::new(cfg, Some(64 << 30)).unwrap()
+}
+
 #[cfg(target_arch = "x86_64")]
 fn main() {
+    use sevsim_engine::host::Col;
     use std::time::Instant;
     if !std::arch::is_x86_feature_detected!("avx2") {
         eprintln!("leanfloor needs AVX2");
         return;
     }
-    let n = 2_000_000usize;
+    let mode = std::env::args().nth(1).unwrap_or_default();
+    let n: usize = std::env::var("N").map(|s| s.parse().unwrap()).unwrap_or(2_000_000);
     let mut x: u64 = 88172645463325252;
     let addr: Vec<u64> = (0..n)
         .map(|_| {
@@ -289,8 +305,45 @@ fn main() {
         })
         .collect();
     let l3sets: usize = std::env::var("L3SETS").map(|s| s.parse().unwrap()).unwrap_or(32768);
-    let ages = std::env::args().nth(1).as_deref() == Some("ages");
     let (mut o1, mut o2, mut o3) = (floor::Ordered::<8>::new(64), floor::Ordered::<16>::new(1024), floor::Ordered::<16>::new(l3sets));
+    if mode == "ratio" {
+        // issue 14's single-core target as one run: the engine's random trace (as `randbench
+        // 32MiB`) and the ordered floor on the same trace, rounds alternated in one process so
+        // that both see the same machine load; both warm (round 0 of each fills its caches and
+        // commits its pages, and is not counted); minimum of each, and the ratio of each pair
+        let rounds: usize = std::env::var("ROUNDS").map(|s| s.parse().unwrap()).unwrap_or(6);
+        let mut h = engine_host();
+        let (mut e, mut f, mut pairs) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..=rounds {
+            let t = Instant::now();
+            h.access_batch(Col::One(0), &addr, Col::One(false), Col::One(0), None).unwrap();
+            let te = t.elapsed().as_nanos() as f64 / n as f64;
+            let t = Instant::now();
+            // SAFETY: AVX2 detected above
+            let acc = unsafe { floor::run_ordered(&mut o1, &mut o2, &mut o3, &addr) };
+            let tf = t.elapsed().as_nanos() as f64 / n as f64;
+            std::hint::black_box(acc);
+            if round > 0 {
+                println!("round {round}: engine {te:.1} ns/access, floor {tf:.1} ns/access, ratio {:.2}x", te / tf);
+                e.push(te);
+                f.push(tf);
+                pairs.push(te / tf);
+            }
+        }
+        let min = |v: &[f64]| v.iter().copied().fold(f64::MAX, f64::min);
+        pairs.sort_by(f64::total_cmp);
+        println!(
+            "engine {:.1} ns/access, leanfloor (ordered) {:.1} ns/access: ratio of minima {:.2}x (pairs {:.2}-{:.2}x, median {:.2}x)",
+            min(&e),
+            min(&f),
+            min(&e) / min(&f),
+            pairs[0],
+            pairs[pairs.len() - 1],
+            pairs[pairs.len() / 2]
+        );
+        return;
+    }
+    let ages = mode == "ages";
     let (mut a1, mut a2, mut a3) = (floor::Ages::<8>::new(64), floor::Ages::<16>::new(1024), floor::Ages::<16>::new(l3sets));
     for rep in 0..4 {
         let t = Instant::now();
