@@ -608,7 +608,19 @@ impl Host {
         if self.sole_ccd != NONE && self.sole_ccd != ccd {
             return false;
         }
-        self.topo.ccd_cores(ccd).all(|c| c == core || self.l2.valid[c] == 0)
+        self.alone_in_ccd(core, ccd)
+    }
+
+    /// No core of `ccd` but `core` has anything in its L2 (and so in its L1). A plain loop that
+    /// stops at the first busy core (an iterator's `all` stayed a call in the batch loop).
+    #[inline(always)]
+    fn alone_in_ccd(&self, core: usize, ccd: usize) -> bool {
+        for c in self.topo.ccd_cores(ccd) {
+            if c != core && self.l2.valid[c] != 0 {
+                return false;
+            }
+        }
+        true
     }
 
     /// Is `core` the only agent that can hold the line whose `candidate_ccds` are `cand`: `solo`,
@@ -622,7 +634,7 @@ impl Host {
             return self.solo(core);
         }
         let ccd = self.topo.core_ccd[core] as usize;
-        cand & !(1u64 << ccd) == 0 && self.topo.ccd_cores(ccd).all(|c| c == core || self.l2.valid[c] == 0)
+        cand & !(1u64 << ccd) == 0 && self.alone_in_ccd(core, ccd)
     }
 
     /// The private-cache miss of a solo core: the same outcome as `miss`, without the general
