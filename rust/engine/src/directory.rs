@@ -39,6 +39,13 @@ impl Directory {
         self.map.prefetch(line)
     }
 
+    /// After `prefetch(line)`: the mask if the lines it asked for settle the lookup, else None
+    /// (and the next line of the probe run is asked for). A hint only.
+    #[inline(always)]
+    pub fn peek(&self, line: u64) -> Option<u64> {
+        self.map.peek(line)
+    }
+
     /// Slots of the table (the cost of `lines_in`).
     pub fn slots(&self) -> usize {
         self.map.slots()

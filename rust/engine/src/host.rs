@@ -1288,13 +1288,17 @@ impl Host {
             let xk = addr[k] >> 6;
             let core = self.topo.cpu_core[cpu.at(k) as usize] as usize;
             let ccd = self.topo.core_ccd[core] as usize;
-            if self.dir_active && xk != addr[k - 1] >> 6 && self.l3.valid[ccd] != 0 {
+            if self.dir_active && xk != addr[k - 1] >> 6 {
                 // the directory slot of access k was asked for AHEAD / 2 accesses ago: its mask (a
-                // superset of the CCDs holding the line) says whether the L3 set will be searched
-                if self.dir.get(xk) & (1u64 << ccd) != 0 {
-                    let b3 = self.l3.base_w::<W3>(ccd, xk);
-                    crate::util::prefetch_at(p3, b3);
-                    crate::util::prefetch_at(p3, b3 + w3 - 1);
+                // superset of the CCDs holding the line) says whether the L3 set will be searched;
+                // a probe run that goes on past the lines asked for gets its next line asked for
+                // now (the lookup of a line no cache holds runs to the run's end)
+                if let Some(mask) = self.dir.peek(xk) {
+                    if mask & (1u64 << ccd) != 0 && self.l3.valid[ccd] != 0 {
+                        let b3 = self.l3.base_w::<W3>(ccd, xk);
+                        crate::util::prefetch_at(p3, b3);
+                        crate::util::prefetch_at(p3, b3 + w3 - 1);
+                    }
                 }
             }
             // a dirty line access k pushes out of its L1 set marks its L2 copy dirty: that L2 set
