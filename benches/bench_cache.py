@@ -146,3 +146,30 @@ def test_ratio_512_cpus_to_single_core():
     s, m = min(single) / N * 1e9, min(multi) / N * 1e9
     print(f"\nsingle core random: {s:.1f} ns/access; 512 CPUs interleaved: {m:.1f} ns/access; ratio {m / s:.2f}x")
     assert m > 0 and s > 0
+
+
+def test_ratio_single_core_to_leanfloor():
+    """Issue 14's single-core target as one run: the engine's random trace (`randbench 32MiB`)
+    and the `leanfloor` stripped loop on the same trace, rounds alternated in one process
+    (`cargo run --release -p sevsim-engine --example leanfloor ratio`; ROUNDS, default 6).
+    Target (BENCHMARKS.md): at most 1.5x. Needs cargo (the floor is Rust, not in the wheel)."""
+    import re
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if shutil.which("cargo") is None:
+        pytest.skip("cargo is not installed: the leanfloor example is built from rust/engine")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        ["cargo", "run", "-q", "--release", "-p", "sevsim-engine", "--example", "leanfloor", "ratio"],
+        cwd=root,
+        env={**os.environ, "ROUNDS": os.environ.get("RATIO_ROUNDS", "6")},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    print("\n" + out)
+    m = re.search(r"ratio of minima ([0-9.]+)x", out)
+    assert m is not None, out
+    assert float(m.group(1)) > 0
