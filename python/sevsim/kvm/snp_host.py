@@ -224,8 +224,11 @@ def run_pagein(host: Host, *, era: str, policy: str, vm_vcpus: list[int], vm_mem
     m = SnpPageinHost(host, era=era, policy=policy, vm_vcpus=vm_vcpus, vm_memory=vm_memory, seed=seed,
                       overrides=overrides)
     d = Driver()
+    d.on_advance(m.cpa_lock.forget_before)
     for vm in m.vms:
         vm.guest = GuestAcceptance(vm.memory, len(vm.threads), m.rng)
+        for lk in (vm.slots_lock, vm.mmu_lock, vm.shmem_lock, vm.gmem_lock):
+            d.on_advance(lk.forget_before)
     for vm in m.vms:
         for tid in vm.threads:
             d.spawn(int(tid), vcpu_thread(m, vm, int(tid), d))
@@ -245,11 +248,13 @@ def summarise(m: SnpPageinHost, d) -> dict:
             for k, v in getattr(vm, name).stats(m.freq).items():
                 agg[k] += v
         locks[name] = agg
+    drops = m.cpa_lock.forced_drops + sum(getattr(vm, n).forced_drops for vm in m.vms
+                                          for n in ("slots_lock", "mmu_lock", "shmem_lock", "gmem_lock"))
     viol = m.host.violation_counts()
     rmp = sum(v for k, v in viol.items() if k.startswith("rmp"))
     total = sum(vm.accepted_bytes for vm in m.vms)
     return {"pagein_gbps": float(sum(per_vm)), "per_vm_gbps": per_vm, "paged_bytes": int(total),
             "huge_fraction": float(sum(vm.huge_bytes for vm in m.vms) / total) if total else 0.0,
             "sim_seconds": max(vm.finish for vm in m.vms) / (m.freq * 1e9), "events": d.steps,
-            "counters": dict(vars(m.ctr)), "locks": locks, "rmp_faults": int(rmp), "violations": viol,
+            "counters": dict(vars(m.ctr)), "locks": locks, "lock_history_drops": int(drops), "rmp_faults": int(rmp), "violations": viol,
             "dm_leaves": m.host.direct_map_leaves, "host_utilisation": [m.mem.utilisation(k) for k in range(m.mem.nodes)]}
