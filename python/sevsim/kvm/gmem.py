@@ -32,11 +32,17 @@ N4 = HUGE // K4
 def fault_in_range(m, vm, tid: int, t: float, gpa: int, n: int):
     """The 2 MiB guest chunks [gpa, gpa + n * 2 MiB), one after another on thread `tid` from `t`.
     A generator for the driver; its value (StopIteration) is the time after the last chunk.
-    Chunks that get a 2 MiB folio run in the caller's step, their engine work in one batch (the
+    The thread yields once before the range, so that its faults are computed when the driver
+    has reached their time: by then every mmu_lock writer asked for before them (the attribute
+    updates of the VM's other vCPUs, which a saturated slots_lock computes far ahead) is known,
+    and a fault's read section waits for it (without the yield no fault ever met a writer).
+    Chunks that get a 2 MiB folio then run in that step, their engine work in one batch (the
     engine's clears need no time order, membw.rs; gmem_lock is not strict). Before an order-0
-    chunk the thread yields: that path takes cpa_lock and the engine's cpa_free_at, resources
-    granted in call order, so it must run in simulated-time order."""
+    chunk the thread yields again: that path takes cpa_lock and the engine's cpa_free_at,
+    resources granted in call order, so it must run in simulated-time order."""
     k = 0
+    yield t
+    fresh = True          # nothing computed since the last yield
     while k < n:
         if m.gmem_huge:
             pas = []
@@ -49,11 +55,14 @@ def fault_in_range(m, vm, tid: int, t: float, gpa: int, n: int):
                 j = len(pas)
                 g = np.uint64(gpa + k * HUGE) + np.arange(j, dtype=np.uint64) * np.uint64(HUGE)
                 t = _huge_chunks(m, vm, tid, t, np.array(pas, dtype=np.uint64), g)
+                fresh = False
                 k += j
                 if k == n:
                     break
-        yield t
+        if not fresh:
+            yield t
         t = fault_in_chunk(m, vm, tid, t, gpa + k * HUGE)
+        fresh = False
         k += 1
     return t
 
