@@ -53,7 +53,7 @@ def fault_in_range(m, vm, tid: int, t: float, gpa: int, n: int):
                 pas.append(pa)
             if pas:
                 j = len(pas)
-                g = np.uint64(gpa + k * HUGE) + np.arange(j, dtype=np.uint64) * np.uint64(HUGE)
+                g = np.array(range(gpa + k * HUGE, gpa + (k + j) * HUGE, HUGE), dtype=np.uint64)
                 t = _huge_chunks(m, vm, tid, t, np.array(pas, dtype=np.uint64), g)
                 fresh = False
                 k += j
