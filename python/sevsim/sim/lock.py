@@ -83,7 +83,9 @@ class Lock:
         # exclusive sections sorted by the time they were asked for; those asked at or before t
         # were granted one after another, so the last few of them hold the latest end
         asks = self.ex_ask
-        i = bisect_right(asks, t)
+        if not asks:
+            return t
+        i = len(asks) if t >= asks[-1] else bisect_right(asks, t)  # asked after all: no search
         if i == 0:
             return t
         e = max(self.ex_end[max(0, i - 4):i])
@@ -141,13 +143,20 @@ class Lock:
         if len(asks) > KEEP:
             self._drop_oldest()  # as in release()
         start = t
-        i = bisect_right(asks, t) if asks else 0
-        if i:
-            e = max(ends[i - 4 if i > 4 else 0:i])
-            if e > start:
-                start = e
-        if self.strict and self.last_end > start:
-            start = self.last_end
+        if self.strict and (not asks or t >= asks[-1]):
+            # asked after every remembered section: in strict mode the wait is for the latest end
+            # of any (last_end), which the search below would only bound from below
+            i = len(asks)
+            if self.last_end > start:
+                start = self.last_end
+        else:
+            i = bisect_right(asks, t) if asks else 0
+            if i:
+                e = max(ends[i - 4 if i > 4 else 0:i])
+                if e > start:
+                    start = e
+            if self.strict and self.last_end > start:
+                start = self.last_end
         rs = self.readers
         if rs:
             # readers over by t matter to no request from now on but an out-of-order nested one
