@@ -123,7 +123,7 @@ def vcpu_thread(m, vm, tid: int, driver):
             # the slots_lock request follows the block's take (a step start, in time order) by the
             # few microseconds of the exit; not a step of its own
             t = psc_exit_to_userspace(m, tid, t)
-            t = kvm_convert_memory(m, vm, tid, t, n * (UNIT // 4096))
+            t = kvm_convert_memory(m, vm, tid, t, u, n)
             t = yield from fault_in_range(m, vm, tid, t, u * UNIT, n)
             done_units += n
         g.until[b + 1] = t                                # the acceptance ends: others see it at this time

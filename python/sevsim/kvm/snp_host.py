@@ -24,10 +24,13 @@ from .sev import ConfigError, FolioMemory
 #: the two kernel eras (snp-pagein.md 1.1, 1.4): guest_memfd folio order and how flush_tlb_all() flushes
 ERAS = {
     # the thread's (Jan 2024): best-effort 2 MiB gmem folios (kvm-coco-queue + Sean's hugepage patch), IPI flushes
-    "2024": {"gmem_huge": True, "flush": "ipi"},
-    # today's upstream: order-0 guest_memfd (__kvm_gmem_get_pfn(): *max_order = 0, virt/kvm/guest_memfd.c) and
-    # INVLPGB kernel flushes (lore 20250226030129.530345-5-riel@surriel.com, 6.15)
-    "upstream": {"gmem_huge": False, "flush": "invlpgb"},
+    # guest_memfd RAM starts shared: QEMU made it private at start only in 9.0 (bd3bcf6962b6, posted as Roth's QEMU
+    # SNP v3 15/49 <20240320083945.991426-16-michael.roth@amd.com>, after the thread), so every acceptance converts
+    "2024": {"gmem_huge": True, "flush": "ipi", "private_at_start": False},
+    # today's upstream: order-0 guest_memfd (__kvm_gmem_get_pfn(): *max_order = 0, virt/kvm/guest_memfd.c),
+    # INVLPGB kernel flushes (lore 20250226030129.530345-5-riel@surriel.com, 6.15), and RAM private from the start
+    # (QEMU bd3bcf6962b6): a PSC to private finds the attributes set and KVM returns early
+    "upstream": {"gmem_huge": False, "flush": "invlpgb", "private_at_start": True},
 }
 
 
@@ -37,6 +40,8 @@ class PageinCosts:
     and its dimensionless assumptions; each key's source is in the profile."""
     attr_per_gfn: float
     attr_ioctl: float
+    attr_1g_scan_step: float
+    attr_check_per_gfn: float
     mmu_write_section: float
     attr_memory_bound: float
     attr_dm_pages_per_4m: float
@@ -81,6 +86,8 @@ class PageinCosts:
 class Counters:
     psc: int = 0
     attr_gfns: int = 0
+    attr_noop_calls: int = 0     # conversions that found the range private already (returned early)
+    attr_1g_steps: int = 0       # hugepage_has_attrs() steps at 1 GiB
     npf: int = 0
     npf_retries: int = 0
     huge_chunks: int = 0
@@ -124,6 +131,7 @@ class SnpPageinHost:
         self.era = era
         self.gmem_huge = ERAS[era]["gmem_huge"]
         self.flush = ERAS[era]["flush"]
+        self.private_at_start = ERAS[era]["private_at_start"]
         self.c = PageinCosts.from_host(host, overrides)
         self.rng = np.random.default_rng(seed)
         host.snp_enable()
