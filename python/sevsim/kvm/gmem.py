@@ -31,16 +31,39 @@ N4 = HUGE // K4
 
 def fault_in_range(m, vm, tid: int, t: float, gpa: int, n: int):
     """The 2 MiB guest chunks [gpa, gpa + n * 2 MiB), one after another on thread `tid` from `t`.
-    A generator for the driver: it yields before each chunk, so that the engine's shared
-    resources that are free-at times (a socket's DRAM, membw.rs) see the chunks' clears in
-    simulated-time order; its value (StopIteration) is the time after the last chunk."""
-    for k in range(n):
-        pa = m.mem.alloc_huge(m.node[tid]) if m.gmem_huge else None
-        yield t
-        if pa is not None:
-            t = _huge_chunks(m, vm, tid, t, np.array([pa], dtype=np.uint64), np.array([gpa + k * HUGE], dtype=np.uint64))
-        else:
-            t = fault_in_chunk(m, vm, tid, t, gpa + k * HUGE)
+    A generator for the driver; its value (StopIteration) is the time after the last chunk.
+    The thread yields once before the range, so that its faults are computed when the driver
+    has reached their time: by then every mmu_lock writer asked for before them (the attribute
+    updates of the VM's other vCPUs, which a saturated slots_lock computes far ahead) is known,
+    and a fault's read section waits for it (without the yield no fault ever met a writer).
+    Chunks that get a 2 MiB folio then run in that step, their engine work in one batch (the
+    engine's clears need no time order, membw.rs; gmem_lock is not strict). Before an order-0
+    chunk the thread yields again: that path takes cpa_lock and the engine's cpa_free_at,
+    resources granted in call order, so it must run in simulated-time order."""
+    k = 0
+    yield t
+    fresh = True          # nothing computed since the last yield
+    while k < n:
+        if m.gmem_huge:
+            pas = []
+            while k + len(pas) < n:
+                pa = m.mem.alloc_huge(m.node[tid])
+                if pa is None:
+                    break
+                pas.append(pa)
+            if pas:
+                j = len(pas)
+                g = np.array(range(gpa + k * HUGE, gpa + (k + j) * HUGE, HUGE), dtype=np.uint64)
+                t = _huge_chunks(m, vm, tid, t, np.array(pas, dtype=np.uint64), g)
+                fresh = False
+                k += j
+                if k == n:
+                    break
+        if not fresh:
+            yield t
+        t = fault_in_chunk(m, vm, tid, t, gpa + k * HUGE)
+        fresh = False
+        k += 1
     return t
 
 
@@ -109,7 +132,7 @@ def fault_in_chunk(m, vm, tid: int, t: float, gpa: int) -> float:
         _, f2 = np.unique(pa[idx] >> np.uint64(21), return_index=True)
         second[idx[f2]] = True
         host.access(cpu, pa[second], True, 0)
-        _clear_rest(m, cpu, pa[rest])
+        host.clear_page_list(cpu, pa[rest], "4K")
         host.rmpupdate_batch(cpu, pa[rest], g[rest], assigned=True, huge=False, asid=vm.asid)
     x += (host.cycles(cpu) - e1) * slow
     _, lock_t = vm.gmem_lock.hold_for(t, N4 * c.gmem_filemap * slow)
@@ -129,22 +152,6 @@ def fault_in_chunk(m, vm, tid: int, t: float, gpa: int) -> float:
     m.ctr.pvalidates += N4 + 1
     m.ctr.npf += N4
     return x
-
-
-def _clear_rest(m, cpu: int, pa: np.ndarray) -> None:
-    """clear_page() of the chunk's other 4 KiB pages, one after another on `cpu`: the core's
-    clear rate slowed by its socket's beta plus the direct-map walks they meet (what the engine's
-    clear_page_list charges), without the engine's socket free-at reservation: a list of
-    hundreds of pages would hold that shared resource up to the list's end, ahead of every other
-    thread's present, and serialise all their clears (membw.rs: calls are not issued in time
-    order). DRAM stays far below its cap at these rates (snp-pagein.md 1.5); the bytes still
-    count towards the socket's utilisation."""
-    host = m.host
-    beta = host.memory_factor(cpu)
-    host.direct_map_walks(cpu, pa)
-    nbytes = len(pa) * K4
-    host.spend(cpu, int(nbytes * beta / m.core_clear_bpc))
-    host.add_memory_traffic(cpu, nbytes)
 
 
 def _map(m, vm, tid: int, t_fault: float, x: float, n: int) -> float:

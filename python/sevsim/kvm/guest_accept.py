@@ -55,7 +55,9 @@ class GuestAcceptance:
         self.order = unaccepted_order(self.nblocks, vcpus, rng)
         self.pos = 0
         self.accepted = np.zeros(self.nunits, dtype=bool)
-        self.in_flight = np.zeros(self.nblocks + 2, dtype=bool)   # index b + 1 (sentinels at both ends)
+        # until[b + 1]: when block b's acceptance ends (inf while in flight and not yet known, 0 before it
+        # is taken); sentinels at both ends
+        self.until = np.zeros(self.nblocks + 2, dtype=np.float64)
         self.waiters: dict[int, list[int]] = {}
 
     def take(self) -> int | None:
@@ -65,12 +67,14 @@ class GuestAcceptance:
         self.pos += 1
         return b
 
-    def blocker(self, b: int) -> int | None:
-        """An in-flight block whose range overlaps block b's (its neighbours: ranges are 3 units)."""
-        if self.in_flight[b]:       # b - 1
-            return b - 1
-        if self.in_flight[b + 2]:   # b + 1
-            return b + 1
+    def blocker(self, b: int, now: float) -> tuple[int, float] | None:
+        """An acceptance in flight at `now` whose range overlaps block b's (its neighbours: ranges
+        are 3 units): (block, when it ends, inf if not known yet)."""
+        u = self.until
+        if u[b] > now:          # b - 1
+            return b - 1, float(u[b])
+        if u[b + 2] > now:      # b + 1
+            return b + 1, float(u[b + 2])
         return None
 
     def runs(self, b: int) -> list[tuple[int, int]]:
@@ -101,12 +105,16 @@ def vcpu_thread(m, vm, tid: int, driver):
         if b is None:
             return
         t += c.guest_accept * m.slow[tid]
-        while (w := g.blocker(b)) is not None:            # accepting_list overlap: wait for it
+        while (w := g.blocker(b, t)) is not None:         # accepting_list overlap: wait for it
             m.ctr.neighbour_waits += 1
-            g.waiters.setdefault(w, []).append(tid)
-            yield None
-            t = max(t, driver.now)
-        g.in_flight[b + 1] = True
+            if w[1] == np.inf:                            # its end is not computed yet: woken then
+                g.waiters.setdefault(w[0], []).append(tid)
+                yield None
+                t = max(t, driver.now)
+            else:
+                t = w[1]
+                yield t
+        g.until[b + 1] = np.inf
         runs = g.runs(b)
         done_units = 0
         for u, n in runs:
@@ -115,11 +123,10 @@ def vcpu_thread(m, vm, tid: int, driver):
             # the slots_lock request follows the block's take (a step start, in time order) by the
             # few microseconds of the exit; not a step of its own
             t = psc_exit_to_userspace(m, tid, t)
-            t = kvm_convert_memory(m, vm, tid, t, n * (UNIT // 4096))
+            t = kvm_convert_memory(m, vm, tid, t, u, n)
             t = yield from fault_in_range(m, vm, tid, t, u * UNIT, n)
             done_units += n
-        yield t                                           # the acceptance ends: others see it at this time
-        g.in_flight[b + 1] = False
+        g.until[b + 1] = t                                # the acceptance ends: others see it at this time
         for w in g.waiters.pop(b, ()):
             driver.wake(w, t)
         if done_units:

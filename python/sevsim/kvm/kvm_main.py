@@ -13,15 +13,22 @@ kvm_vm_set_mem_attributes() (6.8, the kvm-coco-queue of the thread):
   kvm_handle_gfn_range(post_set_range)   -- KVM_MMU_LOCK (write): kvm_arch_post_set_memory_attributes()
                                             (arch/x86/kvm/mmu/mmu.c: hugepage_clear_mixed() for 2 MiB
                                             pages inside the range; hugepage_has_attrs() for the 1 GiB page
-                                            straddling it, a walk that stops at its first 2 MiB page
-                                            without the attribute), kvm_mmu_invalidate_end()
+                                            straddling it (and the next one if the range crosses into it),
+                                            a walk from the GiB's start that stops at its first 2 MiB page
+                                            without the attribute: one attr_1g_scan_step per page walked,
+                                            so it depends on how much of the GiB is private already),
+                                            kvm_mmu_invalidate_end()
   mutex_unlock(&kvm->slots_lock);
+If the range has the attributes already (RAM private from the start, QEMU 9.0's bd3bcf6962b6: the
+upstream era), the call ends after kvm_range_has_memory_attributes(): attr_check_per_gfn per gfn.
 The xarray walks reach kernel data through the direct map (the pre-split TLB tax: engine
 direct_map_walks); a share `attr_memory_bound` of the per-gfn cost waits on DRAM and is inflated
 by the socket's loaded-latency factor beta (membw.rs).
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 
 def kvm_mmu_lock_write(m, vm, t: float, cycles: float) -> float:
@@ -33,13 +40,21 @@ def kvm_mmu_lock_write(m, vm, t: float, cycles: float) -> float:
     return e
 
 
-def kvm_vm_set_mem_attributes(m, vm, tid: int, t: float, ngfn: int) -> float:
-    """KVM_SET_MEMORY_ATTRIBUTES(PRIVATE) of `ngfn` gfns from thread `tid`, requested at `t`
-    (in time order: the caller's step starts here). Returns the time the ioctl returns."""
+def kvm_vm_set_mem_attributes(m, vm, tid: int, t: float, unit: int, nunits: int) -> float:
+    """KVM_SET_MEMORY_ATTRIBUTES(PRIVATE) of the guest's 2 MiB units [unit, unit + nunits) from
+    thread `tid`, requested at `t` (in time order: the caller's step starts here). Returns the
+    time the ioctl returns."""
     c, host = m.c, m.host
     cpu, slow = m.cpu[tid], m.slow[tid]
+    ngfn = nunits * GFNS_PER_UNIT
     start = vm.slots_lock.acquire(t)
     x = start + c.attr_ioctl * slow
+    if m.private_at_start:
+        # "Nothing to do if the entire range has the desired attributes" (kvm_vm_set_mem_attributes)
+        x += ngfn * c.attr_check_per_gfn * slow
+        vm.slots_lock.release(start, x)
+        m.ctr.attr_noop_calls += 1
+        return x
     m.sync(cpu, x)
     beta = host.memory_factor(cpu)
     per_gfn = c.attr_per_gfn * (1.0 - c.attr_memory_bound + c.attr_memory_bound * beta) * slow
@@ -50,7 +65,30 @@ def kvm_vm_set_mem_attributes(m, vm, tid: int, t: float, ngfn: int) -> float:
     x += ngfn * per_gfn / 2                       # xa_reserve loop
     x = kvm_mmu_lock_write(m, vm, x, c.mmu_write_section * slow)  # pre_set: invalidate_begin, zap
     x += ngfn * per_gfn / 2                       # xa_store loop
-    x = kvm_mmu_lock_write(m, vm, x, c.mmu_write_section * slow)  # post_set, invalidate_end
+    steps = hugepage_1g_steps(vm.guest.accepted, unit, nunits)
+    m.ctr.attr_1g_steps += steps
+    # post_set: the mixed tracking with its 1 GiB walk, invalidate_end
+    x = kvm_mmu_lock_write(m, vm, x, (c.mmu_write_section + steps * c.attr_1g_scan_step) * slow)
     vm.slots_lock.release(start, x)
     m.ctr.attr_gfns += ngfn
     return x
+
+
+GFNS_PER_UNIT = 512
+UNITS_PER_GIB = 512
+
+
+def hugepage_1g_steps(private: np.ndarray, unit: int, nunits: int) -> int:
+    """Steps of hugepage_has_attrs() at 1 GiB for a range of 2 MiB units just made private
+    (`private` marks the guest's private units, the range's included): for the GiB holding the
+    range's head, and the one holding its tail if different, the walk from the GiB's start up to
+    and including its first 2 MiB page that is not private (all 512 if none)."""
+    n = 0
+    last = unit + nunits - 1
+    for lo in {unit // UNITS_PER_GIB * UNITS_PER_GIB, last // UNITS_PER_GIB * UNITS_PER_GIB}:
+        g = private[lo:lo + UNITS_PER_GIB]
+        if len(g) < UNITS_PER_GIB:
+            continue  # a GiB the memslot does not cover whole: no hugepage tracking at 1 GiB
+        k = int(np.argmin(g))
+        n += UNITS_PER_GIB if g[k] else k + 1
+    return n

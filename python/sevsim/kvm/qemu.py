@@ -8,8 +8,10 @@ thread's SNP branch handling KVM_EXIT_VMGEXIT for a PSC; snp-pagein.md 1.2 H1, H
   invalidate_range_start/end, each a KVM_MMU_LOCK write section (nothing mapped: no remote
   flush; SNP skips WBINVD here: "Avoid WBINVD for HVA-based MMU notifications for SNP"), then
   madvise(MADV_DONTNEED) with its own notifier pair; then back into KVM_RUN.
-Whether that branch's handler took the BQL is not known (snp-pagein.md 4): the model assumes it
-did not (upstream's KVM_EXIT_MEMORY_FAULT path calls kvm_convert_memory() without it).
+No BQL: kvm_arch_handle_exit() calls the VMGEXIT handler without bql_lock() (only the HLT, TPR and
+debug cases take it), and kvm_cpu_exec() drops the BQL before the run loop (QEMU 195801d700c0, Jan
+2024; Roth's QEMU SNP v3 34/49 <20240320083945.991426-35-michael.roth@amd.com>; the Jan 2024 AMD
+branch itself was not found, assumed the same).
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ def psc_exit_to_userspace(m, tid: int, t: float) -> float:
     return t + (m.world_switch + c.psc_exit + c.userspace_roundtrip / 2) * m.slow[tid]
 
 
-def kvm_convert_memory(m, vm, tid: int, t: float, ngfn: int) -> float:
-    """kvm_convert_memory(to_private) of `ngfn` gfns, requested at `t`; returns when QEMU is back
-    in KVM_RUN and the guest resumes."""
+def kvm_convert_memory(m, vm, tid: int, t: float, unit: int, nunits: int) -> float:
+    """kvm_convert_memory(to_private) of the guest's 2 MiB units [unit, unit + nunits), requested
+    at `t` (one call per contiguous run of the PSC: QEMU's next_contig_gpa_range(), Roth's QEMU SNP
+    v3 34/49 <20240320083945.991426-35-michael.roth@amd.com>); returns when QEMU is back in
+    KVM_RUN and the guest resumes."""
     c, slow = m.c, m.slow[tid]
-    x = kvm_vm_set_mem_attributes(m, vm, tid, t, ngfn)
+    x = kvm_vm_set_mem_attributes(m, vm, tid, t, unit, nunits)
     x = ram_block_discard_range(m, vm, tid, x)
     return x + (c.userspace_roundtrip / 2 + m.world_switch) * slow
 

@@ -24,10 +24,13 @@ from .sev import ConfigError, FolioMemory
 #: the two kernel eras (snp-pagein.md 1.1, 1.4): guest_memfd folio order and how flush_tlb_all() flushes
 ERAS = {
     # the thread's (Jan 2024): best-effort 2 MiB gmem folios (kvm-coco-queue + Sean's hugepage patch), IPI flushes
-    "2024": {"gmem_huge": True, "flush": "ipi"},
-    # today's upstream: order-0 guest_memfd (__kvm_gmem_get_pfn(): *max_order = 0, virt/kvm/guest_memfd.c) and
-    # INVLPGB kernel flushes (lore 20250226030129.530345-5-riel@surriel.com, 6.15)
-    "upstream": {"gmem_huge": False, "flush": "invlpgb"},
+    # guest_memfd RAM starts shared: QEMU made it private at start only in 9.0 (bd3bcf6962b6, posted as Roth's QEMU
+    # SNP v3 15/49 <20240320083945.991426-16-michael.roth@amd.com>, after the thread), so every acceptance converts
+    "2024": {"gmem_huge": True, "flush": "ipi", "private_at_start": False},
+    # today's upstream: order-0 guest_memfd (__kvm_gmem_get_pfn(): *max_order = 0, virt/kvm/guest_memfd.c),
+    # INVLPGB kernel flushes (lore 20250226030129.530345-5-riel@surriel.com, 6.15), and RAM private from the start
+    # (QEMU bd3bcf6962b6): a PSC to private finds the attributes set and KVM returns early
+    "upstream": {"gmem_huge": False, "flush": "invlpgb", "private_at_start": True},
 }
 
 
@@ -37,6 +40,8 @@ class PageinCosts:
     and its dimensionless assumptions; each key's source is in the profile."""
     attr_per_gfn: float
     attr_ioctl: float
+    attr_1g_scan_step: float
+    attr_check_per_gfn: float
     mmu_write_section: float
     attr_memory_bound: float
     attr_dm_pages_per_4m: float
@@ -81,6 +86,8 @@ class PageinCosts:
 class Counters:
     psc: int = 0
     attr_gfns: int = 0
+    attr_noop_calls: int = 0     # conversions that found the range private already (returned early)
+    attr_1g_steps: int = 0       # hugepage_has_attrs() steps at 1 GiB
     npf: int = 0
     npf_retries: int = 0
     huge_chunks: int = 0
@@ -103,7 +110,9 @@ class PageinVm:
     slots_lock: Lock = field(default_factory=lambda: Lock("slots_lock"))
     mmu_lock: Lock = field(default_factory=lambda: Lock("mmu_lock", "rw"))
     shmem_lock: Lock = field(default_factory=lambda: Lock("shmem_inode"))
-    gmem_lock: Lock = field(default_factory=lambda: Lock("gmem_i_pages"))
+    # not strict: a thread's 2 MiB faults run in one driver step, asked for ahead of the driver's clock
+    # (gmem.fault_in_range); a few-100-ns section may then overlap one asked for earlier [assumed harmless]
+    gmem_lock: Lock = field(default_factory=lambda: Lock("gmem_i_pages", strict=False))
     inval_end: float = 0.0                   # latest end of an MMU invalidation (mmu_invalidate_seq moves)
     accepted_bytes: int = 0
     huge_bytes: int = 0
@@ -122,6 +131,7 @@ class SnpPageinHost:
         self.era = era
         self.gmem_huge = ERAS[era]["gmem_huge"]
         self.flush = ERAS[era]["flush"]
+        self.private_at_start = ERAS[era]["private_at_start"]
         self.c = PageinCosts.from_host(host, overrides)
         self.rng = np.random.default_rng(seed)
         host.snp_enable()
@@ -154,7 +164,6 @@ class SnpPageinHost:
         self.npf_exit = float(snp["npf_exit"])
         self.pvalidate_2m = float(snp["pvalidate_2m"])
         self.alloc_2m, self.rmpupdate = float(snp["alloc_2m"]), float(snp["rmpupdate"])
-        self.core_clear_bpc = float(snp["core_clear_gbps"]) / host.freq_ghz  # bytes per cycle, one core
         self.dm_walk_4k, self.walk_native = float(snp["dm_walk_4k"]), float(tlb["walk_native"])
         self._walk_key = -1
         # kernel data the attribute update reaches through the direct map: pages spread over memory
@@ -224,8 +233,11 @@ def run_pagein(host: Host, *, era: str, policy: str, vm_vcpus: list[int], vm_mem
     m = SnpPageinHost(host, era=era, policy=policy, vm_vcpus=vm_vcpus, vm_memory=vm_memory, seed=seed,
                       overrides=overrides)
     d = Driver()
+    d.on_advance(m.cpa_lock.forget_before)
     for vm in m.vms:
         vm.guest = GuestAcceptance(vm.memory, len(vm.threads), m.rng)
+        for lk in (vm.slots_lock, vm.mmu_lock, vm.shmem_lock, vm.gmem_lock):
+            d.on_advance(lk.forget_before)
     for vm in m.vms:
         for tid in vm.threads:
             d.spawn(int(tid), vcpu_thread(m, vm, int(tid), d))
@@ -245,11 +257,13 @@ def summarise(m: SnpPageinHost, d) -> dict:
             for k, v in getattr(vm, name).stats(m.freq).items():
                 agg[k] += v
         locks[name] = agg
+    drops = m.cpa_lock.forced_drops + sum(getattr(vm, n).forced_drops for vm in m.vms
+                                          for n in ("slots_lock", "mmu_lock", "shmem_lock", "gmem_lock"))
     viol = m.host.violation_counts()
     rmp = sum(v for k, v in viol.items() if k.startswith("rmp"))
     total = sum(vm.accepted_bytes for vm in m.vms)
     return {"pagein_gbps": float(sum(per_vm)), "per_vm_gbps": per_vm, "paged_bytes": int(total),
             "huge_fraction": float(sum(vm.huge_bytes for vm in m.vms) / total) if total else 0.0,
             "sim_seconds": max(vm.finish for vm in m.vms) / (m.freq * 1e9), "events": d.steps,
-            "counters": dict(vars(m.ctr)), "locks": locks, "rmp_faults": int(rmp), "violations": viol,
+            "counters": dict(vars(m.ctr)), "locks": locks, "lock_history_drops": int(drops), "rmp_faults": int(rmp), "violations": viol,
             "dm_leaves": m.host.direct_map_leaves, "host_utilisation": [m.mem.utilisation(k) for k in range(m.mem.nodes)]}

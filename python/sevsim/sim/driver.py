@@ -5,6 +5,10 @@ order and waiting is causal. Ties go to the thread that was scheduled first (a s
 so runs are deterministic.
 
 A thread may also yield None: it blocks until another thread calls `wake(tid, t)`.
+
+Resources that remember the past (sim/lock.py) register `forget_before(now)` with `on_advance`:
+the driver calls them with its present every `every` steps, so their history stays as long as
+the spread of the threads' clocks, not the run.
 """
 
 from __future__ import annotations
@@ -23,6 +27,15 @@ class Driver:
         self._seq = 0
         self.steps = 0
         self.now = 0.0
+        self._forget: list = []
+        self._every = 256
+
+    def on_advance(self, forget_before, every: int = 256) -> None:
+        """Call `forget_before(now)` every `every` steps (module comment)."""
+        if every < 1:
+            raise ValueError(f"every = {every} must be >= 1")
+        self._forget.append(forget_before)
+        self._every = min(self._every, every)
 
     def spawn(self, tid: int, thread: Thread, t: float = 0.0) -> None:
         if tid in self._threads:
@@ -46,10 +59,14 @@ class Driver:
         error (a lost wake-up in the model)."""
         heap = self._heap
         threads = self._threads
+        forget, every = self._forget, self._every
         while heap:
             t, _, tid = heapq.heappop(heap)
             self.now = t
             self.steps += 1
+            if forget and self.steps % every == 0:
+                for f in forget:
+                    f(t)
             try:
                 nxt = next(threads[tid])
             except StopIteration:

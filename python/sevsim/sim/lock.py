@@ -18,12 +18,13 @@ from __future__ import annotations
 from bisect import bisect_right
 
 
-#: exclusive sections remembered, oldest asked dropped first. A saturated per-VM lock (slots_lock)
-#: is requested far ahead of the driver's clock (127 waiters x ~143 us), and the sections it
-#: computes there (mmu_lock writers) are asked at those future times: the history must reach back
-#: to the driver's present, or a present request finds no writer and never waits. (It kept 48,
-#: and mmu_lock waits came out as exactly 0.) [assumed] no request is older than 3,072 sections.
-KEEP, TRIM = 4096, 1024
+#: a bound on the exclusive sections remembered (a safety net; Lock.forget_before() is what keeps
+#: the history short). A saturated per-VM lock (slots_lock) is requested far ahead of the
+#: driver's clock (127 waiters x ~143 us) and the sections it computes there (mmu_lock writers)
+#: are asked at those future times, so the history must reach back to the driver's present: only
+#: sections that ended before the present can go. Past this bound the oldest go anyway, counted in
+#: Lock.forced_drops (a request older than the kept history would then miss a writer).
+KEEP, TRIM = 1 << 16, 1 << 12
 
 class Lock:
     """One lock. `kind` is "mutex" or "rw". Times are in cycles (floats).
@@ -35,7 +36,7 @@ class Lock:
     thread's step), which keeps it causal; exclusive sections never overlap (`strict`)."""
 
     __slots__ = ("name", "kind", "strict", "last_end", "ex_ask", "ex_end", "readers", "acquisitions", "contended", "wait", "hold",
-                 "read_acquisitions", "read_wait", "_asked")
+                 "read_acquisitions", "read_wait", "_asked", "forced_drops")
 
     def __init__(self, name: str, kind: str = "mutex", *, strict: bool = True):
         """`strict` (the default): exclusive sections never overlap: each starts after every one
@@ -58,12 +59,33 @@ class Lock:
         self.read_wait = 0.0    # cycles waited, shared
         self.hold = 0.0         # cycles held exclusively
         self._asked = None
+        self.forced_drops = 0   # sections dropped by the KEEP bound, not by forget_before()
+
+    def forget_before(self, now: float) -> None:
+        """Drop the history no request at or after `now` can wait for: the oldest exclusive
+        sections, as long as each ended by `now`, and shared sections over by `now`. The driver
+        calls this with its present (the smallest clock of any thread: no request is older)."""
+        ends = self.ex_end
+        j = 0
+        n = len(ends)
+        while j < n and ends[j] <= now:
+            j += 1
+        if j:
+            del self.ex_ask[:j], ends[:j]
+        if self.readers:
+            self.readers = [r for r in self.readers if r[1] > now]
+
+    def _drop_oldest(self) -> None:
+        del self.ex_ask[:TRIM], self.ex_end[:TRIM]
+        self.forced_drops += TRIM
 
     def _after_writers(self, t: float) -> float:
         # exclusive sections sorted by the time they were asked for; those asked at or before t
         # were granted one after another, so the last few of them hold the latest end
         asks = self.ex_ask
-        i = bisect_right(asks, t)
+        if not asks:
+            return t
+        i = len(asks) if t >= asks[-1] else bisect_right(asks, t)  # asked after all: no search
         if i == 0:
             return t
         e = max(self.ex_end[max(0, i - 4):i])
@@ -102,7 +124,7 @@ class Lock:
             self.last_end = end
         asks, ends, a = self.ex_ask, self.ex_end, self._asked
         if len(asks) > KEEP:
-            del asks[:TRIM], ends[:TRIM]
+            self._drop_oldest()
         if not asks or a >= asks[-1]:
             asks.append(a)
             ends.append(end)
@@ -119,15 +141,22 @@ class Lock:
             raise RuntimeError(f"lock {self.name}: hold_for() while the lock is held")
         asks, ends = self.ex_ask, self.ex_end
         if len(asks) > KEEP:
-            del asks[:TRIM], ends[:TRIM]  # as in release()
+            self._drop_oldest()  # as in release()
         start = t
-        i = bisect_right(asks, t) if asks else 0
-        if i:
-            e = max(ends[i - 4 if i > 4 else 0:i])
-            if e > start:
-                start = e
-        if self.strict and self.last_end > start:
-            start = self.last_end
+        if self.strict and (not asks or t >= asks[-1]):
+            # asked after every remembered section: in strict mode the wait is for the latest end
+            # of any (last_end), which the search below would only bound from below
+            i = len(asks)
+            if self.last_end > start:
+                start = self.last_end
+        else:
+            i = bisect_right(asks, t) if asks else 0
+            if i:
+                e = max(ends[i - 4 if i > 4 else 0:i])
+                if e > start:
+                    start = e
+            if self.strict and self.last_end > start:
+                start = self.last_end
         rs = self.readers
         if rs:
             # readers over by t matter to no request from now on but an out-of-order nested one

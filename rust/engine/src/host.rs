@@ -265,7 +265,6 @@ pub struct Host {
     pub(crate) snp_enabled: bool,
     pub(crate) snp_asids: Vec<bool>,
     pub(crate) cpa_free_at: u64,
-    pub(crate) socket_free_at: Vec<f64>,
     /// per CPU: idle (in a C-state), so an IPI has to wake it (kflush.rs)
     pub(crate) cpu_idle: Vec<bool>,
     /// per socket, recent DRAM traffic (membw.rs)
@@ -335,7 +334,6 @@ impl Host {
             snp_enabled: false,
             snp_asids: vec![false; crate::rmp::MAX_ASID as usize + 1],
             cpa_free_at: 0,
-            socket_free_at: vec![0.0; topo.sockets],
             cpu_idle: vec![false; n],
             traffic: crate::membw::SocketTraffic::new(topo.sockets),
             topo,

@@ -11,14 +11,19 @@
 //!   of page-table pages on a split 1.5 TiB host, often in DRAM [assumed]) and `tlb.walk_native`
 //!   for a 2 MiB/1 GiB one (upper levels, in the page-walk caches). Pre-splitting therefore has a
 //!   price. No reuse across calls is assumed [assumed].
-//! * **Bandwidth.** Each socket's DRAM is a resource (`socket_free_at`, as before) and its recent
-//!   utilisation rho (bytes in the last two windows of `snp.bw_window` cycles over what the socket
-//!   can move in that time) inflates memory latency by beta = 1 + a * rho / (1 - rho), a =
-//!   `snp.dram_queueing`, rho capped at 0.95 [assumed: an M/M/1-shaped loaded-latency curve, latency
-//!   about doubling at 80% utilisation with a = 0.3]. A single core's clear rate is latency-bound,
-//!   so it falls by beta; walks to DRAM and work the caller marks memory-bound cost beta times more.
-//!   Calls are not issued in time order: bytes land in the window of the issuing CPU's clock, in a
-//!   ring of 64 windows (bytes older than 64 windows behind the newest are forgotten).
+//! * **Bandwidth.** Each socket's DRAM moves at most `snp.socket_clear_gbps`: per window of
+//!   `snp.bw_window` cycles it has that many bytes of capacity, and every byte the engine counts
+//!   (clears, `add_memory_traffic`) takes some. A clear moves its bytes at the core's rate from its
+//!   CPU's clock on, window by window, each window giving it at most the capacity left there; a
+//!   full window stalls it to the next (a fluid share of the socket [assumed], not a FIFO: two
+//!   clears at once each get what is left, and a call issued after another but earlier in simulated
+//!   time is not queued behind it: calls need not be issued in time order). The recent utilisation
+//!   rho (bytes in the CPU's window and the one before over two windows' capacity) inflates memory
+//!   latency by beta = 1 + a * rho / (1 - rho), a = `snp.dram_queueing`, rho capped at 0.95
+//!   [assumed: an M/M/1-shaped loaded-latency curve, latency about doubling at 80% utilisation with
+//!   a = 0.3]. A single core's clear rate is latency-bound, so it falls by beta; walks to DRAM and
+//!   work the caller marks memory-bound cost beta times more. Windows live in a ring of 64 per
+//!   socket: bytes of a window 64 or more behind the newest one written are not counted.
 
 use crate::error::{EngineError, Result};
 use crate::host::Host;
@@ -39,8 +44,10 @@ impl SocketTraffic {
 
     fn add(&mut self, s: usize, w: u64, bytes: f64) {
         let slot = &mut self.ring[s][(w % BW_WINDOWS as u64) as usize];
-        if slot.0 != w {
+        if slot.0 == u64::MAX || slot.0 < w {
             *slot = (w, 0.0);
+        } else if slot.0 > w {
+            return; // a window the ring has already reused for a newer one: forgotten
         }
         slot.1 += bytes;
     }
@@ -140,8 +147,8 @@ impl Host {
     }
 
     /// Zero [pa, pa + size) from `cpu` (clear_page() through the direct map): the core's clear
-    /// rate divided by the socket's beta, bounded by the socket's bandwidth shared in issue order,
-    /// plus the direct-map walks of the sweep. Timing only. Returns the cycles.
+    /// rate divided by the socket's beta, bounded by the capacity its socket has left in the windows
+    /// the clear runs through, plus the direct-map walks of the sweep. Timing only. Returns the cycles.
     pub(crate) fn clear_range(&mut self, cpu: usize, pa: u64, size: u64) -> u64 {
         self.clear_range_walking(cpu, pa, size, true)
     }
@@ -154,13 +161,27 @@ impl Host {
         let s = self.socket_of(cpu);
         let (walks, walk_c) = if walk { self.sweep_walks(pa, size, beta) } else { (0, 0.0) };
         let start = self.cycles(cpu) as f64;
-        let sock_start = start.max(self.socket_free_at[s]);
-        let sock_end = sock_start + size as f64 / sock_bpc;
-        self.socket_free_at[s] = sock_end;
-        let end = (start + walk_c + size as f64 / core_bpc).max(sock_end);
-        let c = (end - start).ceil() as u64;
-        let w = self.window(cpu);
-        self.traffic.add(s, w, size as f64);
+        // the walks first, then the bytes at the core's rate, window by window, each window
+        // giving at most the socket capacity left in it (module comment)
+        let win = self.cfg.snp.bw_window.max(1) as f64;
+        let cap = win * sock_bpc;
+        let mut t = start + walk_c;
+        let mut left = size as f64;
+        while left > 0.0 {
+            let w = (t / win) as u64;
+            let w_end = (w + 1) as f64 * win;
+            let free = (cap - self.traffic.bytes(s, w)).max(0.0);
+            let can = (core_bpc * (w_end - t)).min(free);
+            if can >= left {
+                self.traffic.add(s, w, left);
+                t += left / core_bpc;
+                break;
+            }
+            self.traffic.add(s, w, can);
+            left -= can;
+            t = w_end;
+        }
+        let c = (t - start).ceil() as u64;
         self.clocks_add(cpu, c);
         self.ctr.other_cycles[cpu] += c;
         self.ctr.clear_bytes[cpu] += size;

@@ -163,3 +163,33 @@ fn npf_exits_in_one_call() {
     h.npf_exit(2).unwrap();
     assert_eq!(h.ctr.npf_exits[2], 512);
 }
+
+#[test]
+fn a_socket_moves_at_most_its_bandwidth_and_calls_need_no_time_order() {
+    // 64 cores of one socket each clearing 2 MiB at once: together at most the socket's
+    // bandwidth (the last finishes no earlier than the bytes over socket_clear_gbps), each alone
+    // at its core's rate
+    let mut h = Host::preset("epyc-9755-2s", Some(64 << 30)).unwrap();
+    let t = h.topo.clone();
+    let socket_of = |cpu: usize| t.ccd_socket[t.core_ccd[t.cpu_core[cpu] as usize] as usize];
+    let s0: Vec<usize> = (0..t.cpus).filter(|&c| socket_of(c) == 0 && t.cpu_core[c] as usize % 2 == 0).take(64).collect();
+    assert_eq!(s0.len(), 64);
+    let (f, core, sock) = (h.cfg.freq_ghz, h.cfg.snp.core_clear_gbps, h.cfg.snp.socket_clear_gbps);
+    let mut ends = vec![];
+    for (i, &c) in s0.iter().enumerate() {
+        ends.push(h.clear_pages(c, (i as u64) << 21, 2 << 20).unwrap());
+    }
+    let alone = (2u64 << 20) as f64 / (core / f);
+    let floor = (64u64 << 21) as f64 / (sock / f);
+    let last = *ends.iter().max().unwrap() as f64;
+    assert!(ends[0] as f64 >= alone && (ends[0] as f64) < alone * 1.01, "{} {alone}", ends[0]);
+    assert!(last >= floor * 0.99, "{last} < {floor}: more than the socket's bandwidth");
+    assert!(last > alone * 1.5, "64 x 12 GB/s must exceed the socket");
+    // a clear issued after one far ahead in simulated time, at an earlier time, is not queued
+    // behind it (the socket is idle at its time)
+    let mut h = Host::preset("epyc-9755-2s", Some(64 << 30)).unwrap();
+    h.spend(s0[0], 10_000_000).unwrap();
+    h.clear_pages(s0[0], 0, 2 << 20).unwrap();
+    let early = h.clear_pages(s0[1], 2 << 20, 2 << 20).unwrap() as f64;
+    assert!(early < alone * 1.01, "{early} vs {alone}");
+}
