@@ -73,7 +73,10 @@ class OnDemand(DirectMapPolicy):
             cyc, splits = host.set_memory_4k_batch(cpu, np.array([a], dtype=np.uint64), flush=m.flush)
             m.engine_cpa_free = host.cycles(cpu)
             n = int(splits[0])
-            hold = max(0.0, cyc - engine_wait) * slow
+            # the holder's own work (page-table page, 512-entry fill) runs at its slowed speed;
+            # the flush's wait for the other CPUs' acknowledgements does not
+            own = n * (alloc + m.split_fill)
+            hold = max(0.0, cyc - engine_wait - own) + own * slow
             m.cpa_lock.release(start, start + hold)
             m.ctr.splits += n
             if m.flush == "ipi":

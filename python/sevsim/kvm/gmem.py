@@ -158,7 +158,7 @@ def _map(m, vm, tid: int, t_fault: float, x: float, n: int) -> float:
     """mmu_lock read, is_page_fault_stale(), map `n` SPTEs. A fault that began before the last
     MMU invalidation ended retries once (an extra #NPF round trip and gmem lookup)."""
     c, slow = m.c, m.slow[tid]
-    if vm.inval_end > t_fault:
+    if vm.inval_ends.moved(t_fault, x):
         m.ctr.npf_retries += 1
         m.ctr.npf += 1
         x += (m.npf_exit + c.gmem_filemap) * slow

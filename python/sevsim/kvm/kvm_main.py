@@ -28,16 +28,50 @@ by the socket's loaded-latency factor beta (membw.rs).
 
 from __future__ import annotations
 
+from bisect import bisect_right, insort
+
 import numpy as np
 
 
-def kvm_mmu_lock_write(m, vm, t: float, cycles: float) -> float:
+def kvm_mmu_lock_write(m, vm, t: float, cycles: float, *, ends_invalidation: bool = False) -> float:
     """One KVM_MMU_LOCK write section of `cycles` requested at `t` (waits for readers admitted
-    before it, writer-fair); its end moves mmu_invalidate_seq. Returns its end."""
+    before it, writer-fair). If it is a kvm_mmu_invalidate_end() (the attribute update's
+    post_set, the notifier's invalidate_range_end), its end moves mmu_invalidate_seq
+    (virt/kvm/kvm_main.c, 6.8): recorded in vm.inval_ends. Returns its end."""
     _, e = vm.mmu_lock.hold_for(t, cycles)
-    if e > vm.inval_end:
-        vm.inval_end = e
+    if ends_invalidation:
+        vm.inval_ends.add(e)
     return e
+
+
+class InvalidationEnds:
+    """When a VM's mmu_invalidate_seq moved: the ends of its invalidations, sorted (they are
+    computed out of time order: a saturated slots_lock computes its holders' sections ahead).
+    A fault retries if the sequence moved between its start and its check under mmu_lock
+    (is_page_fault_stale() -> mmu_invalidate_retry_gfn(), arch/x86/kvm/mmu/mmu.c, 6.8)."""
+
+    __slots__ = ("t",)
+
+    def __init__(self) -> None:
+        self.t: list[float] = []
+
+    def add(self, e: float) -> None:
+        t = self.t
+        if not t or e >= t[-1]:
+            t.append(e)
+        else:
+            insort(t, e)
+
+    def moved(self, t0: float, t1: float) -> bool:
+        """An invalidation ended in (t0, t1]."""
+        i = bisect_right(self.t, t0)
+        return i < len(self.t) and self.t[i] <= t1
+
+    def forget_before(self, now: float) -> None:
+        """Drop ends before the driver's present (no fault starts before it)."""
+        i = bisect_right(self.t, now)
+        if i > 1:
+            del self.t[:i - 1]
 
 
 def kvm_vm_set_mem_attributes(m, vm, tid: int, t: float, unit: int, nunits: int) -> float:
@@ -55,7 +89,10 @@ def kvm_vm_set_mem_attributes(m, vm, tid: int, t: float, unit: int, nunits: int)
         vm.slots_lock.release(start, x)
         m.ctr.attr_noop_calls += 1
         return x
-    m.sync(cpu, x)
+    # DRAM load is read at the request's time, the driver's present, whose windows hold the
+    # traffic computed so far; at the grant time (up to ~27 ms ahead with a saturated slots_lock)
+    # the windows would still be empty and beta always 1
+    m.sync(cpu, t)
     beta = host.memory_factor(cpu)
     per_gfn = c.attr_per_gfn * (1.0 - c.attr_memory_bound + c.attr_memory_bound * beta) * slow
     # the kernel objects the call touches through the direct map (xarray nodes, slab, memslots):
@@ -68,7 +105,8 @@ def kvm_vm_set_mem_attributes(m, vm, tid: int, t: float, unit: int, nunits: int)
     steps = hugepage_1g_steps(vm.guest.accepted, unit, nunits)
     m.ctr.attr_1g_steps += steps
     # post_set: the mixed tracking with its 1 GiB walk, invalidate_end
-    x = kvm_mmu_lock_write(m, vm, x, (c.mmu_write_section + steps * c.attr_1g_scan_step) * slow)
+    x = kvm_mmu_lock_write(m, vm, x, (c.mmu_write_section + steps * c.attr_1g_scan_step) * slow,
+                           ends_invalidation=True)
     vm.slots_lock.release(start, x)
     m.ctr.attr_gfns += ngfn
     return x

@@ -34,7 +34,9 @@ def kvm_convert_memory(m, vm, tid: int, t: float, unit: int, nunits: int) -> flo
     c, slow = m.c, m.slow[tid]
     x = kvm_vm_set_mem_attributes(m, vm, tid, t, unit, nunits)
     x = ram_block_discard_range(m, vm, tid, x)
-    return x + (c.userspace_roundtrip / 2 + m.world_switch) * slow
+    # back into KVM_RUN; the VMRUN is in the world switch charged at the exit (tlb.world_switch is
+    # the round trip, VMRUN to after #VMEXIT)
+    return x + c.userspace_roundtrip / 2 * slow
 
 
 def ram_block_discard_range(m, vm, tid: int, t: float) -> float:
@@ -48,9 +50,9 @@ def ram_block_discard_range(m, vm, tid: int, t: float) -> float:
     x = start + c.shmem_discard / 2 * slow
     x = kvm_mmu_lock_write(m, vm, x, c.mmu_write_section * slow)   # invalidate_range_start
     x += c.shmem_discard / 2 * slow
-    x = kvm_mmu_lock_write(m, vm, x, c.mmu_write_section * slow)   # invalidate_range_end
+    x = kvm_mmu_lock_write(m, vm, x, c.mmu_write_section * slow, ends_invalidation=True)  # invalidate_range_end
     vm.shmem_lock.release(start, x)
     x += c.madvise_dontneed / 2 * slow                               # madvise(): mmap_lock for read
     x = kvm_mmu_lock_write(m, vm, x, c.mmu_write_section * slow)
     x += c.madvise_dontneed / 2 * slow
-    return kvm_mmu_lock_write(m, vm, x, c.mmu_write_section * slow)
+    return kvm_mmu_lock_write(m, vm, x, c.mmu_write_section * slow, ends_invalidation=True)

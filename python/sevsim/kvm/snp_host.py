@@ -19,6 +19,7 @@ import numpy as np
 
 from .. import Host
 from ..sim import Lock, place_threads
+from .kvm_main import InvalidationEnds
 from .sev import ConfigError, FolioMemory
 
 #: the two kernel eras (snp-pagein.md 1.1, 1.4): guest_memfd folio order and how flush_tlb_all() flushes
@@ -113,7 +114,7 @@ class PageinVm:
     # not strict: a thread's 2 MiB faults run in one driver step, asked for ahead of the driver's clock
     # (gmem.fault_in_range); a few-100-ns section may then overlap one asked for earlier [assumed harmless]
     gmem_lock: Lock = field(default_factory=lambda: Lock("gmem_i_pages", strict=False))
-    inval_end: float = 0.0                   # latest end of an MMU invalidation (mmu_invalidate_seq moves)
+    inval_ends: InvalidationEnds = field(default_factory=InvalidationEnds)  # when mmu_invalidate_seq moved
     accepted_bytes: int = 0
     huge_bytes: int = 0
     finish: float = 0.0
@@ -161,6 +162,7 @@ class SnpPageinHost:
                               if self.flush == "ipi" else 0.0)
         self.world_switch = float(tlb["world_switch"])
         self.alloc_4k = float(snp["alloc_4k"])
+        self.split_fill = float(snp["split_fill"])
         self.npf_exit = float(snp["npf_exit"])
         self.pvalidate_2m = float(snp["pvalidate_2m"])
         self.alloc_2m, self.rmpupdate = float(snp["alloc_2m"]), float(snp["rmpupdate"])
@@ -184,15 +186,18 @@ class SnpPageinHost:
         self.seen_flushes = [0] * n
 
     def kernel_walk_cycles(self, ngfn: int, beta: float) -> float:
-        """Direct-map walks of the kernel data an attribute call on `ngfn` gfns reaches: 4 KiB
-        leaves cost snp.dm_walk_4k times beta, large ones tlb.walk_native (membw.rs)."""
+        """Direct-map walks of the kernel data an attribute call on `ngfn` gfns reaches, beyond
+        what attr_per_gfn already holds: a 4 KiB leaf costs snp.dm_walk_4k times beta where a large
+        one costs tlb.walk_native (membw.rs); the difference is charged."""
         if self._walk_key != self.ctr.splits:
             sizes = self.host.direct_map_leaf_sizes(self.kernel_data)
             self._small = np.cumsum(sizes == PAGE_4K)
             self._walk_key = self.ctr.splits
         k = max(1, min(len(self.kernel_data), round(self.c.attr_dm_pages_per_4m * ngfn / 1024)))
         n4 = int(self._small[k - 1])
-        return n4 * self.dm_walk_4k * beta + (k - n4) * self.walk_native
+        # attr_per_gfn (Merwick's whole-call measurement, a host with a large-page direct map
+        # [assumed]) already pays a walk at a large leaf: only a 4 KiB leaf's extra is added
+        return n4 * max(0.0, self.dm_walk_4k * beta - self.walk_native)
 
     # ---- time helpers
     def sync(self, cpu: int, t: float) -> None:
@@ -236,7 +241,7 @@ def run_pagein(host: Host, *, era: str, policy: str, vm_vcpus: list[int], vm_mem
     d.on_advance(m.cpa_lock.forget_before)
     for vm in m.vms:
         vm.guest = GuestAcceptance(vm.memory, len(vm.threads), m.rng)
-        for lk in (vm.slots_lock, vm.mmu_lock, vm.shmem_lock, vm.gmem_lock):
+        for lk in (vm.slots_lock, vm.mmu_lock, vm.shmem_lock, vm.gmem_lock, vm.inval_ends):
             d.on_advance(lk.forget_before)
     for vm in m.vms:
         for tid in vm.threads:
