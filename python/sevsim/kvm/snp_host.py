@@ -120,6 +120,12 @@ class PageinVm:
     finish: float = 0.0
     guest: object = None                     # guest_accept.GuestAcceptance
 
+    def locks(self) -> dict[str, Lock]:
+        return {name: getattr(self, name) for name in LOCK_NAMES}
+
+
+LOCK_NAMES = ("slots_lock", "mmu_lock", "shmem_lock", "gmem_lock")
+
 
 class SnpPageinHost:
     def __init__(self, host: Host, *, era: str, policy, vm_vcpus: list[int], vm_memory: list[int], seed: int,
@@ -241,7 +247,7 @@ def run_pagein(host: Host, *, era: str, policy: str, vm_vcpus: list[int], vm_mem
     d.on_advance(m.cpa_lock.forget_before)
     for vm in m.vms:
         vm.guest = GuestAcceptance(vm.memory, len(vm.threads), m.rng)
-        for lk in (vm.slots_lock, vm.mmu_lock, vm.shmem_lock, vm.gmem_lock, vm.inval_ends):
+        for lk in (*vm.locks().values(), vm.inval_ends):
             d.on_advance(lk.forget_before)
     for vm in m.vms:
         for tid in vm.threads:
@@ -256,14 +262,13 @@ def summarise(m: SnpPageinHost, d) -> dict:
         secs = vm.finish / (m.freq * 1e9)
         per_vm.append(vm.accepted_bytes / secs / 1e9 if secs > 0 else 0.0)
     locks: dict[str, dict] = {"cpa_lock": m.cpa_lock.stats(m.freq)}
-    for name in ("slots_lock", "mmu_lock", "shmem_lock", "gmem_lock"):
+    for name in LOCK_NAMES:
         agg = {"acquisitions": 0, "contended": 0, "wait_us": 0.0, "hold_us": 0.0}
         for vm in m.vms:
-            for k, v in getattr(vm, name).stats(m.freq).items():
+            for k, v in vm.locks()[name].stats(m.freq).items():
                 agg[k] += v
         locks[name] = agg
-    drops = m.cpa_lock.forced_drops + sum(getattr(vm, n).forced_drops for vm in m.vms
-                                          for n in ("slots_lock", "mmu_lock", "shmem_lock", "gmem_lock"))
+    drops = m.cpa_lock.forced_drops + sum(lk.forced_drops for vm in m.vms for lk in vm.locks().values())
     viol = m.host.violation_counts()
     rmp = sum(v for k, v in viol.items() if k.startswith("rmp"))
     total = sum(vm.accepted_bytes for vm in m.vms)

@@ -167,7 +167,15 @@ impl Host {
         let cap = win * sock_bpc;
         let mut t = start + walk_c;
         let mut left = size as f64;
+        let mut windows = 0;
         while left > 0.0 {
+            windows += 1;
+            if windows > BW_WINDOWS {
+                // past what the ring remembers: the rest at the socket's rate or the core's,
+                // whichever is slower (bounded work whatever the profile's bandwidths)
+                t += left / sock_bpc.min(core_bpc);
+                break;
+            }
             let w = (t / win) as u64;
             let w_end = (w + 1) as f64 * win;
             let free = (cap - self.traffic.bytes(s, w)).max(0.0);

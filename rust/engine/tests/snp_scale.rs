@@ -193,3 +193,14 @@ fn a_socket_moves_at_most_its_bandwidth_and_calls_need_no_time_order() {
     let early = h.clear_pages(s0[1], 2 << 20, 2 << 20).unwrap() as f64;
     assert!(early < alone * 1.01, "{early} vs {alone}");
 }
+
+#[test]
+fn a_clear_on_an_absurdly_slow_socket_ends() {
+    // a profile with a tiny socket bandwidth: the window-by-window fill stops after the ring's
+    // windows and charges the rest at that rate (bounded work, a finite and huge time)
+    let mut cfg = Host::preset("tiny", None).unwrap().cfg.clone();
+    cfg.snp.socket_clear_gbps = 1e-6;
+    let mut h = Host::new(cfg, None).unwrap();
+    let c = h.clear_pages(0, 0, 2 << 20).unwrap();
+    assert!(c > 1_000_000_000_000, "{c}");
+}
