@@ -579,10 +579,10 @@ class RefTlb:
 def mov_cr3(self, cpu, table, pcid, noflush):
     c = self.cpu_ctx[cpu]
     c.cr3, c.pcid = table, pcid
-    n = 0
-    if not noflush:
-        n = self._drop(cpu, lambda e: e.dom == c.mode and e.tag == c.tag and e.cat != GPHYS and e.pcid == pcid
-                       and not e.flags & GLOBAL)
+    if noflush:
+        return 0  # a CR3 load that flushes nothing is no flush op
+    n = self._drop(cpu, lambda e: e.dom == c.mode and e.tag == c.tag and e.cat != GPHYS and e.pcid == pcid
+                   and not e.flags & GLOBAL)
     return self._note(cpu, n)
 
 

@@ -47,6 +47,29 @@ def test_mov_cr3_on_cpu0_does_not_move_cpu1():
     assert h.cpu_cr3(2) == (gt2, 3) and h.cpu_cr3(1) == (gt, 0)
 
 
+def test_mov_cr3_noflush_is_not_a_flush():
+    """A MOV to CR3 with bit 63 set keeps the PCID's translations: it is no flush op and costs the
+    CR3 load (tlb.cr3_load), not a flush (tlb.flush). (It was counted as a flush op with the flush's
+    cycles, so a PCID policy's flush count included its no-flush switches.)"""
+    h = sevsim.Host.from_preset("tiny")
+    ht = h.create_table("host")
+    h.map(ht, VA, 0x30000)
+    h.set_host_context(0, h.create_context("host", ht, pcid=7))
+    assert h.translate(0, VA) == (0x30000, 0)
+    before = h.invalidation_stats()["mov_cr3"]
+    c0 = h.cycles(0)
+    assert h.mov_cr3(0, ht, pcid=7, noflush=True) == 0
+    assert h.invalidation_stats()["mov_cr3"] == before
+    assert h.cycles(0) - c0 == h.tlb_cost["cr3_load"] > 0
+    assert h.translate(0, VA) == (0x30000, 0)
+    # the flushing form drops the entry and counts one op
+    c0 = h.cycles(0)
+    n = h.mov_cr3(0, ht, pcid=7)
+    assert n >= 1  # its L1 and L2 TLB entries
+    assert h.invalidation_stats()["mov_cr3"] == (before[0] + 1, before[1] + n)
+    assert h.cycles(0) - c0 == h.tlb_cost["flush"]
+
+
 def test_vmexit_returns_to_the_cpus_own_host_context():
     """A CPU given its own host context returns to it, with the host CR3 it had at VMRUN.
     (Before issue 11 every vmexit went to context 0.)"""

@@ -162,6 +162,10 @@ pub struct TlbConfig {
     pub invlpg: u32,
     /// a local flush of many entries (MOV CR3, INVPCID, INVEPT, INVVPID, TLB_CONTROL)
     pub flush: u32,
+    /// a MOV to CR3 that flushes nothing (CR3 bit 63 with CR4.PCIDE): the serialising CR3 load
+    /// alone; absent: 100 [assumed]
+    #[serde(default = "default_cr3_load")]
+    pub cr3_load: u32,
     /// VMRUN + #VMEXIT (or VM entry + exit) round trip
     pub world_switch: u32,
     pub invlpgb: u32,
@@ -173,6 +177,10 @@ pub struct TlbConfig {
     /// entries nor flushes); absent: false
     #[serde(default)]
     pub smt_tagged: bool,
+}
+
+fn default_cr3_load() -> u32 {
+    100
 }
 
 /// SEV-SNP host costs (cycles, bandwidths in GB/s).

@@ -780,11 +780,15 @@ impl Host {
         }
         self.cpu_ctx[cpu].cr3 = table;
         self.cpu_ctx[cpu].pcid = pcid;
-        let mut n = 0;
-        if !noflush {
-            let (dom, tag) = (c.mode.dom(), c.tag);
-            n = self.drop_local(cpu, |e| e.dom == dom && e.tag == tag && e.cat != CAT_GPHYS && e.pcid == pcid && e.flags & F_GLOBAL == 0);
+        if noflush {
+            // a CR3 load that invalidates nothing: not a flush (no flush op, no flush cycles),
+            // only the serialising load's cost on the clock
+            let cost = self.cfg.tlb.cr3_load as u64;
+            self.clocks_add(cpu, cost);
+            return Ok(0);
         }
+        let (dom, tag) = (c.mode.dom(), c.tag);
+        let n = self.drop_local(cpu, |e| e.dom == dom && e.tag == tag && e.cat != CAT_GPHYS && e.pcid == pcid && e.flags & F_GLOBAL == 0);
         let cost = self.cfg.tlb.flush as u64;
         self.note_inval(cpu, "mov_cr3", n, cost);
         Ok(n)
