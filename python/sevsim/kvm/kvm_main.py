@@ -4,19 +4,22 @@ every page-state change goes through (snp-pagein.md 1.2 H2, 1.5).
 kvm_vm_set_mem_attributes() (6.8, the kvm-coco-queue of the thread):
   mutex_lock(&kvm->slots_lock);
   kvm_range_has_memory_attributes()      -- returns at the first gfn for shared -> private
-  for each gfn: xa_reserve()             -- attr_per_gfn / 2 each [P5]
+  for each gfn: xa_reserve()             -- attr_per_gfn / 2 each [P5c]
   kvm_handle_gfn_range(pre_set_range)    -- KVM_MMU_LOCK (write): kvm_mmu_invalidate_begin(),
                                             kvm_arch_pre_set_memory_attributes() -> kvm_unmap_gfn_range();
                                             flush_on_ret: kvm_flush_remote_tlbs() only if a present SPTE
                                             was zapped (never, for never-touched memory)
-  for each gfn: xa_store()               -- attr_per_gfn / 2 each [P5]
+  for each gfn: xa_store()               -- attr_per_gfn / 2 each [P5c]
   kvm_handle_gfn_range(post_set_range)   -- KVM_MMU_LOCK (write): kvm_arch_post_set_memory_attributes()
                                             (arch/x86/kvm/mmu/mmu.c: hugepage_clear_mixed() for 2 MiB
                                             pages inside the range; hugepage_has_attrs() for the 1 GiB page
                                             straddling it (and the next one if the range crosses into it),
                                             a walk from the GiB's start that stops at its first 2 MiB page
-                                            without the attribute: one attr_1g_scan_step per page walked,
-                                            so it depends on how much of the GiB is private already),
+                                            without the attribute: per page walked, attr_1g_scan_step plus
+                                            one DRAM miss for its xa_load's leaf node (8 leaf nodes per
+                                            2 MiB: each step reads another, written by another vCPU's
+                                            conversion [INF]), so it depends on how much of the GiB is
+                                            private already),
                                             kvm_mmu_invalidate_end()
   mutex_unlock(&kvm->slots_lock);
 If the range has the attributes already (RAM private from the start, QEMU 9.0's bd3bcf6962b6: the
@@ -105,8 +108,8 @@ def kvm_vm_set_mem_attributes(m, vm, tid: int, t: float, unit: int, nunits: int)
     steps = hugepage_1g_steps(vm.guest.accepted, unit, nunits)
     m.ctr.attr_1g_steps += steps
     # post_set: the mixed tracking with its 1 GiB walk, invalidate_end
-    x = kvm_mmu_lock_write(m, vm, x, (c.mmu_write_section + steps * c.attr_1g_scan_step) * slow,
-                           ends_invalidation=True)
+    step = c.attr_1g_scan_step + c.mem_latency * beta
+    x = kvm_mmu_lock_write(m, vm, x, (c.mmu_write_section + steps * step) * slow, ends_invalidation=True)
     vm.slots_lock.release(start, x)
     m.ctr.attr_gfns += ngfn
     return x

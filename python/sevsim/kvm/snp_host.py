@@ -59,11 +59,19 @@ class PageinCosts:
     host_background: float
     thp_fail_half: float
     host_mixed: float
+    #: the preset's DRAM latency (latency.memory, cycles): the cold leaf node of each 1 GiB step
+    mem_latency: float = 0.0
+
+    @classmethod
+    def assumable(cls) -> set[str]:
+        """The names an `assume` override may set (the profile's kvm keys; the memory latency is
+        the engine preset's)."""
+        return {f.name for f in fields(cls)} - {"mem_latency"}
 
     @classmethod
     def from_host(cls, host: Host, overrides: dict[str, float] | None = None) -> "PageinCosts":
         k = dict(host.kvm_cost)
-        names = {f.name for f in fields(cls)}
+        names = cls.assumable()
         for key in overrides or {}:
             base = key[:-3] if key.endswith("_ns") else key
             if base not in names:
@@ -73,6 +81,9 @@ class PageinCosts:
         k.update(overrides or {})
         out = {}
         for f in fields(cls):
+            if f.name == "mem_latency":
+                out[f.name] = float(host.cost["latency_memory"])
+                continue
             if f.name + "_ns" in k:
                 out[f.name] = float(k[f.name + "_ns"]) * host.freq_ghz
             elif f.name in k:

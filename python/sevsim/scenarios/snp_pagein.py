@@ -67,13 +67,11 @@ def _check_sizes(v: str) -> str | None:
 
 
 def _check_assume(v: str) -> str | None:
-    from dataclasses import fields
-
     from ..kvm.snp_host import PageinCosts
 
     if not v.strip():
         return None
-    names = {f.name for f in fields(PageinCosts)}
+    names = PageinCosts.assumable()
     for item in v.split(","):
         if "=" not in item:
             return f"{item!r}: give NAME=VALUE pairs, comma-separated"
