@@ -5,8 +5,10 @@ Guest code, modelled because its ordering decides what the host sees.
 * mm/page_alloc.c: a zone below its high watermark takes the first 4 MiB (MAX_ORDER) block off
   zone->unaccepted_pages (try_to_accept_memory_one()) and accepts it (accept_page()).
   The list was filled at boot by deferred struct-page init, which runs one thread per CPU of the
-  node (deferred_page_init_max_threads(), padata_do_multithreaded() in chunks of
-  size / (4 * threads), mm/mm_init.c), each appending its chunk's blocks in ascending order
+  node (deferred_page_init_max_threads(), mm/mm_init.c deferred_init_memmap()) through
+  padata_do_multithreaded() (kernel/padata.c, 6.6): at most size / section threads, chunks of
+  size / (4 * threads) rounded up to a memory section (the job's align and min_chunk are
+  PAGES_PER_SECTION: 128 MiB on x86-64), each thread appending its chunk's blocks in ascending order
   (__free_unaccepted(): list_add_tail): the list interleaves those runs (`unaccepted_order`;
   the interleaving is random with a seeded RNG [assumed]).
 * drivers/firmware/efi/unaccepted_memory.c accept_memory(): the range grows by one 2 MiB unit
@@ -27,13 +29,17 @@ from .gmem import HUGE, fault_in_range
 from .qemu import kvm_convert_memory, psc_exit_to_userspace
 
 BLOCK = 4 << 20          # MAX_ORDER block
+SECTION_BLOCKS = (128 << 20) // BLOCK   # PAGES_PER_SECTION (x86-64 SECTION_SIZE_BITS 27) in blocks
 UNIT = HUGE              # the EFI unaccepted-memory unit (2 MiB)
 
 
 def unaccepted_order(nblocks: int, nthreads: int, rng: np.random.Generator) -> np.ndarray:
     """zone->unaccepted_pages after deferred init (module comment): block numbers in list order."""
-    nthreads = max(1, min(nthreads, nblocks))
-    chunk = max(1, nblocks // (4 * nthreads))
+    # padata_do_multithreaded(): nworks = min(size / max(min_chunk, align), max_threads);
+    # chunk_size = roundup(max(size / (nworks * 4), min_chunk), align), both a section
+    nthreads = max(1, min(nthreads, nblocks // SECTION_BLOCKS))
+    chunk = max(nblocks // (4 * nthreads), SECTION_BLOCKS)
+    chunk = -(-chunk // SECTION_BLOCKS) * SECTION_BLOCKS
     chunks = -(-nblocks // chunk)
     # chunks handed to the threads in turn; each thread appends its chunks' blocks in order
     owner = np.arange(nblocks) // chunk % nthreads
