@@ -16,9 +16,10 @@
 //! engine's random trace (`randbench 32MiB`) and the ordered floor alternated in one run, and
 //! their ratio (issue 14's single-core target: at most 1.5x).
 //! `... --example leanfloor multi` (env ROUNDS, N, FILL, AHEAD): issue 14's multi-CPU target
-//! against a floor: the engine and `run_multi` (the same loop over the full preset's 256 cores
-//! and 32 CCDs, still without coherence) on bench_cache's interleaved 512-CPU trace, next to the
-//! single-core pair, on fresh caches and at steady state (caches full).
+//! against floors: the engine and `run_multi` (the same loop over the full preset's 256 cores
+//! and 32 CCDs, without coherence, and with the least directory a coherent simulator needs) on
+//! bench_cache's interleaved 512-CPU trace, next to the single-core pair, on fresh caches and at
+//! steady state (caches full).
 //! Compare with pycachesim's time per access from `pytest benches/bench_cache.py` (BENCHMARKS.md).
 #[cfg(target_arch = "x86_64")]
 mod floor {
@@ -152,41 +153,102 @@ mod floor {
         acc
     }
 
-    /// `inst` instances of `Ordered<N>` (one per core or per CCD) in one array.
+    /// `inst` instances of `Ordered<N>` (one per core or per CCD) in one array, each set starting
+    /// at a 64-byte boundary as the engine's LineArray sets do (a 16-way set is two host lines).
     pub struct Many<const N: usize> {
         v: Vec<u64>,
+        base: usize,
         sets: usize,
         mask: u64,
     }
 
     impl<const N: usize> Many<N> {
         pub fn new(inst: usize, sets: usize) -> Self {
-            let v = vec![0u64; inst * sets * N + 8];
+            let v = vec![0u64; inst * sets * N + 16];
             // transparent huge pages, as the engine's cache arrays ask for (cache.rs LineArray):
             // random set lookups over tens of MiB otherwise pay host TLB misses
             // SAFETY: advice on memory this vector owns; it changes no contents
             unsafe { libc::madvise((v.as_ptr() as usize & !4095) as *mut libc::c_void, v.len() * 8, libc::MADV_HUGEPAGE) };
-            Many { v, sets, mask: sets as u64 - 1 }
+            // the first set at a 64-byte boundary with at least one element before it (the
+            // shifted load of an insert reads it)
+            let mut base = 1;
+            while !(v.as_ptr() as usize + base * 8).is_multiple_of(64) {
+                base += 1;
+            }
+            Many { v, base, sets, mask: sets as u64 - 1 }
         }
         #[inline(always)]
         fn set(&mut self, inst: usize, x: u64) -> *mut u64 {
-            // SAFETY: 4 + (inst * sets + (x & mask)) * N + N <= len for inst < the instances
-            unsafe { self.v.as_mut_ptr().add(4 + (inst * self.sets + (x & self.mask) as usize) * N) }
+            // SAFETY: base + (inst * sets + (x & mask)) * N + N <= len for inst < the instances
+            unsafe { self.v.as_mut_ptr().add(self.base + (inst * self.sets + (x & self.mask) as usize) * N) }
+        }
+    }
+
+    /// The least a coherent simulator must add: a directory from line to the CCDs that may hold
+    /// it, as one open-addressed table of (line + 1, mask) slots sized ahead (the engine's grows),
+    /// one lookup and one insert per miss, nothing ever removed (the engine's mask is a superset
+    /// too), no search of the CCDs it names.
+    pub struct Dir {
+        slots: Vec<u64>,
+        shift: u32,
+        mask: usize,
+    }
+
+    impl Dir {
+        pub fn new(bits: u32) -> Self {
+            let slots = vec![0u64; 2 << bits];
+            // SAFETY: advice on memory this vector owns
+            unsafe { libc::madvise((slots.as_ptr() as usize & !4095) as *mut libc::c_void, slots.len() * 8, libc::MADV_HUGEPAGE) };
+            Dir { slots, shift: 64 - bits, mask: (1 << bits) - 1 }
+        }
+        #[inline(always)]
+        fn home(&self, x: u64) -> usize {
+            ((x + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
+        }
+        #[inline(always)]
+        fn prefetch(&self, x: u64) {
+            // SAFETY: 2 * home < len
+            unsafe { prefetch(self.slots.as_ptr().add(2 * self.home(x))) }
+        }
+        /// OR `bit` into line x's mask; returns the mask it had.
+        #[inline(always)]
+        fn add(&mut self, x: u64, bit: u64) -> u64 {
+            let mut i = self.home(x);
+            loop {
+                let k = self.slots[2 * i];
+                if k == x + 1 {
+                    let m = self.slots[2 * i + 1];
+                    self.slots[2 * i + 1] = m | bit;
+                    return m;
+                }
+                if k == 0 {
+                    self.slots[2 * i] = x + 1;
+                    self.slots[2 * i + 1] = bit;
+                    return 0;
+                }
+                i = (i + 1) & self.mask;
+            }
         }
     }
 
     /// The ordered loop over many cores: `core[i]`'s own L1 and L2, its CCD's L3 (`ccd_of`), the
     /// same prefetching as `run_ordered` (plus the L1 set, which no longer stays in the host's
-    /// caches). Still no coherence: no directory, no other CCD looked at on a miss, so it is a
-    /// floor for any simulator that keeps per-core and per-CCD cache state.
+    /// caches, and the directory slot). What the engine does on the same path, stripped: an L2 hit
+    /// moves the line into L1, a write marks it dirty, a dirty L1 victim marks its L2 copy, an L2
+    /// victim takes its L1 copy and goes to the L3 (victim cache), whose victim is written back if
+    /// dirty. With `dir`, a miss also looks the line up in a directory and adds its CCD; without,
+    /// no coherence at all. No keys, states beyond dirty, oracles, counters or clocks.
     #[target_feature(enable = "avx2")]
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn run_multi<const W1: usize, const A: usize>(
         l1: &mut Many<W1>,
         l2: &mut Many<16>,
         l3: &mut Many<16>,
+        mut dir: Option<&mut Dir>,
         core: &[u32],
         ccd_of: &[u32],
         addr: &[u64],
+        write: &[bool],
     ) -> u64 {
         let mut acc = 0u64;
         let n = addr.len();
@@ -198,6 +260,9 @@ mod floor {
                 for p in [p1, p1.add(W1 - 1), p2, p2.add(15), p3, p3.add(15)] {
                     prefetch(p);
                 }
+                if let Some(d) = dir.as_deref() {
+                    d.prefetch(xj);
+                }
                 let k = i + A / 2;
                 let ck = core[k] as usize;
                 let lru = *l2.set(ck, addr[k] >> 6).add(15);
@@ -206,45 +271,68 @@ mod floor {
                     prefetch(q);
                     prefetch(q.add(15));
                 }
+                let l1lru = *l1.set(ck, addr[k] >> 6).add(W1 - 1);
+                if l1lru & DIRTY != 0 {
+                    let q = l2.set(ck, l1lru & LINE);
+                    prefetch(q);
+                    prefetch(q.add(15));
+                }
             }
-            let (c, x) = (core[i] as usize, addr[i] >> 6);
+            let (c, x, w) = (core[i] as usize, addr[i] >> 6, write[i]);
             let d3 = ccd_of[c] as usize;
             let want = x | VALID;
+            let dirty = if w { DIRTY } else { 0 };
             let p1 = l1.set(c, x);
             let h1 = scan::<W1>(p1, want);
             if h1 != 0 {
-                Ordered::<W1>::touch(p1, h1.trailing_zeros() as usize);
+                let k = h1.trailing_zeros() as usize;
+                *p1.add(k) |= dirty;
+                Ordered::<W1>::touch(p1, k);
                 acc += 1;
                 continue;
             }
             let p2 = l2.set(c, x);
             let h2 = scan::<16>(p2, want);
-            if h2 != 0 {
+            let l1v = if h2 != 0 {
                 Ordered::<16>::touch(p2, h2.trailing_zeros() as usize);
                 acc += 2;
-                continue;
-            }
-            let p3 = l3.set(d3, x);
-            let h3 = scan::<16>(p3, want);
-            let newv = if h3 != 0 { Ordered::<16>::remove(p3, h3.trailing_zeros() as usize) } else { want };
-            let victim = Ordered::<16>::insert(p2, newv);
-            if victim != 0 {
-                let q1 = l1.set(c, victim & LINE);
-                let b = scan::<W1>(q1, victim & ID);
+                (*p2 & !DIRTY) | dirty
+            } else {
+                let p3 = l3.set(d3, x);
+                let h3 = scan::<16>(p3, want);
+                let newv = if h3 != 0 { Ordered::<16>::remove(p3, h3.trailing_zeros() as usize) } else { want };
+                if let Some(d) = dir.as_deref_mut() {
+                    acc ^= d.add(x, 1 << d3);
+                }
+                let mut victim = Ordered::<16>::insert(p2, newv);
+                if victim != 0 {
+                    let q1 = l1.set(c, victim & LINE);
+                    let b = scan::<W1>(q1, victim & ID);
+                    if b != 0 {
+                        victim |= Ordered::<W1>::remove(q1, b.trailing_zeros() as usize) & DIRTY;
+                    }
+                    let q3 = l3.set(d3, victim & LINE);
+                    let d = scan::<16>(q3, victim & ID);
+                    if d != 0 {
+                        let w = d.trailing_zeros() as usize;
+                        *q3.add(w) |= victim & DIRTY;
+                        Ordered::<16>::touch(q3, w);
+                    } else {
+                        // a dirty L3 victim is written back (counted)
+                        acc += Ordered::<16>::insert(q3, victim) & DIRTY;
+                    }
+                }
+                (newv & !DIRTY) | dirty
+            };
+            let v1 = Ordered::<W1>::insert(p1, l1v);
+            if v1 & DIRTY != 0 {
+                // the dirty L1 victim marks its L2 copy (the L2 is inclusive)
+                let q2 = l2.set(c, v1 & LINE);
+                let b = scan::<16>(q2, v1 & ID);
                 if b != 0 {
-                    acc ^= Ordered::<W1>::remove(q1, b.trailing_zeros() as usize);
-                }
-                let q3 = l3.set(d3, victim & LINE);
-                let d = scan::<16>(q3, victim & ID);
-                if d != 0 {
-                    let w = d.trailing_zeros() as usize;
-                    *q3.add(w) |= victim & DIRTY;
-                    Ordered::<16>::touch(q3, w);
-                } else {
-                    acc ^= Ordered::<16>::insert(q3, victim);
+                    *q2.add(b.trailing_zeros() as usize) |= DIRTY;
                 }
             }
-            acc ^= Ordered::<W1>::insert(p1, newv);
         }
         acc
     }
@@ -396,20 +484,45 @@ fn engine_host() -> sevsim_engine::host::Host {
 
 type ManyCaches = (floor::Many<12>, floor::Many<16>, floor::Many<16>);
 
+/// The preset's caches for `floor::run_multi`: 256 cores' L1 48 KiB/12 and L2 1 MiB/16, 32 CCDs'
+/// L3 32 MiB/16.
+fn many_caches() -> ManyCaches {
+    (floor::Many::<12>::new(256, 64), floor::Many::<16>::new(256, 1024), floor::Many::<16>::new(32, 32768))
+}
+
 /// `floor::run_multi` at prefetch distance `ahead`.
 /// # Safety
 /// AVX2 must be available.
 #[cfg(target_arch = "x86_64")]
-unsafe fn run_multi_at(ahead: usize, fm: &mut ManyCaches, core: &[u32], ccd_of: &[u32], addr: &[u64]) -> u64 {
+unsafe fn run_multi_at(ahead: usize, fm: &mut ManyCaches, dir: Option<&mut floor::Dir>, t: &Trace, ccd_of: &[u32]) -> u64 {
     let (l1, l2, l3) = (&mut fm.0, &mut fm.1, &mut fm.2);
+    let (c, a, w) = (&t.core[..], &t.addr[..], &t.write[..]);
     match ahead {
-        4 => floor::run_multi::<12, 4>(l1, l2, l3, core, ccd_of, addr),
-        6 => floor::run_multi::<12, 6>(l1, l2, l3, core, ccd_of, addr),
-        8 => floor::run_multi::<12, 8>(l1, l2, l3, core, ccd_of, addr),
-        12 => floor::run_multi::<12, 12>(l1, l2, l3, core, ccd_of, addr),
-        24 => floor::run_multi::<12, 24>(l1, l2, l3, core, ccd_of, addr),
-        48 => floor::run_multi::<12, 48>(l1, l2, l3, core, ccd_of, addr),
-        _ => panic!("AHEAD must be 4, 6, 8, 12, 24 or 48, not {ahead}"),
+        4 => floor::run_multi::<12, 4>(l1, l2, l3, dir, c, ccd_of, a, w),
+        6 => floor::run_multi::<12, 6>(l1, l2, l3, dir, c, ccd_of, a, w),
+        8 => floor::run_multi::<12, 8>(l1, l2, l3, dir, c, ccd_of, a, w),
+        12 => floor::run_multi::<12, 12>(l1, l2, l3, dir, c, ccd_of, a, w),
+        24 => floor::run_multi::<12, 24>(l1, l2, l3, dir, c, ccd_of, a, w),
+        _ => panic!("AHEAD must be 4, 6, 8, 12 or 24, not {ahead}"),
+    }
+}
+
+/// bench_cache's interleaved trace: CPU i % 512 (on core CPU % 256), random lines over 64 GiB, 30 % writes.
+struct Trace {
+    cpu: Vec<u32>,
+    core: Vec<u32>,
+    addr: Vec<u64>,
+    write: Vec<bool>,
+}
+
+impl Trace {
+    fn new(len: usize, next: &mut dyn FnMut() -> u64) -> Self {
+        let cpu: Vec<u32> = (0..len).map(|i| (i % 512) as u32).collect();
+        // the preset's topology: CPU c runs on core c % 256 (SMT siblings share the core's caches)
+        let core = cpu.iter().map(|&c| c % 256).collect();
+        let addr = (0..len).map(|_| (next() % (64 << 30)) & !7).collect();
+        let write = (0..len).map(|_| next() % 10 < 3).collect();
+        Trace { cpu, core, addr, write }
     }
 }
 
@@ -417,24 +530,21 @@ fn rounds_env() -> usize {
     std::env::var("ROUNDS").map(|s| s.parse().unwrap()).unwrap_or(6)
 }
 
-/// `multi` mode: issue 14's multi-CPU target against floors, in one run. Four loops alternated
-/// each round: the engine and the ordered floor on the single-core random trace (as `ratio`), and
-/// the engine (the full epyc-9755-2s preset, 64 GiB) and `run_multi` (the same geometry: 256
-/// cores' L1 48 KiB/12 and L2 1 MiB/16, 32 CCDs' L3 32 MiB/16) on the interleaved trace of
-/// bench_cache (CPU i % 512, random lines over 64 GiB, 30 % writes). First as the bench runs it,
-/// on fresh caches (the first N accesses of each host), then at steady state: after FILL
-/// accesses (default 24 M, more than the 21 M lines the caches hold) the caches are full and
-/// every miss evicts.
+/// `multi` mode: issue 14's multi-CPU target against floors, in one run. Five loops alternated
+/// each round: the engine and the ordered floor on the single-core random trace (as `ratio`); the
+/// engine (the full epyc-9755-2s preset, 64 GiB) and `run_multi` (the same geometry), without and
+/// with a directory, on the interleaved trace of bench_cache (CPU i % 512, random lines over 64 GiB,
+/// 30 % writes), a fresh trace each round. First on fresh caches, as the bench runs it (a fresh
+/// host per round), then at steady state: after FILL accesses (default 32 M, more than the 21 M
+/// lines the caches hold) the caches are full and nearly every miss evicts.
 #[cfg(target_arch = "x86_64")]
 fn multi(single: &[u64], rounds: usize) {
     use sevsim_engine::host::Col;
     use std::time::Instant;
     let n = single.len();
-    // the floor's prefetch distance (env AHEAD: 4, 6, 8, 12, 24 or 48; the engine's is 12). 6 is
-    // the floor's best on this machine (2026-12-02): 55-69 ns fresh and 60 ns steady, against
-    // 100-128 ns at 12 and 123 ns steady at 8 (software prefetches past the host's miss buffers)
+    // the floor's prefetch distance (env AHEAD: 4, 6, 8, 12 or 24; the engine's is 12)
     let ahead: usize = std::env::var("AHEAD").map(|s| s.parse().unwrap()).unwrap_or(6);
-    let fill: usize = std::env::var("FILL").map(|s| s.parse().unwrap()).unwrap_or(24_000_000);
+    let fill: usize = std::env::var("FILL").map(|s| s.parse().unwrap()).unwrap_or(32_000_000);
     let mut x: u64 = 0x9E3779B97F4A7C15;
     let mut next = move || {
         x ^= x << 13;
@@ -442,21 +552,13 @@ fn multi(single: &[u64], rounds: usize) {
         x ^= x << 17;
         x
     };
-    let trace = |len: usize, next: &mut dyn FnMut() -> u64| -> (Vec<u32>, Vec<u64>, Vec<bool>) {
-        ((0..len).map(|i| (i % 512) as u32).collect(), (0..len).map(|_| (next() % (64 << 30)) & !7).collect(), (0..len).map(|_| next() % 10 < 3).collect())
-    };
-    let (cpu, addr, write) = trace(n, &mut next);
-    let (fcpu, faddr, fwrite) = trace(fill, &mut next);
-    // the preset's topology: CPU c runs on core c % 256 (SMT siblings share the core's caches),
-    // core k in CCD k / 8
-    let core: Vec<u32> = cpu.iter().map(|&c| c % 256).collect();
-    let fcore: Vec<u32> = fcpu.iter().map(|&c| c % 256).collect();
     let ccd_of: Vec<u32> = (0..256).map(|k| k / 8).collect();
     let new_engine = || {
         let cfg = sevsim_engine::HostConfig::from_profile(sevsim_engine::config::DEFAULT_PROFILE, "epyc-9755-2s", None).unwrap();
         sevsim_engine::host::Host::new(cfg, Some(64 << 30)).unwrap()
     };
-    let new_floor = || (floor::Many::<12>::new(256, 64), floor::Many::<16>::new(256, 1024), floor::Many::<16>::new(32, 32768));
+    // directory tables at about half load: 2 M lines for a fresh round, fill + rounds at steady state
+    let dir_bits = |lines: usize| (2 * lines).next_power_of_two().trailing_zeros();
     let time = |f: &mut dyn FnMut()| {
         let (t, c) = (Instant::now(), cpu_ns());
         f();
@@ -468,44 +570,52 @@ fn multi(single: &[u64], rounds: usize) {
     es.access_batch(Col::One(0), single, Col::One(false), Col::One(0), None).unwrap();
     // SAFETY (all floor calls): AVX2 was detected by main
     std::hint::black_box(unsafe { floor::run_ordered(&mut o1, &mut o2, &mut o3, single) });
-    let mut rows: Vec<[f64; 8]> = Vec::new();
     for phase in ["fresh", "steady"] {
-        let (mut em, mut fm) = (new_engine(), new_floor());
-        if phase == "steady" {
-            em.access_batch(Col::Each(&fcpu), &faddr, Col::Each(&fwrite), Col::One(0), None).unwrap();
-            std::hint::black_box(unsafe { run_multi_at(ahead, &mut fm, &fcore, &ccd_of, &faddr) });
+        let steady = phase == "steady";
+        let (mut em, mut fm, mut fd) = (new_engine(), many_caches(), many_caches());
+        let mut dir = floor::Dir::new(dir_bits(if steady { fill + rounds * n } else { n }));
+        if steady {
+            let t = Trace::new(fill, &mut next);
+            em.access_batch(Col::Each(&t.cpu), &t.addr, Col::Each(&t.write), Col::One(0), None).unwrap();
+            std::hint::black_box(unsafe { run_multi_at(ahead, &mut fm, None, &t, &ccd_of) });
+            std::hint::black_box(unsafe { run_multi_at(ahead, &mut fd, Some(&mut dir), &t, &ccd_of) });
         }
-        rows.clear();
+        let mut rows: Vec<[f64; 10]> = Vec::new();
         for round in 0..rounds {
-            if phase == "fresh" && round > 0 {
+            if !steady && round > 0 {
                 // every round on fresh caches, as the bench does (a fresh host per round)
                 em = new_engine();
-                fm = new_floor();
+                fm = many_caches();
+                fd = many_caches();
+                dir = floor::Dir::new(dir_bits(n));
             }
+            let t = Trace::new(n, &mut next);
             let (es_w, es_c) = time(&mut || es.access_batch(Col::One(0), single, Col::One(false), Col::One(0), None).map(|_| ()).unwrap());
             let (fs_w, fs_c) = time(&mut || {
                 std::hint::black_box(unsafe { floor::run_ordered(&mut o1, &mut o2, &mut o3, single) });
             });
-            let (em_w, em_c) = time(&mut || em.access_batch(Col::Each(&cpu), &addr, Col::Each(&write), Col::One(0), None).map(|_| ()).unwrap());
+            let (em_w, em_c) = time(&mut || em.access_batch(Col::Each(&t.cpu), &t.addr, Col::Each(&t.write), Col::One(0), None).map(|_| ()).unwrap());
             let (fm_w, fm_c) = time(&mut || {
-                std::hint::black_box(unsafe { run_multi_at(ahead, &mut fm, &core, &ccd_of, &addr) });
+                std::hint::black_box(unsafe { run_multi_at(ahead, &mut fm, None, &t, &ccd_of) });
+            });
+            let (fd_w, fd_c) = time(&mut || {
+                std::hint::black_box(unsafe { run_multi_at(ahead, &mut fd, Some(&mut dir), &t, &ccd_of) });
             });
             println!(
-                "{phase} round {round}: single engine {es_w:.1} floor {fs_w:.1}; multi engine {em_w:.1} floor {fm_w:.1} ns/access (CPU time {es_c:.1} {fs_c:.1} {em_c:.1} {fm_c:.1})"
+                "{phase} round {round}: single engine {es_w:.1} floor {fs_w:.1}; multi engine {em_w:.1} floor {fm_w:.1} floor+directory {fd_w:.1} ns/access (CPU time {es_c:.1} {fs_c:.1} {em_c:.1} {fm_c:.1} {fd_c:.1})"
             );
-            rows.push([es_w, fs_w, em_w, fm_w, es_c, fs_c, em_c, fm_c]);
+            rows.push([es_w, fs_w, em_w, fm_w, fd_w, es_c, fs_c, em_c, fm_c, fd_c]);
         }
         let min = |k: usize| rows.iter().map(|r| r[k]).fold(f64::MAX, f64::min);
-        let (es_m, fs_m, em_m, fm_m) = (min(0), min(1), min(2), min(3));
+        let (es_m, fs_m, em_m, fm_m, fd_m) = (min(0), min(1), min(2), min(3), min(4));
         println!(
-            "{phase}: minima single engine {es_m:.1} / floor {fs_m:.1}, multi engine {em_m:.1} / floor {fm_m:.1} ns/access; \
-             engine multi/single {:.2}x (target <= 2), floor multi/single {:.2}x, floor multi / engine single {:.2}x, engine/floor multi {:.2}x; CPU time engine multi/single {:.2}x, floor {:.2}x",
+            "{phase}: minima single engine {es_m:.1} / floor {fs_m:.1}, multi engine {em_m:.1} / floor {fm_m:.1} / floor+directory {fd_m:.1} ns/access; \
+             engine multi/single {:.2}x (target <= 2); against the engine's single core: floor {:.2}x, floor+directory {:.2}x; engine/floor+directory multi {:.2}x; CPU time engine multi/single {:.2}x",
             em_m / es_m,
-            fm_m / fs_m,
             fm_m / es_m,
-            em_m / fm_m,
-            min(6) / min(4),
-            min(7) / min(5)
+            fd_m / es_m,
+            em_m / fd_m,
+            min(7) / min(5),
         );
     }
 }
