@@ -4,12 +4,12 @@ every page-state change goes through (snp-pagein.md 1.2 H2, 1.5).
 kvm_vm_set_mem_attributes() (6.8, the kvm-coco-queue of the thread):
   mutex_lock(&kvm->slots_lock);
   kvm_range_has_memory_attributes()      -- returns at the first gfn for shared -> private
-  for each gfn: xa_reserve()             -- attr_per_gfn / 2 each [P5c]
+  for each gfn: xa_reserve()             -- attr_per_gfn / 2 each [P5]
   kvm_handle_gfn_range(pre_set_range)    -- KVM_MMU_LOCK (write): kvm_mmu_invalidate_begin(),
                                             kvm_arch_pre_set_memory_attributes() -> kvm_unmap_gfn_range();
                                             flush_on_ret: kvm_flush_remote_tlbs() only if a present SPTE
                                             was zapped (never, for never-touched memory)
-  for each gfn: xa_store()               -- attr_per_gfn / 2 each [P5c]
+  for each gfn: xa_store()               -- attr_per_gfn / 2 each [P5]
   kvm_handle_gfn_range(post_set_range)   -- KVM_MMU_LOCK (write): kvm_arch_post_set_memory_attributes()
                                             (arch/x86/kvm/mmu/mmu.c: hugepage_clear_mixed() for 2 MiB
                                             pages inside the range; hugepage_has_attrs() for the 1 GiB page
