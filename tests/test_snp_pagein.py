@@ -415,3 +415,20 @@ def test_assume_cannot_set_the_memory_latency():
         with pytest.raises(ConfigError, match="not a page-in parameter"):
             PageinCosts.from_host(h, {key: 1.0})
     assert PageinCosts.from_host(h).mem_latency == h.cost["latency_memory"] > 0
+
+
+def test_the_serial_section_pays_the_sockets_dram_load():
+    """The attribute update's memory-bound share (attr_memory_bound) is inflated by the socket's
+    loaded-latency factor beta, read at the request's time. With the guests' clears loading DRAM
+    hard (guest_clear_bytes 40), a section with a memory-bound share must run slower than one
+    without; with no guest traffic the two must be nearly equal. (Beta read at the far-ahead grant
+    time was always 1: then the heavy case came out equal too.)"""
+    def rate(mb, gcb):
+        return run_pagein(sevsim.Host.from_preset(PRESET, memory="64GiB"), era="2024", policy="on_demand",
+                          vm_vcpus=[128], vm_memory=[8 << 30], seed=0,
+                          overrides={"attr_memory_bound": mb, "guest_clear_bytes": gcb})["pagein_gbps"]
+
+    light = rate(0.3, 0.0) / rate(0.0, 0.0)
+    heavy = rate(0.3, 40.0) / rate(0.0, 40.0)
+    assert 0.98 < light <= 1.0
+    assert heavy < 0.9
