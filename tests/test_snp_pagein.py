@@ -432,3 +432,16 @@ def test_the_serial_section_pays_the_sockets_dram_load():
     heavy = rate(0.3, 40.0) / rate(0.0, 40.0)
     assert 0.98 < light <= 1.0
     assert heavy < 0.9
+
+
+def test_a_saturated_section_sets_the_rate():
+    """With kvm->slots_lock held all the time (slots_hold_frac 1), each guest converts one range
+    per section: its rate is the bytes a page-state change converts over section_us, the hold per
+    change. (A rate that did not follow from the serial section, or a section column that double
+    counted, would break the identity.)"""
+    r = row("on_demand", guests=2, vcpus=64, mem="2GiB")
+    assert r["slots_hold_frac"] > 0.97
+    bytes_per_psc = 2 * (2 << 30) / r["psc"]                 # every byte of both guests, converted once
+    per_guest_gbps = bytes_per_psc / (r["section_us"] * 1e3)
+    assert per_guest_gbps * 2 == pytest.approx(r["pagein_gbps"], rel=0.05)
+    assert r["walk_steps"] >= 1

@@ -120,6 +120,9 @@ LEGEND = {
     "shmem_wait_ms": "time waited for the shared memfd's inode lock, summed (ms)",
     "gmem_wait_ms": "time waited for guest_memfd's i_pages lock, summed (ms)",
     "slots_hold_frac": "share of the run kvm->slots_lock was held, mean over the guests (1 = saturated)",
+    "section_us": "kvm->slots_lock hold per page-state change (us): the per-VM serial section, which sets the rate "
+                  "when slots_hold_frac is 1",
+    "walk_steps": "hugepage_has_attrs() steps at 1 GiB per page-state change (the post-set mixed walk)",
     "psc": "page-state changes (guest VMGEXITs to private)",
     "npf": "nested page faults (retries included)",
     "npf_retries": "faults retried because an MMU invalidation ended while they ran",
@@ -220,6 +223,8 @@ def run_one(strategy: str, seed: int, rep: int, *, preset: str, guests: int, vcp
         "shmem_wait_ms": round(locks["shmem_lock"]["wait_us"] / 1e3, 3),
         "gmem_wait_ms": round(locks["gmem_lock"]["wait_us"] / 1e3, 3),
         "slots_hold_frac": round(slots_hold, 3),
+        "section_us": round(locks["slots_lock"]["hold_us"] / ctr["psc"], 2) if ctr["psc"] else 0.0,
+        "walk_steps": round(ctr["attr_1g_steps"] / ctr["psc"], 1) if ctr["psc"] else 0.0,
         "psc": ctr["psc"], "npf": ctr["npf"], "npf_retries": ctr["npf_retries"],
         "fallback_chunks": ctr["fallback_chunks"], "neighbour_waits": ctr["neighbour_waits"],
         "huge_fraction": round(r["huge_fraction"], 4),
