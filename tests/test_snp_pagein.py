@@ -445,3 +445,16 @@ def test_a_saturated_section_sets_the_rate():
     per_guest_gbps = bytes_per_psc / (r["section_us"] * 1e3)
     assert per_guest_gbps * 2 == pytest.approx(r["pagein_gbps"], rel=0.05)
     assert r["walk_steps"] >= 1
+
+
+def test_time_marks_answer_in_time_order_whatever_the_order_they_came_in():
+    from sevsim.sim import TimeMarks
+
+    m = TimeMarks()
+    for e in (50.0, 10.0, 30.0, 30.0, 70.0):
+        m.add(e)
+    assert m.t == [10.0, 30.0, 30.0, 50.0, 70.0]
+    assert m.moved(10.0, 30.0) and not m.moved(30.0, 49.9) and m.moved(49.9, 50.0) and not m.moved(70.0, 1e9)
+    m.forget_before(55.0)
+    assert m.t == [50.0, 70.0]          # the last moment before the present stays
+    assert m.moved(55.0, 70.0) and not m.moved(55.0, 69.0)

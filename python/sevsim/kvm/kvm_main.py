@@ -31,9 +31,9 @@ by the socket's loaded-latency factor beta (membw.rs).
 
 from __future__ import annotations
 
-from bisect import bisect_right, insort
-
 import numpy as np
+
+from ..sim import TimeMarks
 
 
 def kvm_mmu_lock_write(m, vm, t: float, cycles: float, *, ends_invalidation: bool = False) -> float:
@@ -47,34 +47,13 @@ def kvm_mmu_lock_write(m, vm, t: float, cycles: float, *, ends_invalidation: boo
     return e
 
 
-class InvalidationEnds:
+class InvalidationEnds(TimeMarks):
     """When a VM's mmu_invalidate_seq moved: the ends of its invalidations, sorted (they are
     computed out of time order: a saturated slots_lock computes its holders' sections ahead).
     A fault retries if the sequence moved between its start and its check under mmu_lock
-    (is_page_fault_stale() -> mmu_invalidate_retry_gfn(), arch/x86/kvm/mmu/mmu.c, 6.8)."""
+    (is_page_fault_stale() -> mmu_invalidate_retry_gfn(), arch/x86/kvm/mmu/mmu.c, 6.8): `moved`."""
 
-    __slots__ = ("t",)
-
-    def __init__(self) -> None:
-        self.t: list[float] = []
-
-    def add(self, e: float) -> None:
-        t = self.t
-        if not t or e >= t[-1]:
-            t.append(e)
-        else:
-            insort(t, e)
-
-    def moved(self, t0: float, t1: float) -> bool:
-        """An invalidation ended in (t0, t1]."""
-        i = bisect_right(self.t, t0)
-        return i < len(self.t) and self.t[i] <= t1
-
-    def forget_before(self, now: float) -> None:
-        """Drop ends before the driver's present (no fault starts before it)."""
-        i = bisect_right(self.t, now)
-        if i > 1:
-            del self.t[:i - 1]
+    __slots__ = ()
 
 
 def kvm_vm_set_mem_attributes(m, vm, tid: int, t: float, unit: int, nunits: int) -> float:
