@@ -26,6 +26,10 @@ impl Directory {
     pub fn len(&self) -> usize {
         self.map.len()
     }
+    /// Make room for `total` lines in all (SlotMap::reserve).
+    pub fn reserve(&mut self, total: usize) {
+        self.map.reserve(total)
+    }
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }

@@ -139,6 +139,14 @@ impl SlotMap {
         }
     }
 
+    /// Grow now, as inserting up to `total` entries in all would (their rehash done once, while
+    /// the table is small, instead of at every doubling on the way).
+    pub fn reserve(&mut self, total: usize) {
+        while total * 4 > self.cap() * 3 {
+            self.grow();
+        }
+    }
+
     /// Insert or replace.
     #[inline]
     pub fn insert(&mut self, key: u64, v: u64) {
@@ -290,6 +298,30 @@ impl SlotMap {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    /// `reserve` grows the table as far as `total` entries need (3/4 full) at once and keeps
+    /// every entry; inserting up to `total` then never grows it; a smaller total changes nothing.
+    #[test]
+    fn reserve_sizes_the_table_once() {
+        let mut m = SlotMap::with_capacity_pow2(4);
+        for k in 0..10u64 {
+            m.insert(k * 7919, k);
+        }
+        m.reserve(100_000);
+        let cap = m.cap();
+        assert!(cap * 3 >= 100_000 * 4 && cap / 2 * 3 < 100_000 * 4, "cap {cap}");
+        m.check_runs();
+        for k in 0..10u64 {
+            assert_eq!(m.get(k * 7919), Some(k));
+        }
+        for k in 10..100_000u64 {
+            m.insert(k * 7919, k);
+        }
+        assert_eq!(m.cap(), cap);
+        assert_eq!(m.len(), 100_000);
+        m.reserve(10);
+        assert_eq!(m.cap(), cap);
+    }
 
     /// Doubling in place keeps every entry findable and every probe run unbroken, both for keys
     /// whose runs wrap past the table's end and for runs displaced near slot 0 (the entries taken

@@ -60,7 +60,11 @@ impl PyHost {
             let lv = if return_levels { Some(&mut levels[i..j]) } else { None };
             let (c, w, k) = (stage(&cpu_s, i, j, &mut bc), stage(&write_s, i, j, &mut bw), stage(&key_s, i, j, &mut bk));
             let Col::Each(a) = stage(&Col::Each(addr_s), i, j, &mut ba) else { unreachable!() };
-            let got = py.allow_threads(|| h.access_batch(c, a, w, k, lv)).map_err(|e| partial(e, i, n))?;
+            // the accesses still to come, this chunk's included: the directory is sized once
+            h.expect_accesses(n - i);
+            let got = py.allow_threads(|| h.access_batch(c, a, w, k, lv));
+            h.expect_accesses(0);
+            let got = got.map_err(|e| partial(e, i, n))?;
             for (t, g) in by_level.iter_mut().zip(got) {
                 *t += g;
             }
