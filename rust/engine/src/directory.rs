@@ -26,9 +26,9 @@ impl Directory {
     pub fn len(&self) -> usize {
         self.map.len()
     }
-    /// Make room for `total` lines in all (SlotMap::reserve).
-    pub fn reserve(&mut self, total: usize) {
-        self.map.reserve(total)
+    /// At the table's next growth, make room for `total` lines in all (SlotMap::set_ahead).
+    pub fn set_ahead(&mut self, total: usize) {
+        self.map.set_ahead(total)
     }
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
@@ -50,9 +50,11 @@ impl Directory {
         self.map.peek(line)
     }
 
-    /// Slots of the table (the cost of `lines_in`).
+    /// Slots of the table as it grows by itself (the cost model of `lines_in`): sizing it ahead
+    /// for a batch must not change which walk a range operation takes, since the two walks leave
+    /// the directory's superset mask cleaned differently.
     pub fn slots(&self) -> usize {
-        self.map.slots()
+        self.map.natural_slots()
     }
 
     /// Append every tracked line in [lo, hi) to `out`, unordered.

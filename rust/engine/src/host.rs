@@ -1049,6 +1049,8 @@ impl Host {
         let live = self.cached_lines_total();
         if self.dir.len() > 2 * live + (1 << 16) {
             self.rebuild_directory();
+            // a fresh table: sized ahead again if a batch is running
+            self.reserve_directory();
         }
         self.dir_next_check = 2 * self.cached_lines_total() + (1 << 16);
     }
@@ -1086,18 +1088,26 @@ impl Host {
         self.reserve_directory();
     }
 
-    /// Size the directory for the batch running now at once: the doublings on the way then
-    /// rehash a nearly empty table instead of a full one each time (on the 512-CPU bench's
-    /// first 1 M accesses, 121 -> 97 ns per access). Its lines are new ones at most, never more
-    /// than the rebuild bound (twice what the caches can hold), and at most RESERVE_AHEAD per
-    /// batch, so that a long batch over a small working set does not get a table sized for its
-    /// length (calloc'd pages are committed where entries land: everywhere in the table).
-    /// Timing only: range operations sort what they find in it.
+    /// If the directory has to grow during the batch running now, grow it once to what the
+    /// batch may need: the doublings on the way then rehash a nearly empty table instead of a
+    /// full one each time (on the 512-CPU bench's first 1 M accesses, 121 -> 97 ns per access).
+    /// Its lines are new ones at most, never more than the rebuild bound (twice what the caches
+    /// can hold), and at most RESERVE_AHEAD per batch; a batch that never grows the table leaves
+    /// it as it is, and one that grows it once for a few more lines gets at most 32 MiB more
+    /// than it needs (calloc'd pages are committed where entries land: everywhere in a table
+    /// sized ahead). Timing only: range operations decide on the size natural growth gives
+    /// (Directory::slots) and sort what they find.
     fn reserve_directory(&mut self) {
-        const RESERVE_AHEAD: usize = 1 << 22;
+        // 2^20 lines: a table of 2^21 slots (32 MiB) at most beyond what a batch over a small
+        // working set that grows it once needs
+        const RESERVE_AHEAD: usize = 1 << 20;
         let cap = self.l2.data.len() + self.l3.data.len();
-        let want = (self.dir.len() + self.batch_hint.min(RESERVE_AHEAD)).min(2 * cap + (1 << 16));
-        self.dir.reserve(want);
+        let want = if self.batch_hint == 0 {
+            0
+        } else {
+            (self.dir.len() + self.batch_hint.min(RESERVE_AHEAD)).min(2 * cap + (1 << 16))
+        };
+        self.dir.set_ahead(want);
     }
 
     fn ccd_empty(&self, e: usize) -> bool {
@@ -1132,7 +1142,7 @@ impl Host {
     ) -> Result<[u64; 7]> {
         self.check_access_batch(&cpu, addr, &write, &key, levels.as_ref().map(|l| l.len()))?;
         // the directory is sized for the batch when it is (or becomes) active
-        self.batch_hint = addr.len().max(self.expected);
+        self.batch_hint = addr.len().max(std::mem::take(&mut self.expected));
         if self.dir_active {
             self.reserve_directory();
         }
@@ -1146,6 +1156,7 @@ impl Host {
         #[cfg(not(target_arch = "x86_64"))]
         let by_level = self.run_batch::<0, 0, 0>(cpu, addr, write, key, levels);
         self.batch_hint = 0;
+        self.dir.set_ahead(0);
         Ok(by_level)
     }
 

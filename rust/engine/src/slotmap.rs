@@ -22,6 +22,11 @@ pub struct SlotMap {
     len: usize,
     shift: u32,
     cap: usize,
+    /// the slots the table would have had without `set_ahead` (doubling past 3/4 full): what a
+    /// cost decision may read, so that no result depends on how far ahead it was sized
+    natural: usize,
+    /// entries to make room for at the next growth (0: double as usual)
+    ahead: usize,
 }
 
 /// Fibonacci hashing: the multiply's high bits index the power-of-two table.
@@ -39,7 +44,7 @@ impl SlotMap {
     /// An empty map of 2^bits slots whose array reserves 2^reserve_bits.
     fn reserving(bits: u32, reserve_bits: u32) -> Self {
         let n = 1usize << bits;
-        SlotMap { slots: LineArray::zeroed(2 << reserve_bits), len: 0, shift: 64 - bits, cap: n }
+        SlotMap { slots: LineArray::zeroed(2 << reserve_bits), len: 0, shift: 64 - bits, cap: n, natural: n, ahead: 0 }
     }
 
     /// Number of slots.
@@ -132,11 +137,31 @@ impl SlotMap {
         self.slots[2 * i] = key + 1;
         self.slots[2 * i + 1] = v;
         self.len += 1;
-        // grow past 3/4 full: linear probing stays short, and a full 512-CPU host's ~21 M cached
-        // lines fit 2^25 slots (512 MiB) rather than 2^26
-        if self.len * 4 > self.cap() * 3 {
-            self.grow();
+        if self.len * 4 > self.natural * 3 {
+            self.natural *= 2;
         }
+        // grow past 3/4 full: linear probing stays short, and a full 512-CPU host's ~21 M cached
+        // lines fit 2^25 slots (512 MiB) rather than 2^26; with `ahead` set, straight to its size
+        if self.len * 4 > self.cap() * 3 {
+            if self.ahead > self.len {
+                self.reserve(self.ahead);
+            } else {
+                self.grow();
+            }
+        }
+    }
+
+    /// When the table next has to grow, grow it at once to hold `total` entries (0: double as
+    /// usual). A caller that knows how many entries may come sets this, so that their doublings
+    /// rehash a small table once instead of a full one each time; a table that never has to
+    /// grow is never sized ahead (a long run over a few keys keeps a small table).
+    pub fn set_ahead(&mut self, total: usize) {
+        self.ahead = total;
+    }
+
+    /// The slots the table would have without `set_ahead` (see `natural`).
+    pub fn natural_slots(&self) -> usize {
+        self.natural
     }
 
     /// Grow now, as inserting up to `total` entries in all would (their rehash done once, while
@@ -225,6 +250,7 @@ impl SlotMap {
             for (k, v) in old.iter() {
                 self.insert(k, v);
             }
+            (self.natural, self.ahead) = (old.natural, old.ahead);
             return;
         }
         self.grow_in_place();
@@ -321,6 +347,36 @@ mod tests {
         assert_eq!(m.len(), 100_000);
         m.reserve(10);
         assert_eq!(m.cap(), cap);
+    }
+
+    /// `set_ahead` sizes the table only when it has to grow, then at once to the hinted total;
+    /// `natural_slots` stays what doubling alone would give, with or without the hint.
+    #[test]
+    fn set_ahead_grows_once_and_only_when_needed() {
+        let (mut a, mut b) = (SlotMap::with_capacity_pow2(4), SlotMap::with_capacity_pow2(4));
+        a.set_ahead(50_000);
+        // 12 entries (3/4 of 16): no growth, so no sizing ahead
+        for k in 0..12u64 {
+            a.insert(k * 31, k);
+            b.insert(k * 31, k);
+        }
+        assert_eq!((a.cap(), a.natural_slots()), (16, 16));
+        // the 13th grows the table: straight to room for 50,000
+        a.insert(12 * 31, 12);
+        b.insert(12 * 31, 12);
+        assert_eq!(a.cap(), 1 << 17);
+        assert_eq!(b.cap(), 32);
+        for k in 13..30_000u64 {
+            a.insert(k * 31, k);
+            b.insert(k * 31, k);
+        }
+        assert_eq!(a.cap(), 1 << 17);
+        assert_eq!(a.natural_slots(), b.natural_slots());
+        assert_eq!(b.natural_slots(), b.cap());
+        a.check_runs();
+        for k in 0..30_000u64 {
+            assert_eq!(a.get(k * 31), Some(k));
+        }
     }
 
     /// Doubling in place keeps every entry findable and every probe run unbroken, both for keys
