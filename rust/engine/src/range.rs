@@ -30,7 +30,11 @@ const LOOKUP_VS_SLOT: usize = 8;
 
 const LINES_PER_PAGE: u64 = PAGE / LINE;
 
-/// How range operations find the lines they visit. Every mode gives the same results.
+/// How range operations find the lines they visit. Every mode gives the same simulated results
+/// (cycles, counters, cache contents, violations); the directory walk also drops the stale
+/// entries of its superset mask that it meets, so `directory_entries` may differ between modes.
+/// Auto decides on the directory's size as it grows by itself (Directory::slots), never on
+/// how far ahead a batch sized it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RangeMode {
     /// the cheapest of the three below, by a cost estimate (the default)

@@ -200,7 +200,9 @@ impl PyHost {
         }
         Ok(d)
     }
-    /// Bytes held by the engine's tables (caches, directory, memory ownership, violations).
+    /// Bytes held by the engine's tables (caches, directory, memory ownership, violations). A
+    /// memory figure, not a result: the directory is sized ahead for each access call, so it
+    /// depends on how a trace is split into calls.
     #[getter]
     fn heap_bytes(&self) -> PyResult<usize> {
         let h = self.host("heap_bytes")?;
