@@ -212,8 +212,8 @@ class SnpPageinHost:
             self._walk_key = self.ctr.splits
         k = max(1, min(len(self.kernel_data), round(self.c.attr_dm_pages_per_4m * ngfn / 1024)))
         n4 = int(self._small[k - 1])
-        # attr_per_gfn (Merwick's whole-call measurement, a host with a large-page direct map
-        # [assumed]) already pays a walk at a large leaf: only a 4 KiB leaf's extra is added
+        # attr_per_gfn (Merwick's measurement of the per-gfn loop, on a host with a large-page
+        # direct map [assumed]) already pays a walk at a large leaf: only a 4 KiB leaf's extra is added
         return n4 * max(0.0, self.dm_walk_4k * beta - self.walk_native)
 
     # ---- time helpers

@@ -218,11 +218,6 @@ impl SlotMap {
         Some(v)
     }
 
-    /// Number of slots (what a walk over every entry reads).
-    pub fn slots(&self) -> usize {
-        self.cap()
-    }
-
     /// Append to `out` every key in [lo, hi), in slot order (a walk over all the slots).
     pub fn keys_in(&self, lo: u64, hi: u64, out: &mut Vec<u64>) {
         // stored as key + 1: the keys in [lo, hi) are the stored values in [lo + 1, hi + 1)
