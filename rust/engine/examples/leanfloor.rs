@@ -617,6 +617,15 @@ fn multi(single: &[u64], rounds: usize) {
             em_m / fd_m,
             min(7) / min(5),
         );
+        // issue 14's two access-path targets at once: single <= 1.5 x the single-core floor and
+        // multi <= 2 x single give multi <= 3 x the single-core floor; a multi-CPU engine cannot
+        // be faster than the least coherent loop of the same geometry (floor+directory)
+        let joint = 3.0 * fs_m;
+        println!(
+            "{phase}: both targets need multi <= 3 x the single-core floor = {joint:.1} ns/access; the coherent floor is {fd_m:.1} ({:.2}x that bound): {}",
+            fd_m / joint,
+            if fd_m > joint { "jointly infeasible on this machine" } else { "feasible" },
+        );
     }
 }
 
