@@ -65,6 +65,7 @@ class Ctx:
     nested: int
     key: int
     vm: int
+    pcide: bool = True  # CR4.PCIDE: clear, the PCID is 0 and CR3 bit 63 (noflush) is a #GP
 
 
 @dataclass
@@ -578,6 +579,11 @@ class RefTlb:
 
 def mov_cr3(self, cpu, table, pcid, noflush):
     c = self.cpu_ctx[cpu]
+    if not c.pcide:
+        if pcid:
+            raise ValueError("pcid: the PCID is 0 with CR4.PCIDE clear")
+        if noflush:
+            return None  # #GP: bit 63 is reserved without PCIDE (SDM vol. 2B MOV CR3)
     c.cr3, c.pcid = table, pcid
     if noflush:
         return 0  # a CR3 load that flushes nothing is no flush op

@@ -59,6 +59,9 @@ class TlbEngineVsModel(RuleBasedStateMachine):
         # context 6: a second host context on host table 1 (a CPU's own host CR3)
         self.host_ctxs = [0, self.h.create_context("host", 1)]
         self.m.ctxs.append(Ctx(HOST, 0, 0, 1, NO_TABLE, 0, 0))
+        # context 7: a host context with CR4.PCIDE clear (PCID 0; CR3 bit 63 a #GP)
+        self.host_ctxs.append(self.h.create_context("host", 1, pcide=False))
+        self.m.ctxs.append(Ctx(HOST, 0, 0, 1, NO_TABLE, 0, 0, pcide=False))
         for p in range(RUN_PAGES):
             assert self.m.tables[0].map(RUN_VA + p * 4096, RUN_HPA + p * 4096, 0, 0)
             self.h.map(0, RUN_VA + p * 4096, RUN_HPA + p * 4096)
@@ -230,6 +233,12 @@ class TlbEngineVsModel(RuleBasedStateMachine):
     def mov_cr3_host(self, cpu, table, pcid, noflush):
         if self.m.cpu_ctx[cpu].mode != HOST:
             return
+        if not self.m.cpu_ctx[cpu].pcide and pcid:
+            with pytest.raises(ValueError, match="PCIDE"):
+                self.h.mov_cr3(cpu, table, pcid, noflush)
+            with pytest.raises(ValueError):
+                self.m.mov_cr3(cpu, table, pcid, noflush)
+            return
         assert self.h.mov_cr3(cpu, table, pcid, noflush) == self.m.mov_cr3(cpu, table, pcid, noflush)
 
     @rule(cpu=cpus, table=st.sampled_from([2, 3]), pcid=st.integers(0, 1), noflush=st.booleans())
@@ -253,7 +262,7 @@ class TlbEngineVsModel(RuleBasedStateMachine):
         self.h.set_context(cid, tag=tag, nested=nested, vm=vm)
         self.m.set_context(cid, tag, nested, vm)
 
-    @rule(cpu=cpus, i=st.integers(0, 1))
+    @rule(cpu=cpus, i=st.integers(0, 2))
     def set_host_context(self, cpu, i):
         self.h.set_host_context(cpu, self.host_ctxs[i])
         self.m.set_host_context(cpu, self.host_ctxs[i])

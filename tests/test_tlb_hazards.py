@@ -70,6 +70,31 @@ def test_mov_cr3_noflush_is_not_a_flush():
     assert h.cycles(0) - c0 == h.tlb_cost["flush"]
 
 
+def test_mov_cr3_noflush_without_pcide_is_a_general_protection_fault():
+    """With CR4.PCIDE clear, CR3 bit 63 is reserved: MOV to CR3 with it set is #GP(0) (SDM vol. 2B
+    MOV CR3; KVM's kvm_set_cr3() strips X86_CR3_PCID_NOFLUSH only with PCIDE): reported as None
+    with the CPU's fault counted, CR3 and the TLB unchanged. (It was accepted as a no-flush load.)
+    A PCID other than 0 is no PCID there: an invalid argument, as is a pcide=False context with one."""
+    h = sevsim.Host.from_preset("tiny")
+    ht, ht2 = h.create_table("host"), h.create_table("host")
+    h.map(ht, VA, 0x30000)
+    h.set_host_context(0, h.create_context("host", ht, pcide=False))
+    assert h.context(h.current_context(0))["pcide"] is False
+    assert h.translate(0, VA) == (0x30000, 0)
+    faults, c0 = int(h.counters["faults"][0]), h.cycles(0)
+    assert h.mov_cr3(0, ht2, noflush=True) is None
+    assert int(h.counters["faults"][0]) == faults + 1 and h.cycles(0) == c0
+    assert h.cpu_cr3(0) == (ht, 0) and h.translate(0, VA) == (0x30000, 0)
+    # without bit 63 the load flushes PCID 0's non-global entries, as ever
+    assert h.mov_cr3(0, ht) >= 1
+    with pytest.raises(ValueError, match="pcid = 3"):
+        h.mov_cr3(0, ht, pcid=3)
+    with pytest.raises(ValueError, match="pcid = 2"):
+        h.create_context("host", ht, pcid=2, pcide=False)
+    # the default context runs with PCIDE, as Linux does on CPUs with PCID
+    assert h.context(0)["pcide"] is True
+
+
 def test_vmexit_returns_to_the_cpus_own_host_context():
     """A CPU given its own host context returns to it, with the host CR3 it had at VMRUN.
     (Before issue 11 every vmexit went to context 0.)"""

@@ -26,7 +26,7 @@ fn main() {
         let gpas: Vec<u64> = (0..pages).map(|p| p * 4096).collect();
         h.map_many(npt, &gpas, &pa, PageSize::K4, 0).unwrap();
         let ctx = h
-            .create_context(Context { mode: Mode::Svm, tag: 1, pcid: 0, cr3: gt, nested: npt, key: 0, vm: 1 })
+            .create_context(Context { mode: Mode::Svm, tag: 1, pcid: 0, pcide: true, cr3: gt, nested: npt, key: 0, vm: 1 })
             .unwrap();
         h.vmrun(0, ctx, 0).unwrap();
     } else {

@@ -40,6 +40,10 @@ impl Host {
         if ctx.pcid >= 4096 {
             return Err(EngineError::invalid("pcid", format!("pcid = {} is out of range 0..=4095", ctx.pcid)));
         }
+        if !ctx.pcide && ctx.pcid != 0 {
+            // with CR4.PCIDE = 0 the current PCID is always 000H (SDM vol. 3A 4.10.1)
+            return Err(EngineError::invalid("pcid", format!("pcid = {}: a context with CR4.PCIDE clear (pcide=False) has PCID 0", ctx.pcid)));
+        }
         match ctx.mode {
             Mode::Host if ctx.tag != 0 => return Err(EngineError::invalid("tag", format!("tag = {}: a host context has ASID/VPID 0", ctx.tag))),
             Mode::Svm if ctx.tag as u32 >= NASID => {

@@ -178,7 +178,7 @@ impl<'a, T: Copy> Col<'a, T> {
 pub(crate) const NONE: usize = usize::MAX;
 
 /// Context 0: the host's own table, ASID/VPID 0, PCID 0.
-const HOST0: Context = Context { mode: Mode::Host, tag: 0, pcid: 0, cr3: 0, nested: NO_TABLE, key: 0, vm: 0 };
+const HOST0: Context = Context { mode: Mode::Host, tag: 0, pcid: 0, pcide: true, cr3: 0, nested: NO_TABLE, key: 0, vm: 0 };
 
 /// `$self.$f::<W1, W2, W3>(args)` with the (L1, L2, L3) associativities as constants for the
 /// common geometries (set operations without a dispatch, set indices without a multiply), else

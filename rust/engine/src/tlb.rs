@@ -52,6 +52,10 @@ pub struct Context {
     /// ASID (SVM) or VPID (VMX); 0 for the host
     pub tag: u16,
     pub pcid: u16,
+    /// CR4.PCIDE of the context's CR4: with it clear the PCID is always 000H and CR3 bit 63 is
+    /// reserved (SDM vol. 3A 4.10.1, vol. 2B MOV CR3: #GP on a reserved bit). Linux sets it on
+    /// CPUs with PCID (arch/x86/mm/init.c setup_pcid()), so contexts default to it set.
+    pub pcide: bool,
     /// the host table (host mode) or the guest's table (guest modes)
     pub cr3: u32,
     /// the nested table (NPT/EPT) of a guest context

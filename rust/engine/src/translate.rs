@@ -767,8 +767,12 @@ impl Host {
     /// MOV to CR3 on `cpu` in its current context: load `table` with `pcid` into this CPU's CR3
     /// only (CR3 is per logical CPU; another CPU in the same context keeps its own). Unless
     /// `noflush` (CR3 bit 63 with CR4.PCIDE), the non-global translations of that PCID go (SDM
-    /// 4.10.4.1). A guest's CR3 is stored into its context at the next exit.
-    pub fn mov_cr3(&mut self, cpu: usize, table: u32, pcid: u16, noflush: bool) -> Result<u64> {
+    /// 4.10.4.1). A guest's CR3 is stored into its context at the next exit. With the context's
+    /// CR4.PCIDE clear, bit 63 is a reserved bit: `noflush` is a #GP (SDM vol. 2B MOV CR3 "#GP(0)
+    /// if an attempt is made to write a 1 to any reserved bit in CR3"; KVM's kvm_set_cr3() strips
+    /// X86_CR3_PCID_NOFLUSH only with PCIDE, so the illegal CR3 injects #GP), counted in the CPU's
+    /// faults and returned as Ok(None), nothing changed; a PCID other than 0 is an invalid argument.
+    pub fn mov_cr3(&mut self, cpu: usize, table: u32, pcid: u16, noflush: bool) -> Result<Option<u64>> {
         self.check_cpu("cpu", cpu)?;
         let c = self.cur(cpu);
         let need = if c.mode == Mode::Host { TableKind::Host } else { TableKind::Guest };
@@ -778,6 +782,16 @@ impl Host {
         if pcid >= 4096 {
             return Err(EngineError::invalid("pcid", format!("pcid = {pcid} is out of range 0..=4095")));
         }
+        if !c.pcide {
+            if pcid != 0 {
+                // CR3[11:0] are PWT/PCD and ignored bits without PCIDE, not a PCID (SDM vol. 3A 4.10.1)
+                return Err(EngineError::invalid("pcid", format!("pcid = {pcid}: cpu {cpu} runs with CR4.PCIDE clear, its PCID is always 0")));
+            }
+            if noflush {
+                self.ctr.faults[cpu] += 1;
+                return Ok(None);
+            }
+        }
         self.cpu_ctx[cpu].cr3 = table;
         self.cpu_ctx[cpu].pcid = pcid;
         if noflush {
@@ -785,13 +799,13 @@ impl Host {
             // only the serialising load's cost on the clock
             let cost = self.cfg.tlb.cr3_load as u64;
             self.clocks_add(cpu, cost);
-            return Ok(0);
+            return Ok(Some(0));
         }
         let (dom, tag) = (c.mode.dom(), c.tag);
         let n = self.drop_local(cpu, |e| e.dom == dom && e.tag == tag && e.cat != CAT_GPHYS && e.pcid == pcid && e.flags & F_GLOBAL == 0);
         let cost = self.cfg.tlb.flush as u64;
         self.note_inval(cpu, "mov_cr3", n, cost);
-        Ok(n)
+        Ok(Some(n))
     }
 
     /// INVPCID type 0 (address), 1 (single context), 2 (all, globals too), 3 (all but globals), in

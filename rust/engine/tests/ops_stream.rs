@@ -153,7 +153,7 @@ fn apply(h: &mut Host, op: &Op) -> Result<(), String> {
         Op::Unmap { table, addr } => e(h.unmap(table, addr)),
         Op::Context { mode, cr3, nested, tag } => {
             let mode = [Mode::Host, Mode::Svm, Mode::Vmx, Mode::Svm][mode as usize];
-            e(h.create_context(Context { mode, tag, pcid: 0, cr3, nested, key: 0, vm: 0 }))
+            e(h.create_context(Context { mode, tag, pcid: 0, pcide: true, cr3, nested, key: 0, vm: 0 }))
         }
         Op::Vmrun { cpu, ctx, tlb_control } => e(h.vmrun(cpu, ctx, tlb_control)),
         Op::Vmexit { cpu } => e(h.vmexit(cpu)),

@@ -151,7 +151,7 @@ fn snp_guest() -> (Host, u32) {
     h.map(gt, 0x40_0000, 0x20_0000, PageSize::M2, F_CBIT).unwrap();
     let nt = h.create_table(TableKind::Nested);
     h.map(nt, 0x20_0000, 0x60_0000, PageSize::M2, 0).unwrap();
-    let ctx = h.create_context(Context { mode: Mode::Svm, tag: 5, pcid: 0, cr3: gt, nested: nt, key: 5, vm: 1 }).unwrap();
+    let ctx = h.create_context(Context { mode: Mode::Svm, tag: 5, pcid: 0, pcide: true, cr3: gt, nested: nt, key: 5, vm: 1 }).unwrap();
     (h, ctx)
 }
 

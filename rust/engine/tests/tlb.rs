@@ -36,7 +36,7 @@ fn guest(h: &mut Host, mode: Mode, tag: u16, hpa: u64, vm: u32, nested: Option<u
             nt
         }
     };
-    let ctx = h.create_context(Context { mode, tag, pcid: 0, cr3: gt, nested: nt, key: 0, vm }).unwrap();
+    let ctx = h.create_context(Context { mode, tag, pcid: 0, pcide: true, cr3: gt, nested: nt, key: 0, vm }).unwrap();
     Guest { ctx, nested: nt }
 }
 
@@ -115,19 +115,19 @@ fn every_invalidation_drops_exactly_its_scope() {
         ("invvpid retain globals", Box::new(|h| { h.invvpid(0, 3, 1, 0).unwrap().unwrap(); }),
             Box::new(|d| !(d.0 == DOM_VMX && d.1 == 1 && d.2 == CAT_COMBINED && !d.4))),
         ("vmrun flush_asid", Box::new(|h| {
-            let c = h.create_context(Context { mode: Mode::Svm, tag: 1, pcid: 0, cr3: 1, nested: 2, key: 0, vm: 1 }).unwrap();
+            let c = h.create_context(Context { mode: Mode::Svm, tag: 1, pcid: 0, pcide: true, cr3: 1, nested: 2, key: 0, vm: 1 }).unwrap();
             h.vmrun(0, c, 3).unwrap(); h.vmexit(0).unwrap(); }),
             Box::new(|d| !(d.0 == DOM_SVM && d.1 == 1))),
         ("vmrun flush_asid_local", Box::new(|h| {
-            let c = h.create_context(Context { mode: Mode::Svm, tag: 1, pcid: 0, cr3: 1, nested: 2, key: 0, vm: 1 }).unwrap();
+            let c = h.create_context(Context { mode: Mode::Svm, tag: 1, pcid: 0, pcide: true, cr3: 1, nested: 2, key: 0, vm: 1 }).unwrap();
             h.vmrun(0, c, 7).unwrap(); h.vmexit(0).unwrap(); }),
             Box::new(|d| !(d.0 == DOM_SVM && d.1 == 1 && !d.4))),
         ("vmrun flush_all_asid", Box::new(|h| {
-            let c = h.create_context(Context { mode: Mode::Svm, tag: 1, pcid: 0, cr3: 1, nested: 2, key: 0, vm: 1 }).unwrap();
+            let c = h.create_context(Context { mode: Mode::Svm, tag: 1, pcid: 0, pcide: true, cr3: 1, nested: 2, key: 0, vm: 1 }).unwrap();
             h.vmrun(0, c, 1).unwrap(); h.vmexit(0).unwrap(); }),
             Box::new(|_| false)),
         ("vmrun do_nothing", Box::new(|h| {
-            let c = h.create_context(Context { mode: Mode::Svm, tag: 1, pcid: 0, cr3: 1, nested: 2, key: 0, vm: 1 }).unwrap();
+            let c = h.create_context(Context { mode: Mode::Svm, tag: 1, pcid: 0, pcide: true, cr3: 1, nested: 2, key: 0, vm: 1 }).unwrap();
             h.vmrun(0, c, 0).unwrap(); h.vmexit(0).unwrap(); }),
             Box::new(|_| true)),
         ("invlpga", Box::new(|h| { h.invlpga(0, VA, 2).unwrap(); }),
@@ -220,7 +220,7 @@ fn hazard_two_vcpus_one_asid_same_cpu_without_flush() {
         // vCPU B of the same VM: same ASID and NPT, its own guest page table mapping VA elsewhere
         let gt_b = h.create_table(TableKind::Guest);
         h.map(gt_b, VA, 0x2000, PageSize::K4, 0).unwrap();
-        let b = h.create_context(Context { mode: Mode::Svm, tag: 4, pcid: 0, cr3: gt_b, nested: a.nested, key: 0, vm: 1 }).unwrap();
+        let b = h.create_context(Context { mode: Mode::Svm, tag: 4, pcid: 0, pcide: true, cr3: gt_b, nested: a.nested, key: 0, vm: 1 }).unwrap();
         h.vmrun(0, a.ctx, 0).unwrap();
         h.translate(0, VA);
         h.vmexit(0).unwrap();
@@ -259,7 +259,7 @@ fn guest_key_follows_the_c_bit_and_foreign_pages_are_isolation() {
     h.map(nt, 0x2000, 0x40_0000, PageSize::K4, 0).unwrap();
     h.set_owner(0x30_0000, 4096, 7).unwrap();
     h.set_owner(0x40_0000, 4096, 8).unwrap(); // another guest's page
-    let c = h.create_context(Context { mode: Mode::Svm, tag: 7, pcid: 0, cr3: gt, nested: nt, key: 7, vm: 1 }).unwrap();
+    let c = h.create_context(Context { mode: Mode::Svm, tag: 7, pcid: 0, pcide: true, cr3: gt, nested: nt, key: 7, vm: 1 }).unwrap();
     h.vmrun(0, c, 0).unwrap();
     assert_eq!(h.translate(0, VA), Translated::Ok { pa: 0x30_0000, key: 7 });
     assert_eq!(h.violation_total(), 0);
@@ -277,7 +277,7 @@ fn large_pages_splinter_and_guest_physical_entries_spare_walks() {
     h.map(gt, 0x4000_0000, 0x4000_0000, PageSize::G1, 0).unwrap(); // 1 GiB guest leaf
     let nt = h.create_table(TableKind::Nested);
     h.map(nt, 0x4000_0000, 0x20_0000, PageSize::M2, 0).unwrap(); // 2 MiB nested leaf
-    let c = h.create_context(Context { mode: Mode::Vmx, tag: 3, pcid: 0, cr3: gt, nested: nt, key: 0, vm: 1 }).unwrap();
+    let c = h.create_context(Context { mode: Mode::Vmx, tag: 3, pcid: 0, pcide: true, cr3: gt, nested: nt, key: 0, vm: 1 }).unwrap();
     h.vmentry(0, c).unwrap();
     assert_eq!(h.translate(0, 0x4000_1234), Translated::Ok { pa: 0x20_1234, key: 0 });
     // combined entry at the smaller size; the guest-physical one at the nested leaf's
@@ -311,7 +311,7 @@ fn nested_truth_catches_a_missed_shadow_sync() {
     h.map(npt01, 0x6000, 0x40000, PageSize::K4, 0).unwrap();
     let npt02 = h.create_table(TableKind::Nested);
     h.map(npt02, 0x1000, 0x30000, PageSize::K4, 0).unwrap();
-    let l2 = h.create_context(Context { mode: Mode::Svm, tag: 2, pcid: 0, cr3: gt, nested: npt02, key: 0, vm: 2 }).unwrap();
+    let l2 = h.create_context(Context { mode: Mode::Svm, tag: 2, pcid: 0, pcide: true, cr3: gt, nested: npt02, key: 0, vm: 2 }).unwrap();
     for bad in [(npt01, npt01), (npt12, npt12), (gt, npt01), (npt12, npt02), (npt12, 999)] {
         assert!(h.set_nested_truth(l2, Some(bad)).is_err(), "{bad:?}");
         assert_eq!(h.nested_truth(l2).unwrap(), None);

@@ -53,6 +53,7 @@ impl PyHost {
         d.set_item("mode", match c.mode { Mode::Host => "host", Mode::Svm => "svm", Mode::Vmx => "vmx" })?;
         d.set_item("tag", c.tag)?;
         d.set_item("pcid", c.pcid)?;
+        d.set_item("pcide", c.pcide)?;
         d.set_item("cr3", c.cr3)?;
         d.set_item("nested", if c.nested == NO_TABLE { None } else { Some(c.nested) })?;
         d.set_item("key", c.key)?;
@@ -188,9 +189,11 @@ impl PyHost {
     }
     /// A translation context. mode "host": cr3 is a host table. mode "svm"/"vmx": cr3 is the
     /// guest's table, `nested` its NPT/EPT, `tag` the ASID/VPID; `key` is used for C-bit pages;
-    /// `vm` says which VM the context belongs to (for the isolation oracle). Returns its id.
-    #[pyo3(signature = (mode, cr3, *, nested=None, tag=None, pcid=None, key=None, vm=None))]
-    fn create_context(&self, mode: &str, cr3: &Bound<'_, PyAny>, nested: Option<&Bound<'_, PyAny>>, tag: Option<&Bound<'_, PyAny>>, pcid: Option<&Bound<'_, PyAny>>, key: Option<&Bound<'_, PyAny>>, vm: Option<&Bound<'_, PyAny>>) -> PyResult<u32> {
+    /// `vm` says which VM the context belongs to (for the isolation oracle); `pcide` is its
+    /// CR4.PCIDE (True, as Linux runs; with False the PCID must be 0). Returns its id.
+    #[pyo3(signature = (mode, cr3, *, nested=None, tag=None, pcid=None, key=None, vm=None, pcide=true))]
+    #[allow(clippy::too_many_arguments)]
+    fn create_context(&self, mode: &str, cr3: &Bound<'_, PyAny>, nested: Option<&Bound<'_, PyAny>>, tag: Option<&Bound<'_, PyAny>>, pcid: Option<&Bound<'_, PyAny>>, key: Option<&Bound<'_, PyAny>>, vm: Option<&Bound<'_, PyAny>>, pcide: bool) -> PyResult<u32> {
         let mut h = self.host("create_context")?;
         let cr3 = int_arg(cr3, "cr3", u32::MAX as u64)? as u32;
         let tag = opt_int(tag, "tag", u64::MAX)?.unwrap_or(0) as u64;
@@ -216,7 +219,7 @@ impl PyHost {
         let key = h.check_key("key", key).map_err(verr)?;
         let (tag, pcid) = (tag as u16, pcid as u16);
         h
-            .create_context(Context { mode, tag, pcid, cr3, nested: nested.unwrap_or(NO_TABLE), key, vm })
+            .create_context(Context { mode, tag, pcid, pcide, cr3, nested: nested.unwrap_or(NO_TABLE), key, vm })
             .map_err(verr)
     }
     /// Change context `ctx`: its tag (ASID/VPID), nested table, VM or key (None: unchanged), as
@@ -369,9 +372,10 @@ impl PyHost {
         let c = self.cpu(cpu, "cpu")?;
         h.invlpg(c, int_arg(va, "va", u64::MAX)?).map_err(verr)
     }
-    /// MOV to CR3 in the current context (noflush = CR3 bit 63 with PCIDs).
+    /// MOV to CR3 in the current context (noflush = CR3 bit 63 with PCIDs). Returns the entries
+    /// dropped; None for #GP (noflush in a context with CR4.PCIDE clear).
     #[pyo3(signature = (cpu, table, pcid=None, noflush=false))]
-    fn mov_cr3(&self, cpu: &Bound<'_, PyAny>, table: &Bound<'_, PyAny>, pcid: Option<&Bound<'_, PyAny>>, noflush: bool) -> PyResult<u64> {
+    fn mov_cr3(&self, cpu: &Bound<'_, PyAny>, table: &Bound<'_, PyAny>, pcid: Option<&Bound<'_, PyAny>>, noflush: bool) -> PyResult<Option<u64>> {
         let mut h = self.host("mov_cr3")?;
         let table = int_arg(table, "table", u32::MAX as u64)? as u32;
         let pcid = opt_int(pcid, "pcid", 0xFFFF)?.unwrap_or(0) as u16;
