@@ -142,8 +142,9 @@ def _published_run(guests, mem_real, mem_test, strategy):
 BAND_MISS = ("the model's per-VM serial section (KVM_SET_MEMORY_ATTRIBUTES at 177 ns/gfn from Merwick's trace, "
              "plus its 1 GiB mixed walk and its sourced or assumed extras, ~200-230 us per 4 MiB) is short of what the "
              "published rates need (~270-300 us): one guest's rows come out about 1.15x above their bands, four "
-             "guests' 1.25x (pre-split) and 1.7x (on demand, which needs order-9 fallbacks nothing quantifies) "
-             "(README, snp-pagein)")
+             "guests' 1.25x (pre-split) and 1.7x (on demand, which needs order-9 fallbacks nothing quantifies); "
+             "landing one guest's rows would need attr_per_gfn at 209-216 ns or an assumed in-section cost at "
+             "14-40x its estimate (benches/pagein_sensitivity.py; README, snp-pagein)")
 
 
 @pytest.mark.xfail(strict=True, reason=BAND_MISS)
