@@ -531,6 +531,8 @@ class RefTlb:
 
     def invpcid(self, cpu, kind, pcid, va):
         c = self.cpu_ctx[cpu]
+        if not c.pcide and kind <= 1 and pcid:
+            return None  # #GP (SDM vol. 2A INVPCID)
 
         def mine(e):
             return e.dom == c.mode and e.tag == c.tag and e.cat != GPHYS

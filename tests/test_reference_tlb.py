@@ -225,9 +225,9 @@ class TlbEngineVsModel(RuleBasedStateMachine):
     def invvpid(self, cpu, kind, vpid, va):
         assert self.h.invvpid(cpu, kind, vpid, va) == self.m.invvpid(cpu, kind, vpid, va)
 
-    @rule(cpu=cpus, kind=st.integers(0, 4), va=st.sampled_from(VAS))
-    def invpcid(self, cpu, kind, va):
-        assert self.h.invpcid(cpu, kind, 0, va) == self.m.invpcid(cpu, kind, 0, va)
+    @rule(cpu=cpus, kind=st.integers(0, 4), pcid=st.integers(0, 1), va=st.sampled_from(VAS))
+    def invpcid(self, cpu, kind, pcid, va):
+        assert self.h.invpcid(cpu, kind, pcid, va) == self.m.invpcid(cpu, kind, pcid, va)
 
     @rule(cpu=cpus, table=st.sampled_from([0, 1]), pcid=st.integers(0, 1), noflush=st.booleans())
     def mov_cr3_host(self, cpu, table, pcid, noflush):

@@ -93,6 +93,12 @@ def test_mov_cr3_noflush_without_pcide_is_a_general_protection_fault():
         h.create_context("host", ht, pcid=2, pcide=False)
     # the default context runs with PCIDE, as Linux does on CPUs with PCID
     assert h.context(0)["pcide"] is True
+    # INVPCID type 0 or 1 naming a PCID other than 0 without PCIDE: #GP (SDM vol. 2A INVPCID)
+    h.translate(0, VA)
+    faults = int(h.counters["faults"][0])
+    assert h.invpcid(0, 1, pcid=5) is None and h.invpcid(0, 0, pcid=5, va=VA) is None
+    assert int(h.counters["faults"][0]) == faults + 2 and h.translate(0, VA) == (0x30000, 0)
+    assert h.invpcid(0, 1, pcid=0) >= 1
 
 
 def test_vmexit_returns_to_the_cpus_own_host_context():

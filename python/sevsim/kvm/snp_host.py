@@ -76,6 +76,10 @@ class PageinCosts:
             base = key[:-3] if key.endswith("_ns") else key
             if base not in names:
                 raise ConfigError(f"assume: {key!r} is not a page-in parameter; valid: {', '.join(sorted(names))}")
+            if key == base and base + "_ns" in k:
+                # a bare name would be read as cycles where the profile gives nanoseconds
+                raise ConfigError(f"assume: {key!r} is a time in the profile ({base}_ns = {k[base + '_ns']}): "
+                                  f"give it in ns as {base}_ns=VALUE")
             k.pop(base + "_ns", None)
             k.pop(base, None)
         k.update(overrides or {})

@@ -101,7 +101,10 @@ impl Host {
     }
 
     /// Make `ctx` (a host context) the current one of `cpu` and its host context, the one a
-    /// #VMEXIT returns to, without any flush. The CPU loads the context's CR3 and PCID.
+    /// #VMEXIT returns to, without any flush. The CPU loads the context's CR3 and PCID. Moving
+    /// between host contexts of different CR4.PCIDE flushes nothing either, where the hardware's
+    /// MOV to CR4 clearing PCIDE would invalidate every PCID's entries (SDM vol. 3A 4.10.4.1): not
+    /// modelled, as Linux never clears PCIDE once set (arch/x86/mm/init.c setup_pcid()).
     pub fn set_host_context(&mut self, cpu: usize, ctx: u32) -> Result<()> {
         self.check_cpu("cpu", cpu)?;
         if self.context(ctx)?.mode != Mode::Host {

@@ -769,9 +769,12 @@ impl Host {
     /// `noflush` (CR3 bit 63 with CR4.PCIDE), the non-global translations of that PCID go (SDM
     /// 4.10.4.1). A guest's CR3 is stored into its context at the next exit. With the context's
     /// CR4.PCIDE clear, bit 63 is a reserved bit: `noflush` is a #GP (SDM vol. 2B MOV CR3 "#GP(0)
-    /// if an attempt is made to write a 1 to any reserved bit in CR3"; KVM's kvm_set_cr3() strips
-    /// X86_CR3_PCID_NOFLUSH only with PCIDE, so the illegal CR3 injects #GP), counted in the CPU's
-    /// faults and returned as Ok(None), nothing changed; a PCID other than 0 is an invalid argument.
+    /// if an attempt is made to write a 1 to any reserved bit in CR3"; APM vol. 2 3.1.2: CR3 bits
+    /// 63:52 reserved, MBZ; KVM's kvm_set_cr3() strips X86_CR3_PCID_NOFLUSH only with PCIDE, so
+    /// the illegal CR3 injects #GP), counted in the CPU's faults and returned as Ok(None), nothing
+    /// changed. A PCID other than 0 there is refused as an argument: the hardware would read those
+    /// bits as PWT/PCD and ignored bits, not a PCID, so the call cannot mean what it says (an API
+    /// choice, not a hardware fault).
     pub fn mov_cr3(&mut self, cpu: usize, table: u32, pcid: u16, noflush: bool) -> Result<Option<u64>> {
         self.check_cpu("cpu", cpu)?;
         let c = self.cur(cpu);
@@ -809,13 +812,20 @@ impl Host {
     }
 
     /// INVPCID type 0 (address), 1 (single context), 2 (all, globals too), 3 (all but globals), in
-    /// the current ASID/VPID (SDM INVPCID). Other types: #GP, reported as Ok(None).
+    /// the current ASID/VPID (SDM INVPCID). Other types, and types 0-1 naming a PCID other than 0
+    /// with CR4.PCIDE clear: #GP, reported as Ok(None).
     pub fn invpcid(&mut self, cpu: usize, kind: u8, pcid: u16, va: u64) -> Result<Option<u64>> {
         self.check_cpu("cpu", cpu)?;
         if pcid >= 4096 {
             return Err(EngineError::invalid("pcid", format!("pcid = {pcid} is out of range 0..=4095")));
         }
         let c = self.cur(cpu);
+        if !c.pcide && kind <= 1 && pcid != 0 {
+            // "#GP(0) if CR4.PCIDE = 0, the INVPCID type is 0 or 1, and the PCID is not 000H"
+            // (SDM vol. 2A INVPCID; KVM's kvm_handle_invpcid() injects it)
+            self.ctr.faults[cpu] += 1;
+            return Ok(None);
+        }
         let (dom, tag) = (c.mode.dom(), c.tag);
         let cost = self.cfg.tlb.flush as u64;
         let (name, n) = match kind {

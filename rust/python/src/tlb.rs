@@ -230,8 +230,8 @@ impl PyHost {
                    vm: Option<&Bound<'_, PyAny>>, key: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
         self.tlb_set_context(ctx, tag, nested, vm, key)
     }
-    /// Context `ctx` as stored (a guest's CR3/PCID as of its last exit): {mode, tag, pcid, cr3,
-    /// nested, key, vm}.
+    /// Context `ctx` as stored (a guest's CR3/PCID as of its last exit): {mode, tag, pcid, pcide,
+    /// cr3, nested, key, vm, ...}.
     fn context<'py>(&self, py: Python<'py>, ctx: &Bound<'_, PyAny>) -> PyResult<Bound<'py, PyDict>> {
         self.tlb_context(py, ctx)
     }
