@@ -169,6 +169,8 @@ mod floor {
             // random set lookups over tens of MiB otherwise pay host TLB misses
             // SAFETY: advice on memory this vector owns; it changes no contents
             unsafe { libc::madvise((v.as_ptr() as usize & !4095) as *mut libc::c_void, v.len() * 8, libc::MADV_HUGEPAGE) };
+            let mut v = v;
+            pretouch(&mut v);
             // the first set at a 64-byte boundary with at least one element before it (the
             // shifted load of an insert reads it)
             let mut base = 1;
@@ -181,6 +183,15 @@ mod floor {
         fn set(&mut self, inst: usize, x: u64) -> *mut u64 {
             // SAFETY: base + (inst * sets + (x & mask)) * N + N <= len for inst < the instances
             unsafe { self.v.as_mut_ptr().add(self.base + (inst * self.sets + (x & self.mask) as usize) * N) }
+        }
+    }
+
+    /// Fault in every page of a zeroed vector before any timing: a simulator could take these
+    /// first-touch faults when it builds its host, so a floor must not pay them in its timed loop.
+    fn pretouch(v: &mut [u64]) {
+        for i in (0..v.len()).step_by(512) {
+            // SAFETY: i < len; a volatile write of the value already there
+            unsafe { std::ptr::write_volatile(v.as_mut_ptr().add(i), 0) };
         }
     }
 
@@ -199,6 +210,8 @@ mod floor {
             let slots = vec![0u64; 2 << bits];
             // SAFETY: advice on memory this vector owns
             unsafe { libc::madvise((slots.as_ptr() as usize & !4095) as *mut libc::c_void, slots.len() * 8, libc::MADV_HUGEPAGE) };
+            let mut slots = slots;
+            pretouch(&mut slots);
             Dir { slots, shift: 64 - bits, mask: (1 << bits) - 1 }
         }
         #[inline(always)]
