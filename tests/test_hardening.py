@@ -32,6 +32,17 @@ E0 = np.zeros(0, np.uint64)
     # empty batches check their scalars too (item 5)
     (lambda h: h.map_many(99, E0, E0), ValueError, r"table = 99: no such table"),
     (lambda h: h.create_context("svm", h.create_table("guest"), nested=99), ValueError, r"nested = 99: no such table"),
+    # array arguments of the range, flush and TLB batches name themselves and the dtype (a fuzzing
+    # helper: they gave PyO3's internal type name, 'PyArray<T, D>', and no allowed dtype)
+    (lambda h: h.clflushopt_ranges(1, np.array([1 << 20]), np.array([64], np.uint64)), TypeError,
+     r"pa must be a 1-D numpy array of dtype uint64, got a 1-D array of dtype int64"),
+    (lambda h: h.clflushopt_ranges(1, np.array([1 << 20], np.uint64), [64]), TypeError, r"size must be .* got list"),
+    (lambda h: h.set_owner_ranges([1 << 20], np.array([4096], np.uint64), 3), TypeError, r"pa must be .*uint64, got list"),
+    (lambda h: h.vm_page_flush_pages(1, np.array([0], np.int64), 3), TypeError, r"pa must be .*dtype int64"),
+    (lambda h: h.map_many(0, np.array([0x400000], np.uint64), np.array([0x10000], np.int32)), TypeError,
+     r"target must be .*dtype int32"),
+    (lambda h: h.access_virtual(1, np.zeros((2, 2), np.uint64)), TypeError, r"va must be .*got a 2-D array"),
+    (lambda h: h.run_guest(1, 0, np.array([0x400000])), TypeError, r"va must be .*dtype int64"),
 ])
 def test_errors_name_the_argument_value_and_range(host, call, exc, pattern):
     before = (host.clocks.copy(), host.violation_counts())

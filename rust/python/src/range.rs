@@ -78,9 +78,9 @@ impl PyHost {
     /// clflush_cache_range() of each range [pa[i], pa[i] + size[i]) in order (uint64 arrays), in
     /// one call. Returns the cycles charged, all ranges together.
     #[pyo3(signature = (cpu, pa, size, key=None))]
-    fn clflushopt_ranges(&self, py: Python<'_>, cpu: &Bound<'_, PyAny>, pa: PyReadonlyArray1<'_, u64>,
-                         size: PyReadonlyArray1<'_, u64>, key: Option<&Bound<'_, PyAny>>) -> PyResult<u64> {
-        self.flush_ranges(py, cpu, pa, size, key)
+    fn clflushopt_ranges(&self, py: Python<'_>, cpu: &Bound<'_, PyAny>, pa: &Bound<'_, PyAny>,
+                         size: &Bound<'_, PyAny>, key: Option<&Bound<'_, PyAny>>) -> PyResult<u64> {
+        self.flush_ranges(py, cpu, array_arg(pa, "pa", "uint64")?, array_arg(size, "size", "uint64")?, key)
     }
     /// Range operations visit only the cached lines of a range (True, the default) or every
     /// line (False: the reference form). Results are identical.
@@ -106,14 +106,15 @@ impl PyHost {
         self.set_range_mode_arg(mode)
     }
     /// set_owner of each range [pa[i], pa[i] + size[i]) (uint64 arrays) to `key`, in one call.
-    fn set_owner_ranges(&self, pa: PyReadonlyArray1<'_, u64>, size: PyReadonlyArray1<'_, u64>,
+    fn set_owner_ranges(&self, pa: &Bound<'_, PyAny>, size: &Bound<'_, PyAny>,
                         key: &Bound<'_, PyAny>) -> PyResult<()> {
-        self.owner_ranges(pa, size, key)
+        self.owner_ranges(array_arg(pa, "pa", "uint64")?, array_arg(size, "size", "uint64")?, key)
     }
     /// One VM_PAGE_FLUSH per page address in `pa` (a uint64 array), with guest ASID `asid`, in one
     /// call. Returns False (one fault counted, nothing flushed) where the CPU lacks the feature.
-    fn vm_page_flush_pages(&self, py: Python<'_>, cpu: &Bound<'_, PyAny>, pa: PyReadonlyArray1<'_, u64>,
+    fn vm_page_flush_pages(&self, py: Python<'_>, cpu: &Bound<'_, PyAny>, pa: &Bound<'_, PyAny>,
                            asid: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let pa = array_arg::<u64>(pa, "pa", "uint64")?;
         let mut h = self.host("vm_page_flush_pages")?;
         let c = self.cpu(cpu, "cpu")?;
         let asid = Self::key(asid, "asid")?;

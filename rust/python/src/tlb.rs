@@ -163,8 +163,9 @@ impl PyHost {
     /// All or nothing: a bad one (ValueError naming its index) leaves the table as it was.
     #[pyo3(signature = (table, addr, target, size=None, *, cbit=false, global_=false, writable=true))]
     #[allow(clippy::too_many_arguments)]
-    fn map_many(&self, table: &Bound<'_, PyAny>, addr: PyReadonlyArray1<'_, u64>, target: PyReadonlyArray1<'_, u64>,
+    fn map_many(&self, table: &Bound<'_, PyAny>, addr: &Bound<'_, PyAny>, target: &Bound<'_, PyAny>,
                 size: Option<&Bound<'_, PyAny>>, cbit: bool, global_: bool, writable: bool) -> PyResult<()> {
+        let (addr, target) = (array_arg::<u64>(addr, "addr", "uint64")?, array_arg::<u64>(target, "target", "uint64")?);
         let mut h = self.host("map_many")?;
         let table = int_arg(table, "table", u32::MAX as u64)? as u32;
         let (mut o1, mut o2) = (Vec::new(), Vec::new());
@@ -256,9 +257,9 @@ impl PyHost {
     /// counts the accesses that faulted: not present, a write through a read-only translation, or
     /// a translation beyond memory.
     #[pyo3(signature = (cpu, ctx, va, tlb_control=None, write=None))]
-    fn run_guest<'py>(&self, py: Python<'py>, cpu: &Bound<'py, PyAny>, ctx: &Bound<'py, PyAny>, va: PyReadonlyArray1<'py, u64>,
+    fn run_guest<'py>(&self, py: Python<'py>, cpu: &Bound<'py, PyAny>, ctx: &Bound<'py, PyAny>, va: &Bound<'py, PyAny>,
                       tlb_control: Option<&Bound<'py, PyAny>>, write: Option<&Bound<'py, PyAny>>) -> PyResult<(&'static str, u64, u64)> {
-        self.tlb_run_guest(py, cpu, ctx, va, tlb_control, write)
+        self.tlb_run_guest(py, cpu, ctx, array_arg(va, "va", "uint64")?, tlb_control, write)
     }
     /// The context `cpu` translates with now.
     fn current_context(&self, cpu: &Bound<'_, PyAny>) -> PyResult<u32> {
@@ -326,8 +327,9 @@ impl PyHost {
     /// Translated accesses, as `access` but with virtual addresses in each CPU's current context.
     /// Levels: 0..5 as for `access`, 6 = refused by the RMP checks, 7 = a page fault (not performed).
     #[pyo3(signature = (cpu, va, write=None, *, return_levels=false))]
-    fn access_virtual<'py>(&self, py: Python<'py>, cpu: &Bound<'py, PyAny>, va: PyReadonlyArray1<'py, u64>,
+    fn access_virtual<'py>(&self, py: Python<'py>, cpu: &Bound<'py, PyAny>, va: &Bound<'py, PyAny>,
                            write: Option<&Bound<'py, PyAny>>, return_levels: bool) -> PyResult<Bound<'py, PyDict>> {
+        let va = array_arg::<u64>(va, "va", "uint64")?;
         let mut h = self.host("access_virtual")?;
         let cpu_c = col_arg::<u32>(cpu, "cpu", "uint32", |o| Ok(self.cpu(o, "cpu")? as u32))?;
         let write_c = write_arg(py, write)?;
