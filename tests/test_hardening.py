@@ -16,6 +16,16 @@ def host():
 E0 = np.zeros(0, np.uint64)
 
 
+class _HugeIndex:
+    def __index__(self):
+        return 2**200
+
+
+class _RaisingIndex:
+    def __index__(self):
+        raise KeyError("from __index__")
+
+
 @pytest.mark.parametrize("call, exc, pattern", [
     (lambda h: h.pvalidate(0, -1, 0, 0), ValueError, r"asid = -1 is out of range 0..=1023"),
     (lambda h: h.pvalidate(0, 1, 0, -5), ValueError, r"gpa = -5"),
@@ -43,6 +53,12 @@ E0 = np.zeros(0, np.uint64)
      r"target must be .*dtype int32"),
     (lambda h: h.access_virtual(1, np.zeros((2, 2), np.uint64)), TypeError, r"va must be .*got a 2-D array"),
     (lambda h: h.run_guest(1, 0, np.array([0x400000])), TypeError, r"va must be .*dtype int64"),
+    # out-of-range CPUs name the host's CPUs whatever the int (they named 0..=2^63-1 past it, or for -1)
+    (lambda h: h.wbinvd(2**63), ValueError, r"cpu = 9223372036854775808 is out of range: this host has CPUs 0\.\.7"),
+    (lambda h: h.wbinvd(-1), ValueError, r"cpu = -1 is out of range: this host has CPUs 0\.\.7"),
+    (lambda h: h.wbinvd(_HugeIndex()), ValueError, r"cpu = 16069380442589902755\d+ is out of range: this host has CPUs"),
+    (lambda h: h.wbinvd(_RaisingIndex()), TypeError, r"cpu must be an int, got _RaisingIndex: .*from __index__"),
+    (lambda h: sevsim.Host.from_preset("tiny", 2**63), ValueError, r"memory must be a positive multiple of 4 KiB and at most 64 TiB"),
 ])
 def test_errors_name_the_argument_value_and_range(host, call, exc, pattern):
     before = (host.clocks.copy(), host.violation_counts())

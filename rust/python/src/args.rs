@@ -36,14 +36,18 @@ pub(crate) fn int_arg(obj: &Bound<'_, PyAny>, name: &str, max: u64) -> PyResult<
             obj.get_type().name()?
         )));
     }
-    let v: i128 = match obj.call_method0("__index__").and_then(|i| i.extract::<i128>()) {
+    if !obj.hasattr("__index__")? {
+        return Err(PyTypeError::new_err(format!("{name} must be an int, got {}", obj.get_type().name()?)));
+    }
+    // an __index__ that raises (a numpy array that is not one integer, a user's class): named,
+    // with what it said
+    let idx = match obj.call_method0("__index__") {
+        Ok(i) => i,
+        Err(e) => return Err(PyTypeError::new_err(format!("{name} must be an int, got {}: {e}", obj.get_type().name()?))),
+    };
+    let v: i128 = match idx.extract::<i128>() {
         Ok(v) => v,
-        Err(_) => {
-            return Err(PyTypeError::new_err(format!(
-                "{name} must be an int, got {}",
-                obj.get_type().name()?
-            )))
-        }
+        Err(_) => return Err(PyValueError::new_err(format!("{name} = {} is out of range 0..={max}", idx.str()?))),
     };
     if v < 0 || v > max as i128 {
         return Err(PyValueError::new_err(format!("{name} = {v} is out of range 0..={max}")));

@@ -43,7 +43,17 @@ impl PyHost {
         }
         let cfg = HostConfig::from_profile(&text, name, Some(&table)).map_err(verr)?;
         let mem = match memory {
-            Some(m) if !m.is_none() => Some(size_arg(m, "memory")?),
+            // an int past 2^63 names the engine's limit, not the parser's
+            Some(m) if !m.is_none() => Some(size_arg(m, "memory").map_err(|e| {
+                if e.is_instance_of::<pyo3::exceptions::PyValueError>(m.py()) && !m.is_instance_of::<pyo3::types::PyString>() {
+                    pyo3::exceptions::PyValueError::new_err(format!(
+                        "memory must be a positive multiple of 4 KiB and at most 64 TiB, got {}",
+                        m.str().map(|s| s.to_string()).unwrap_or_default()
+                    ))
+                } else {
+                    e
+                }
+            })?),
             _ => None,
         };
         Ok(PyHost::new(Host::new(cfg, mem).map_err(verr)?))

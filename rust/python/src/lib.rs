@@ -69,13 +69,15 @@ impl PyHost {
 
     pub(crate) fn cpu(&self, obj: &Bound<'_, PyAny>, name: &str) -> PyResult<usize> {
         let max = self.cpus as u64 - 1;
-        let v = int_arg(obj, name, u64::MAX >> 1)?;
-        if v > max {
-            return Err(PyValueError::new_err(format!(
-                "{name} = {v} is out of range: this host has CPUs 0..{max}"
-            )));
+        match int_arg(obj, name, max) {
+            Ok(v) => Ok(v as usize),
+            // any out-of-range int (negative, past the host's CPUs, past 2^63) names the CPU range
+            Err(e) if e.is_instance_of::<PyValueError>(obj.py()) => {
+                let v = obj.call_method0("__index__").and_then(|i| i.str()).map(|s| s.to_string()).unwrap_or_default();
+                Err(PyValueError::new_err(format!("{name} = {v} is out of range: this host has CPUs 0..{max}")))
+            }
+            Err(e) => Err(e),
         }
-        Ok(v as usize)
     }
     pub(crate) fn key(obj: &Bound<'_, PyAny>, name: &str) -> PyResult<u16> {
         Ok(int_arg(obj, name, sevsim_engine::memory::MAX_KEY as u64)? as u16)
