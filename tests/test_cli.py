@@ -119,6 +119,10 @@ def test_storm_runs_from_the_cli(tmp_path):
     (["run", "--set", "vm_memory=2TiB"], "do not fit"),
     (["run", "--set", "vcpus=many"], "vcpus"),
     (["run", "--set", "novalue"], "NAME=VALUE"),
+    # a fuzzing helper: these ended in an OverflowError / MemoryError traceback, or ran for ever
+    (["run", "--set", "scale=small", "--strategy", "none", "--set", "vcpu_migrations=18446744073709551616"],
+     "parameter vcpu_migrations: 18446744073709551616 moves for 50000 accesses"),
+    (["run", "snp-pagein", "--set", "vcpus=10000000000"], "parameter vcpus: '10000000000': give integers in [1, 4096]"),
 ])
 def test_errors_are_one_line_nonzero_and_leave_no_file(tmp_path, args, pattern):
     out = tmp_path / "x.json"

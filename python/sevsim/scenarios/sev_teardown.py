@@ -177,6 +177,10 @@ def prepare(strategy: str, seed: int, *, preset, memory, sme_coherent, vms, vm_t
     # the guests run and dirty their memory, moving between cores if asked
     busy = {c for cs in vm_cpus for c in cs} | set(nb_cpus) | {kvm.initiator}
     spare = [c for ccd in common.first_threads_by_ccd(host) for c in ccd if c not in busy]
+    if vcpu_migrations > guest_accesses:
+        # each move falls between two runs of accesses: more moves than accesses mean nothing
+        raise ConfigError(f"parameter vcpu_migrations: {vcpu_migrations} moves for {guest_accesses} accesses per "
+                          "vCPU; give at most guest_accesses")
     if vcpu_migrations and not spare:
         raise ConfigError("parameter vcpu_migrations: no free core to migrate vCPUs to")
     steps.mark("guests run")

@@ -50,12 +50,19 @@ PUBLISHED = {
 }
 
 
+#: KVM's vCPU limit per VM: KVM_MAX_VCPUS is CONFIG_KVM_MAX_NR_VCPUS, at most 4096
+#: (arch/x86/include/asm/kvm_host.h, arch/x86/kvm/Kconfig); guests per host bounded alike
+MAX_COUNT = 4096
+
+
 def _check_ints(v: str) -> str | None:
     try:
         xs = [int(x) for x in v.split(",")]
     except ValueError:
         return "give a positive integer or a comma-separated list of them"
-    return None if xs and all(x >= 1 for x in xs) else "give a positive integer or a comma-separated list of them"
+    if xs and all(1 <= x <= MAX_COUNT for x in xs):
+        return None
+    return f"give integers in [1, {MAX_COUNT}] (KVM's vCPU limit per VM), one or a comma-separated list"
 
 
 def _check_sizes(v: str) -> str | None:
