@@ -173,10 +173,11 @@ def test_default_run_is_the_seed_table():
 # ---- determinism, odd configurations, bad input ---------------------------------------------
 
 def test_deterministic_and_seed_dependent():
-    drop = ("wall_s",)
-    a = {k: v for k, v in row("on_demand", assume="thp_fail_half=0.2", seed=3).items() if k not in drop}
-    b = {k: v for k, v in row("on_demand", assume="thp_fail_half=0.2", seed=3).items() if k not in drop}
-    c = {k: v for k, v in row("on_demand", assume="thp_fail_half=0.2", seed=4).items() if k not in drop}
+    # every column, none dropped: the rows carry no wall-clock figure (a fuzzing helper found the JSON
+    # of two identical runs differing by the wall_s column it had; benches/ time the runs instead)
+    a = row("on_demand", assume="thp_fail_half=0.2", seed=3)
+    b = row("on_demand", assume="thp_fail_half=0.2", seed=3)
+    c = row("on_demand", assume="thp_fail_half=0.2", seed=4)
     assert a == b
     assert a != c
 

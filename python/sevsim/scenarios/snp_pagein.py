@@ -23,8 +23,6 @@ Rows of a published configuration carry its min-max band and whether the rate la
 
 from __future__ import annotations
 
-import time
-
 from .. import Host, __version__
 from ..kvm import ConfigError
 from ..kvm.directmap import POLICIES
@@ -142,7 +140,6 @@ LEGEND = {
     "host_util": "host memory in use at the end (mean over nodes)",
     "sim_s": "simulated seconds until the last acceptance",
     "events": "steps of the discrete-event driver",
-    "wall_s": "wall-clock seconds of the run",
     "verdict": "SAFE: no RMP fault or other violation; UNSAFE otherwise",
     "first_violation": "the first violation recorded",
     "notes": "why a row looks as it does",
@@ -195,10 +192,8 @@ def run_one(strategy: str, seed: int, rep: int, *, preset: str, guests: int, vcp
     if guests * memory > host.memory * 0.95:
         raise ConfigError(f"{guests} guests of {memory_text} do not fit in the host's {host.memory >> 30} GiB "
                           "(with 5% for the host)")
-    t0 = time.perf_counter()
     r = run_pagein(host, era=era, policy=strategy, vm_vcpus=[vcpus] * guests, vm_memory=[memory] * guests,
                    seed=seed, overrides=assume)
-    wall = time.perf_counter() - t0
     ctr, locks = r["counters"], r["locks"]
     pub = PUBLISHED.get((guests, vcpus, memory), {}).get(strategy) if era == "2024" else None
     band = "-"
@@ -239,7 +234,7 @@ def run_one(strategy: str, seed: int, rep: int, *, preset: str, guests: int, vcp
         "fallback_chunks": ctr["fallback_chunks"], "neighbour_waits": ctr["neighbour_waits"],
         "huge_fraction": round(r["huge_fraction"], 4),
         "host_util": round(sum(r["host_utilisation"]) / len(r["host_utilisation"]), 3),
-        "sim_s": round(sim_s, 4), "events": r["events"], "wall_s": round(wall, 2),
+        "sim_s": round(sim_s, 4), "events": r["events"],
         "violations": viol, "verdict": "SAFE" if viol == 0 else "UNSAFE", "first_violation": first,
         "notes": "; ".join(notes) if len(notes) > 1 else "",
     }
