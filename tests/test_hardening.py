@@ -58,6 +58,7 @@ class _RaisingIndex:
     (lambda h: h.wbinvd(-1), ValueError, r"cpu = -1 is out of range: this host has CPUs 0\.\.7"),
     (lambda h: h.wbinvd(_HugeIndex()), ValueError, r"cpu = 16069380442589902755\d+ is out of range: this host has CPUs"),
     (lambda h: h.wbinvd(_RaisingIndex()), TypeError, r"cpu must be an int, got _RaisingIndex: .*from __index__"),
+    (lambda h: setattr(h, "range_fast", 1), TypeError, r"argument 'range_fast'"),
     (lambda h: sevsim.Host.from_preset("tiny", 2**63), ValueError, r"memory must be a positive multiple of 4 KiB and at most 64 TiB"),
 ])
 def test_errors_name_the_argument_value_and_range(host, call, exc, pattern):

@@ -90,9 +90,10 @@ impl PyHost {
         Ok(h.range_fast())
     }
     #[setter]
-    fn set_range_fast(&self, on: bool) -> PyResult<()> {
+    fn set_range_fast(&self, range_fast: bool) -> PyResult<()> {
+        // the parameter's name is what a wrong type's TypeError names
         let mut h = self.host("set_range_fast")?;
-        h.set_range_fast(on);
+        h.set_range_fast(range_fast);
         Ok(())
     }
     /// How range operations find their lines: "auto", "lines", "directory" or "caches".
