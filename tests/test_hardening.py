@@ -59,6 +59,9 @@ class _RaisingIndex:
     (lambda h: h.wbinvd(_HugeIndex()), ValueError, r"cpu = 16069380442589902755\d+ is out of range: this host has CPUs"),
     (lambda h: h.wbinvd(_RaisingIndex()), TypeError, r"cpu must be an int, got _RaisingIndex: .*from __index__"),
     (lambda h: setattr(h, "range_fast", 1), TypeError, r"argument 'range_fast'"),
+    (lambda h: h.clflushopt_ranges(1, E0, np.array([64, 64], np.uint64)), ValueError,
+     r"size has 2 entries for the 0 of pa: give one size per range"),
+    (lambda h: h.set_owner_ranges(np.array([0], np.uint64), E0, 1), ValueError, r"size has 0 entries for the 1 of pa"),
     (lambda h: sevsim.Host.from_preset("tiny", 2**63), ValueError, r"memory must be a positive multiple of 4 KiB and at most 64 TiB"),
 ])
 def test_errors_name_the_argument_value_and_range(host, call, exc, pattern):

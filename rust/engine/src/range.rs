@@ -223,7 +223,7 @@ impl Host {
         self.check_cpu("cpu", cpu)?;
         let key = self.check_key("key", key as u64)?;
         if pas.len() != sizes.len() {
-            return Err(EngineError::invalid("sizes", format!("sizes has {} entries for {} addresses", sizes.len(), pas.len())));
+            return Err(EngineError::invalid("size", format!("size has {} entries for the {} of pa: give one size per range", sizes.len(), pas.len())));
         }
         let mut spans = Vec::with_capacity(pas.len());
         let (mut lo, mut hi, mut lines) = (u64::MAX, 0, 0u64);
@@ -373,7 +373,7 @@ impl Host {
     pub fn set_owner_ranges(&mut self, pas: &[u64], sizes: &[u64], key: u16) -> Result<()> {
         let key = self.check_key("key", key as u64)?;
         if pas.len() != sizes.len() {
-            return Err(EngineError::invalid("sizes", format!("sizes has {} entries for {} addresses", sizes.len(), pas.len())));
+            return Err(EngineError::invalid("size", format!("size has {} entries for the {} of pa: give one size per range", sizes.len(), pas.len())));
         }
         for (i, (&pa, &size)) in pas.iter().zip(sizes).enumerate() {
             self.check_range("pa", pa, size, PAGE).map_err(|e| EngineError::invalid("pa", format!("range {i}: {e}")))?;
