@@ -123,6 +123,7 @@ def test_storm_runs_from_the_cli(tmp_path):
     (["run", "--set", "scale=small", "--strategy", "none", "--set", "vcpu_migrations=18446744073709551616"],
      "parameter vcpu_migrations: 18446744073709551616 moves for 50000 accesses"),
     (["run", "snp-pagein", "--set", "vcpus=10000000000"], "parameter vcpus: '10000000000': give integers in [1, 4096]"),
+    (["run", "snp-pagein", "--set", "guests=1024"], "parameter guests: '1024': give integers in [1, 1023] (one SNP ASID"),
 ])
 def test_errors_are_one_line_nonzero_and_leave_no_file(tmp_path, args, pattern):
     out = tmp_path / "x.json"

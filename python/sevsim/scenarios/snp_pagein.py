@@ -49,18 +49,23 @@ PUBLISHED = {
 
 
 #: KVM's vCPU limit per VM: KVM_MAX_VCPUS is CONFIG_KVM_MAX_NR_VCPUS, at most 4096
-#: (arch/x86/include/asm/kvm_host.h, arch/x86/kvm/Kconfig); guests per host bounded alike
-MAX_COUNT = 4096
+#: (arch/x86/include/asm/kvm_host.h, arch/x86/kvm/Kconfig)
+MAX_VCPUS = 4096
+#: each guest takes an SNP ASID (kvm/snp_host.py: ASIDs 1, 2, ...); the engine's RMP entries
+#: hold ASIDs up to 1023 (rust/engine/src/rmp.rs MAX_ASID, a 10-bit field)
+MAX_GUESTS = 1023
 
 
-def _check_ints(v: str) -> str | None:
-    try:
-        xs = [int(x) for x in v.split(",")]
-    except ValueError:
-        return "give a positive integer or a comma-separated list of them"
-    if xs and all(1 <= x <= MAX_COUNT for x in xs):
-        return None
-    return f"give integers in [1, {MAX_COUNT}] (KVM's vCPU limit per VM), one or a comma-separated list"
+def _ints_upto(limit: int, why: str):
+    def check(v: str) -> str | None:
+        try:
+            xs = [int(x) for x in v.split(",")]
+        except ValueError:
+            xs = []
+        if xs and all(1 <= x <= limit for x in xs):
+            return None
+        return f"give integers in [1, {limit}] ({why}), one or a comma-separated list"
+    return check
 
 
 def _check_sizes(v: str) -> str | None:
@@ -94,8 +99,8 @@ PARAMS = {
     "preset": Text("epyc-9754-2s", "host preset (the thread's host: 2 x EPYC 9754, 512 CPUs, 1.5 TiB)",
                    check=check_preset),
     "guests": Text("1,4", "guests per configuration (one value or a list zipped with vcpus and guest_memory)",
-                   check=_check_ints),
-    "vcpus": Text("128", "vCPUs per guest (one value or a list)", check=_check_ints),
+                   check=_ints_upto(MAX_GUESTS, "one SNP ASID each")),
+    "vcpus": Text("128", "vCPUs per guest (one value or a list)", check=_ints_upto(MAX_VCPUS, "KVM's vCPU limit per VM")),
     "guest_memory": Text("512GiB,256GB", "memory per guest, all of it paged in (one value or a list)",
                          check=_check_sizes),
     "era": Choice("2024", "kernel era: 2024 = the thread's (best-effort 2 MiB guest_memfd folios, IPI "
@@ -122,7 +127,7 @@ LEGEND = {
     "slots_wait_ms": "time vCPUs waited for kvm->slots_lock, summed (ms)",
     "mmu_wait_ms": "time waited for kvm->mmu_lock (either mode), summed (ms); small (under 0.2% of the vCPUs' "
                    "time in the seed table) and set by how the model's fixed costs phase the faults' reads against "
-                   "the writers: in the seed table it differs 4.7x (1 guest) and about 60x (4 guests) between "
+                   "the writers: in the seed table it differs 4.7x (1 guest) and 66x (4 guests) between "
                    "policies whose sections differ by 5%, so do not rank policies by it",
     "cpa_wait_ms": "time waited for the global cpa_lock, summed (ms)",
     "shmem_wait_ms": "time waited for the shared memfd's inode lock, summed (ms)",

@@ -43,17 +43,10 @@ impl PyHost {
         }
         let cfg = HostConfig::from_profile(&text, name, Some(&table)).map_err(verr)?;
         let mem = match memory {
-            // an int past 2^63 names the engine's limit, not the parser's
-            Some(m) if !m.is_none() => Some(size_arg(m, "memory").map_err(|e| {
-                if e.is_instance_of::<pyo3::exceptions::PyValueError>(m.py()) && !m.is_instance_of::<pyo3::types::PyString>() {
-                    pyo3::exceptions::PyValueError::new_err(format!(
-                        "memory must be a positive multiple of 4 KiB and at most 64 TiB, got {}",
-                        m.str().map(|s| s.to_string()).unwrap_or_default()
-                    ))
-                } else {
-                    e
-                }
-            })?),
+            // an int is bounded by the engine's limit (past it, the message names 64 TiB, not the
+            // parser's 2^63); Host::new checks the rest (config::check_memory)
+            Some(m) if !m.is_none() && !m.is_instance_of::<pyo3::types::PyString>() => Some(int_arg(m, "memory", config::MAX_MEMORY)?),
+            Some(m) if !m.is_none() => Some(size_arg(m, "memory")?),
             _ => None,
         };
         Ok(PyHost::new(Host::new(cfg, mem).map_err(verr)?))
